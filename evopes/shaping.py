@@ -1,0 +1,84 @@
+"""Fitness shaping: pure functions from raw fitness to the values an update uses.
+
+Fitness is minimised throughout, so every function here maps *lower* raw
+fitness to *lower* shaped values. Non-finite fitness (NaN, +inf, -inf) is
+treated as the worst value: it ranks last, and value-based shapings replace
+it before normalising, so it can never turn an update into NaN.
+
+Every function has the signature ``shape(fitness) -> shaped`` on a vector of
+shape ``(population_size,)`` and is safe under ``jit``/``vmap``.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+
+
+def worst_if_nonfinite(fitness: jax.Array) -> jax.Array:
+    """Replaces NaN and +-inf with +inf, so that they sort last (worst)."""
+    return jnp.where(jnp.isfinite(fitness), fitness, jnp.inf)
+
+
+def ranks(fitness: jax.Array) -> jax.Array:
+    """Rank of each member, 0 = best (lowest fitness); non-finite ranks last.
+
+    Ties are broken by position (a stable sort), which keeps the result
+    deterministic.
+    """
+    order = jnp.argsort(worst_if_nonfinite(fitness), stable=True)
+    return jnp.empty_like(order).at[order].set(jnp.arange(order.shape[0], dtype=order.dtype))
+
+
+def identity(fitness: jax.Array) -> jax.Array:
+    """Raw fitness; non-finite entries are set to 0 (callers mask them out)."""
+    return jnp.where(jnp.isfinite(fitness), fitness, 0.0)
+
+
+def centered_rank(fitness: jax.Array) -> jax.Array:
+    """Ranks scaled to [-0.5, 0.5] (Salimans et al. 2017): r / (n - 1) - 0.5."""
+    n = fitness.shape[0]
+    return ranks(fitness).astype(jnp.float32) / max(n - 1, 1) - 0.5
+
+
+def z_score(fitness: jax.Array, eps: float = 1e-8) -> jax.Array:
+    """(f - mean) / std over the finite entries; non-finite entries get the worst z."""
+    finite = jnp.isfinite(fitness)
+    count = jnp.maximum(finite.sum(), 1)
+    values = jnp.where(finite, fitness, 0.0)
+    mean = values.sum() / count
+    std = jnp.sqrt(jnp.where(finite, (values - mean) ** 2, 0.0).sum() / count)
+    z = (values - mean) / (std + eps)
+    worst = jnp.max(jnp.where(finite, z, -jnp.inf))
+    return jnp.where(finite, z, jnp.where(jnp.isfinite(worst), worst, 0.0))
+
+
+def cma_weights(population_size: int) -> jax.Array:
+    """Positive recombination weights of CMA-ES (Hansen's tutorial, Eq. 49).
+
+    w'_i = ln((lambda + 1) / 2) - ln(i) for the best mu = floor(lambda / 2)
+    ranks, normalised to sum to one; the rest are zero.
+    """
+    mu = population_size // 2
+    raw = jnp.log((population_size + 1) / 2) - jnp.log(jnp.arange(1, population_size + 1))
+    positive = jnp.where(jnp.arange(population_size) < mu, raw, 0.0)
+    return positive / positive.sum()
+
+
+def weighted_rank(fitness: jax.Array) -> jax.Array:
+    """CMA-style utilities: minus the CMA weight of each member's rank.
+
+    The best member gets the most negative value, so that a gradient step on
+    sum_i shaped_i * noise_i moves towards the best members, as with the other
+    shapings here (lower shaped value = better).
+    """
+    weights = cma_weights(fitness.shape[0])
+    return -weights[ranks(fitness)]
+
+
+SHAPINGS = {
+    "identity": identity,
+    "centered_rank": centered_rank,
+    "z_score": z_score,
+    "weighted_rank": weighted_rank,
+}

@@ -1,0 +1,234 @@
+"""The ask/tell contract shared by every population-based strategy.
+
+A :class:`Strategy` is static configuration only (population size, solution
+shape, fitness shaping, ...). It hashes and compares by that configuration and
+is registered as a static pytree, so
+
+* two strategies built with the same arguments share compiled code, and
+* a strategy can be passed as an argument to a jitted function.
+
+Numbers a user may want to ``vmap`` over live in a ``Params`` pytree
+(``es.default_params``); the evolving state lives in a ``State`` pytree. Both
+are immutable ``flax.struct`` dataclasses with ``.replace``.
+
+Template method (as in evosax): the public ``init/ask/tell`` do the work every
+strategy shares — validating input, (un)flattening pytrees, sign flips for
+maximisation, best-so-far tracking, counters and metrics — and call the
+subclass's private ``_init/_ask/_tell``, which only implement the algorithm on
+flat arrays of shape ``(num_dims,)`` and ``(population_size, num_dims)``.
+
+Fitness is minimised; pass ``maximize=True`` to maximise instead.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import struct
+
+from evopes.spec import PyTree, SolutionSpec
+
+Metrics = dict[str, Any]
+
+
+@struct.dataclass
+class State:
+    """Fields every strategy state has. ``mean`` and ``best_solution`` are flat."""
+
+    mean: jax.Array
+    best_solution: jax.Array
+    best_fitness: jax.Array
+    generation_counter: jax.Array
+
+
+@struct.dataclass
+class Params:
+    """Base class of strategy hyperparameters (vmappable numbers only)."""
+
+
+class Strategy:
+    """Base class: static configuration, and the shared ``init/ask/tell`` template.
+
+    Subclasses list their configuration in ``__init__`` and call
+    ``super().__init__``; they implement ``_init``, ``_ask``, ``_tell`` and
+    ``default_params``.
+
+    Args:
+      population_size: number of members per generation.
+      solution: a template pytree with the shape of one solution (arrays or
+        ``jax.ShapeDtypeStruct``); only shapes and dtypes are kept.
+      maximize: maximise fitness instead of minimising it.
+    """
+
+    #: Whether ``_tell`` reads the flat population. Strategies that rebuild
+    #: their perturbations from the state set this to False, and ``tell``
+    #: then never re-flattens the population handed back by the user.
+    uses_population: bool = True
+
+    def __init__(self, population_size: int, solution: PyTree, *, maximize: bool = False):
+        if int(population_size) != population_size or population_size < 2:
+            raise ValueError(f"population_size: expected an integer >= 2, got {population_size!r}")
+        self.population_size = int(population_size)
+        self.spec = SolutionSpec.from_template(solution)
+        self.maximize = bool(maximize)
+
+    # -- configuration identity -------------------------------------------
+    def _config(self) -> tuple:
+        """Everything that defines this strategy; used for hashing and equality."""
+        return tuple(sorted((k, _hashable(v)) for k, v in vars(self).items()))
+
+    def __hash__(self) -> int:
+        return hash((type(self), self._config()))
+
+    def __eq__(self, other) -> bool:
+        return type(self) is type(other) and self._config() == other._config()
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(population_size={self.population_size}, num_dims={self.num_dims})"
+
+    def __init_subclass__(cls, **kwargs):
+        super().__init_subclass__(**kwargs)
+        jax.tree_util.register_static(cls)
+
+    @property
+    def num_dims(self) -> int:
+        return self.spec.num_dims
+
+    @property
+    def default_params(self) -> Params:
+        raise NotImplementedError
+
+    # -- public template ----------------------------------------------------
+    def init(self, key: jax.Array, mean: PyTree, params: Params) -> State:
+        """Initial state centred on ``mean`` (a pytree shaped like ``solution``)."""
+        self.validate_params(params)
+        flat_mean = self.spec.ravel(mean)
+        state = self._init(key, flat_mean, params)
+        return state.replace(
+            mean=flat_mean,
+            best_solution=flat_mean,
+            best_fitness=jnp.array(jnp.inf, jnp.float32),
+            generation_counter=jnp.array(0, jnp.int32),
+        )
+
+    def ask(self, key: jax.Array, state: State, params: Params) -> tuple[PyTree, State]:
+        """Samples a population: a pytree whose leaves have a leading population axis."""
+        flat_population, state = self._ask(key, state, params)
+        return self.spec.unravel_population(flat_population), state
+
+    def tell(
+        self,
+        key: jax.Array,
+        population: PyTree | None,
+        fitness: jax.Array,
+        state: State,
+        params: Params,
+    ) -> tuple[State, Metrics]:
+        """Updates the state from the fitness of the population returned by ``ask``.
+
+        ``population`` may be ``None`` for strategies that rebuild their
+        perturbations from the state (``uses_population = False``).
+        """
+        fitness = self._check_fitness(fitness)
+        raw_fitness = -fitness if self.maximize else fitness
+        flat_population = None
+        if self.uses_population:
+            if population is None:
+                raise ValueError(f"population: {type(self).__name__}.tell needs the population, got None")
+            flat_population = self.spec.ravel_population(population, self.population_size)
+        elif population is not None:
+            self.spec.check(population, "population", batch_shape=(self.population_size,))
+
+        finite = jnp.isfinite(raw_fitness)
+        ranked = jnp.where(finite, raw_fitness, jnp.inf)
+        best_index = jnp.argmin(ranked)
+        generation_best = ranked[best_index]
+        best_member = self._member(flat_population, best_index, state, params)
+
+        new_state, extra = self._tell(key, flat_population, raw_fitness, state, params)
+
+        improved = generation_best < state.best_fitness
+        new_state = new_state.replace(
+            best_solution=jnp.where(improved, best_member, state.best_solution),
+            best_fitness=jnp.where(improved, generation_best, state.best_fitness),
+            generation_counter=state.generation_counter + 1,
+        )
+        sign = -1.0 if self.maximize else 1.0
+        metrics = {
+            "best_fitness": sign * new_state.best_fitness,
+            "best_solution": self.spec.unravel(new_state.best_solution),
+            "best_fitness_in_generation": sign * generation_best,
+            "mean_fitness": sign * jnp.sum(jnp.where(finite, raw_fitness, 0.0)) / jnp.maximum(finite.sum(), 1),
+            "num_nonfinite": jnp.sum(~finite),
+            "generation_counter": new_state.generation_counter,
+            **extra,
+        }
+        return new_state, metrics
+
+    def get_mean(self, state: State) -> PyTree:
+        """The current mean (search centre) as a pytree shaped like ``solution``."""
+        return self.spec.unravel(state.mean)
+
+    def get_best_solution(self, state: State) -> PyTree:
+        return self.spec.unravel(state.best_solution)
+
+    # -- validation -----------------------------------------------------------
+    def _check_fitness(self, fitness) -> jax.Array:
+        fitness = jnp.asarray(fitness)
+        if fitness.shape != (self.population_size,):
+            raise ValueError(
+                f"fitness: expected shape ({self.population_size},), got {tuple(fitness.shape)}"
+            )
+        if not jnp.issubdtype(fitness.dtype, jnp.floating) and not jnp.issubdtype(
+            fitness.dtype, jnp.integer
+        ):
+            raise ValueError(f"fitness: expected a real dtype, got {fitness.dtype}")
+        return fitness.astype(jnp.float32)
+
+    def validate_params(self, params: Params) -> None:
+        """Checks concrete hyperparameter values; traced values are skipped.
+
+        Subclasses call ``check_positive(params, name, ...)`` for their fields.
+        """
+
+    # -- to implement ---------------------------------------------------------
+    def _init(self, key: jax.Array, mean: jax.Array, params: Params) -> State:
+        raise NotImplementedError
+
+    def _ask(self, key: jax.Array, state: State, params: Params) -> tuple[jax.Array, State]:
+        raise NotImplementedError
+
+    def _tell(
+        self, key: jax.Array, population: jax.Array | None, fitness: jax.Array, state: State, params: Params
+    ) -> tuple[State, Metrics]:
+        raise NotImplementedError
+
+    def _member(
+        self, population: jax.Array | None, index: jax.Array, state: State, params: Params
+    ) -> jax.Array:
+        """Flat member ``index`` of the last population; override to rebuild it from the state."""
+        return population[index]
+
+
+def check_positive(params: Params, *names: str) -> None:
+    """ValueError if a concrete (non-traced) field of ``params`` is <= 0 or non-finite."""
+    for name in names:
+        value = getattr(params, name)
+        if isinstance(value, jax.core.Tracer):
+            continue
+        array = np.asarray(value)
+        if not np.all(np.isfinite(array)) or np.any(array <= 0):
+            raise ValueError(f"params.{name}: expected a finite value > 0, got {array}")
+
+
+def _hashable(value):
+    if isinstance(value, (list, tuple)):
+        return tuple(_hashable(v) for v in value)
+    if isinstance(value, dict):
+        return tuple(sorted((k, _hashable(v)) for k, v in value.items()))
+    if isinstance(value, np.ndarray | jax.Array):
+        return (value.shape, str(value.dtype), np.asarray(value).tobytes())
+    return value
