@@ -1,18 +1,41 @@
 """evopes: evolution strategies in JAX, with unbiased online ES for unrolled computation."""
 
 from evopes import shaping
+from evopes.checkpoint import latest_checkpoint, restore_checkpoint, save_checkpoint
 from evopes.noise import GaussianNoise, NoiseTable
+from evopes.online import GPES, NRES, PES, TES, OnlineES, OnlineParams, OnlineState, pair_keys, unroll
 from evopes.spec import SolutionSpec
+from evopes.run import RunResult, run, run_loop, run_online
+from evopes.strategies import FullES, Open_ES, OpenES
 from evopes.strategy import Params, State, Strategy
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "FullES",
+    "OpenES",
+    "Open_ES",
+    "GPES",
+    "NRES",
+    "OnlineES",
+    "OnlineParams",
+    "OnlineState",
+    "PES",
+    "TES",
+    "pair_keys",
+    "unroll",
     "GaussianNoise",
     "NoiseTable",
     "Params",
+    "RunResult",
     "SolutionSpec",
     "State",
     "Strategy",
+    "latest_checkpoint",
+    "restore_checkpoint",
+    "run",
+    "run_loop",
+    "run_online",
+    "save_checkpoint",
     "shaping",
 ]

@@ -1,0 +1,16 @@
+"""Online evolution strategies for unrolled computation: TES, PES, GPES_K, NRES.
+
+One engine (:class:`OnlineES`, in ``engine.py``) handles inner states,
+per-particle time, episode ends, step-unlocking and the estimator; the
+strategies differ only in their noise schedule.
+"""
+
+from evopes.online.engine import OnlineES, OnlineParams, OnlineState
+from evopes.online.gpes import GPES
+from evopes.online.keys import pair_keys
+from evopes.online.nres import NRES
+from evopes.online.pes import PES
+from evopes.online.tes import TES
+from evopes.online.unroll import unroll
+
+__all__ = ["GPES", "NRES", "OnlineES", "OnlineParams", "OnlineState", "PES", "TES", "pair_keys", "unroll"]

@@ -1,0 +1,598 @@
+"""The online ES engine: one estimator, four noise schedules (TES, PES, GPES, NRES).
+
+Online evolution strategies estimate the gradient of a loss that is produced
+step by step by an unrolled system (an RNN, an inner optimiser, a simulator, an
+environment) without waiting for the end of an episode. One ``ask``/``tell``
+round is one *truncation window* of ``W`` steps:
+
+1. ``ask`` gives every particle its parameters for the window: particle ``i``
+   runs ``theta + e_i`` and its antithetic partner ``i + P`` runs
+   ``theta - e_i`` (``P`` pairs, ``2P`` particles, the halves layout).
+2. The user runs ``W`` steps of the system for every particle, continuing from
+   the particle's inner state, and collects the per-step losses ``l_{p,s}``.
+3. ``tell`` turns the losses into a gradient estimate, applies the optax
+   optimizer to the mean, and does the episode bookkeeping (time, resets,
+   accumulators).
+
+**Estimator** (Vicol et al. 2021, "Unbiased Gradient Estimation in Unrolled
+Computation Graphs with Persistent Evolution Strategies", Eq. 7 and Alg. 2;
+Li et al. 2023, "Variance-Reduced Gradient Estimation via Noise-Reuse in Online
+Evolution Strategies", Eq. 4-6). With the mean-over-steps convention,
+
+    g = 1 / (2 N_valid) * sum_{particles p} sum_{steps s} sign_p * l_{p,s} * w_{p,s},
+
+where ``sign_p`` is +1 for the first half and -1 for the second, ``N_valid`` is
+the number of valid (pair, step) entries (``P * W`` when no loss is masked) and
+the Stein weight ``w_{p,s}`` is the sum, over the DISTINCT noise blocks ``e_j``
+the particle has applied since its episode began, of ``e_j / sigma_j^2``
+(Stein's lemma once per independent block). With a constant ``sigma`` this is
+the familiar ``xi_{p,s} / sigma^2`` with ``xi`` the accumulated perturbation;
+weighting every block at the ``sigma_j`` it was drawn at keeps the estimator
+exact when the user changes ``params.std`` while a particle still holds older
+noise. For synchronised partners the formula is
+``1 / (P W) * sum_i sum_s (l+_{i,s} - l-_{i,s}) xi_{i,s} / (2 sigma^2)``
+(REFERENCE section 1); written per particle it stays right when an environment
+ends the two partners' episodes at different steps.
+
+The schedules differ only in WHEN a particle draws fresh noise (``_redraw``)
+and whether older blocks are remembered (``accumulates``):
+
+=========  ===============================================  ===========
+strategy   a particle draws fresh noise at a window start   accumulator
+=========  ===============================================  ===========
+TES        always (partners then share one state)           none
+PES        always                                           yes
+GPES(K)    when its noise is K steps old, or its episode    yes
+           (re)starts
+NRES       only when its episode (re)starts                 none
+=========  ===============================================  ===========
+
+All schedules also draw at the first ``ask``. Fresh noise comes from one
+``noise.draw_ids(key, P, d)`` per ``ask``: partners that redraw together get
+the same id, so a pair stays antithetic as long as its partners' episodes are
+in step (always, unless an environment's ``done`` flags separate them; then
+each partner follows its own episode and schedule, and the per-particle
+estimator stays unbiased, only the antithetic variance reduction is lost
+until they meet again at a common episode start). The accumulator ``a_p`` holds
+``sum_j e_j / sigma_j^2`` over the blocks before the current one; the weight of
+step ``s`` is ``w = e / sigma^2 + a_p``, except for steps that come after an
+environment ``done`` inside the window, which belong to the new episode and get
+``w = e / sigma^2``. The loss of the step that reports ``done`` still belongs
+to the old episode. The accumulator is only ever changed in ``tell``: calling
+``ask`` twice never counts a block twice.
+
+**Episode ends** (all in :meth:`OnlineES._end_window`):
+
+* horizon: ``horizon`` must be a multiple of ``W``, so a particle reaches it at
+  a window end; ``tell`` then restarts its inner state from
+  ``init_inner(key)`` with a key shared by both partners, sets its time to 0,
+  clears its accumulator, and the next ``ask`` draws fresh noise.
+* ``done`` from an auto-resetting environment: the environment already reset
+  the inner state; ``tell`` restarts the time at the step after the last
+  ``done`` and clears the accumulator (the current noise block becomes the
+  first block of the new episode and stays in use). If a particle's time has
+  reached ``horizon`` at a window end it is reset as above; with ``done``
+  flags, times are no longer multiples of ``W``, so such an episode may run up
+  to ``W - 1`` steps past the horizon.
+
+**Step-unlocking** (default when ``horizon`` is given): every pair starts at a
+random multiple of ``W`` in ``[0, horizon)`` with a fresh inner state, so one
+update averages over the whole horizon instead of over one window position.
+The first ``horizon / W`` windows are a burn-in: the estimate is computed and
+reported, the mean is not updated (``metrics["burn_in"]``), and by its end
+every particle has restarted from a genuine episode start.
+
+Which smoothed objective each estimator is unbiased for is explained in the
+concepts page (``docs/concepts/online_es.md``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import optax
+from flax import struct
+
+from evopes.noise import GaussianNoise, NoiseSource
+from evopes.online.keys import pair_keys
+from evopes.spec import PyTree
+from evopes.strategies.antithetic import static_key
+from evopes.strategy import Metrics, Params, Strategy, check_positive
+
+InitInner = Callable[[jax.Array], PyTree]
+
+#: The optimizer used when none is given: plain SGD, learning rate 0.01.
+DEFAULT_OPTIMIZER = optax.sgd(learning_rate=1e-2)
+
+
+@struct.dataclass
+class OnlineParams(Params):
+    """Hyperparameters that may be vmapped over.
+
+    Attributes:
+      std: standard deviation ``sigma`` of newly drawn perturbations. Noise a
+        pair already holds keeps the std it was drawn with.
+    """
+
+    std: jax.Array | float = 0.1
+
+
+@struct.dataclass
+class OnlineState:
+    """State of an online strategy. ``P`` pairs, ``2P`` particles, ``d`` dims.
+
+    Attributes:
+      mean: flat mean ``theta``, shape (d,).
+      opt_state: the optax state of the optimizer (over the mean's pytree).
+      inner_state: the particles' inner states (user pytree, leading axis 2P),
+        or None for a stateless system.
+      time: (2P,) int32, each particle's step within its episode at the start
+        of the next window.
+      noise_ids: (2P, ...) ids of each particle's current noise block
+        (partners in step hold the same id and apply it with opposite signs).
+      noise_std: (2P,) std the current block was drawn with.
+      noise_age: (2P,) int32, steps the current block has been used for.
+      accumulator: (2P, d), ``sum_j e_j / std_j^2`` over the blocks each
+        particle applied in its episode before the current block (PES, GPES);
+        None for TES and NRES.
+      noise_state: the noise source's array state (a table, or empty).
+      generation_counter: number of ``tell`` calls.
+      total_steps: particle-steps unrolled so far (``2P W`` per window).
+      sequential_steps: steps unrolled so far along one particle (``W`` per window).
+    """
+
+    mean: jax.Array
+    opt_state: Any
+    inner_state: Any
+    time: jax.Array
+    noise_ids: jax.Array
+    noise_std: jax.Array
+    noise_age: jax.Array
+    accumulator: jax.Array | None
+    noise_state: jax.Array
+    generation_counter: jax.Array
+    total_steps: jax.Array
+    sequential_steps: jax.Array
+
+
+class OnlineES(Strategy):
+    """Base of the online strategies: the engine. Subclasses pick the noise schedule.
+
+    Use :class:`evopes.TES`, :class:`evopes.PES`, :class:`evopes.GPES` or
+    :class:`evopes.NRES`. The raw loop, the primary interface::
+
+        es = evopes.PES(population_size=2 * P, solution=theta, truncation_length=W,
+                        horizon=T, init_inner=init_inner, optimizer=optax.sgd(lr))
+        params = es.default_params.replace(std=0.1)
+        state = es.init(key, theta, params)
+        for _ in range(num_windows):
+            population, state = es.ask(ask_key, state, params)   # leading axis 2P
+            inner = state.inner_state
+            ...  # run W steps of every particle p with population[p]: losses (W, 2P)
+            state, metrics = es.tell(tell_key, population, losses, state, params,
+                                     inner_state=inner, dones=dones)
+
+    or, for a system given as a step function, :func:`evopes.unroll` runs the
+    middle part. Every method is pure and works under ``jit``, ``vmap`` and
+    ``lax.scan``; strategies with equal configuration are equal and hash alike
+    (functions such as ``init_inner`` and the optimizer compare by code and
+    captured values: rebuilding an equal ``optax.adam(1e-3)`` is fine), so
+    they share compiled code.
+
+    Args:
+      population_size: ``2P``, even. Particle ``i`` runs ``theta + e_i`` and
+        particle ``i + P`` runs ``theta - e_i``.
+      solution: template pytree of the outer parameters ``theta``.
+      truncation_length: ``W``, steps per ``ask``/``tell`` window.
+      horizon: ``T``, episode length in steps (a multiple of ``W``), or None
+        for episodes that never end except through ``done`` flags.
+      init_inner: ``init_inner(key) -> inner state of ONE particle`` at an
+        episode start, or None for a stateless system.
+      optimizer: optax transformation applied to the mean in ``tell``
+        (default: ``optax.sgd(0.01)``); it sees the mean as a pytree.
+      step_unlocked: start pairs at random W-aligned times with a burn-in of
+        ``T / W`` windows. Default: True when ``horizon`` is given; must be
+        False when it is not.
+      noise: :class:`evopes.GaussianNoise` (default) or :class:`evopes.NoiseTable`.
+      maximize: maximise the losses instead of minimising them.
+    """
+
+    #: Whether the particles remember the noise blocks of earlier windows.
+    accumulates: bool = False
+    #: Whether the negative partner restarts every window from the positive one's state.
+    branches_from_positive: bool = False
+    uses_population = False
+
+    def __init__(
+        self,
+        population_size: int,
+        solution: PyTree,
+        truncation_length: int,
+        horizon: int | None = None,
+        init_inner: InitInner | None = None,
+        optimizer: optax.GradientTransformation | None = None,
+        step_unlocked: bool | None = None,
+        noise: NoiseSource = GaussianNoise(),
+        *,
+        maximize: bool = False,
+    ):
+        super().__init__(population_size, solution, maximize=maximize)
+        if self.population_size % 2:
+            raise ValueError(
+                f"population_size: expected an even number (antithetic pairs), got {population_size}"
+            )
+        if int(truncation_length) != truncation_length or truncation_length < 1:
+            raise ValueError(f"truncation_length: expected an integer >= 1, got {truncation_length!r}")
+        self.truncation_length = int(truncation_length)
+        if horizon is not None:
+            if int(horizon) != horizon or horizon < 1:
+                raise ValueError(f"horizon: expected None or an integer >= 1, got {horizon!r}")
+            if horizon % self.truncation_length:
+                raise ValueError(
+                    f"horizon: expected a multiple of truncation_length={self.truncation_length}, got {horizon}"
+                )
+            horizon = int(horizon)
+        self.horizon = horizon
+        if step_unlocked is None:
+            step_unlocked = horizon is not None
+        if step_unlocked and horizon is None:
+            raise ValueError("step_unlocked: expected False when horizon is None (no horizon to unlock over), got True")
+        self.step_unlocked = bool(step_unlocked)
+        if init_inner is not None and not callable(init_inner):
+            raise ValueError(f"init_inner: expected a function key -> inner state or None, got {init_inner!r}")
+        self.init_inner = init_inner
+        optimizer = DEFAULT_OPTIMIZER if optimizer is None else optimizer
+        if not (hasattr(optimizer, "init") and hasattr(optimizer, "update")):
+            raise ValueError(f"optimizer: expected an optax GradientTransformation, got {optimizer!r}")
+        self.optimizer = optimizer
+        if not (hasattr(noise, "draw_ids") and hasattr(noise, "sample")):
+            raise ValueError(f"noise: expected GaussianNoise() or NoiseTable(), got {noise!r}")
+        self.noise = noise
+
+    def __repr__(self) -> str:
+        return (
+            f"{type(self).__name__}(population_size={self.population_size}, num_dims={self.num_dims}, "
+            f"truncation_length={self.truncation_length}, horizon={self.horizon}, "
+            f"step_unlocked={self.step_unlocked})"
+        )
+
+    def _config(self) -> tuple:
+        # init_inner and the optimizer are closures: compare them by code and
+        # captured values, so that equal configurations share compiled code.
+        return tuple(sorted((name, static_key(value)) for name, value in vars(self).items()))
+
+    @property
+    def num_pairs(self) -> int:
+        return self.population_size // 2
+
+    @property
+    def burn_in_windows(self) -> int:
+        """Windows whose estimates are not applied: ``horizon / W`` when step-unlocked, else 0."""
+        return self.horizon // self.truncation_length if self.step_unlocked else 0
+
+    @property
+    def default_params(self) -> OnlineParams:
+        return OnlineParams(std=jnp.float32(0.1))
+
+    def validate_params(self, params: OnlineParams) -> None:
+        check_positive(params, "std")
+
+    # -- the noise schedule (what subclasses change) -------------------------
+    def _redraw(self, time: jax.Array, noise_age: jax.Array, generation_counter: jax.Array) -> jax.Array:
+        """(2P,) bool: which particles draw fresh noise at the start of the next window."""
+        raise NotImplementedError
+
+    @staticmethod
+    def _first_or_episode_start(time, generation_counter) -> jax.Array:
+        """(2P,) bool: nothing held yet, or the particle starts an episode."""
+        return (time == 0) | (generation_counter == 0)
+
+    # -- init / ask -------------------------------------------------------------
+    def init(self, key: jax.Array, mean: PyTree, params: OnlineParams) -> OnlineState:
+        """State centred on ``mean``: fresh inner states (shared within pairs) and times.
+
+        Step-unlocked: pair ``i`` starts at time ``W * u_i``, ``u_i`` uniform in
+        ``{0, ..., T/W - 1}``; lock-step: every particle starts at time 0.
+        """
+        self.validate_params(params)
+        flat_mean = self.spec.ravel(mean)
+        P, W = self.num_pairs, self.truncation_length
+        offset_key, inner_key, ids_key = jax.random.split(key, 3)
+        if self.step_unlocked:
+            offsets = W * jax.random.randint(offset_key, (P,), 0, self.horizon // W, jnp.int32)
+        else:
+            offsets = jnp.zeros((P,), jnp.int32)
+        std = jnp.asarray(params.std, jnp.float32)
+        return OnlineState(
+            mean=flat_mean,
+            opt_state=self.optimizer.init(self.spec.unravel(flat_mean)),
+            inner_state=self._fresh_inner(inner_key),
+            time=jnp.concatenate([offsets, offsets]),
+            # Placeholder ids: generation_counter == 0 makes the first ask redraw them all.
+            noise_ids=jnp.tile(self.noise.draw_ids(ids_key, P, self.num_dims), (2, 1)),
+            noise_std=jnp.full((2 * P,), std),
+            noise_age=jnp.zeros((2 * P,), jnp.int32),
+            accumulator=jnp.zeros((2 * P, self.num_dims), jnp.float32) if self.accumulates else None,
+            # The init key itself seeds the noise source, as in FullES/OpenES, so
+            # that strategies initialised with the same key share the same table.
+            noise_state=self.noise.init(key, self.num_dims),
+            generation_counter=jnp.array(0, jnp.int32),
+            total_steps=jnp.array(0, jnp.int32),
+            sequential_steps=jnp.array(0, jnp.int32),
+        )
+
+    def ask(self, key: jax.Array, state: OnlineState, params: OnlineParams) -> tuple[PyTree, OnlineState]:
+        """Parameters of every particle for the next window, leading axis ``2P``.
+
+        Particles selected by the schedule get fresh ids from
+        ``noise.draw_ids(key, P, d)`` (pair ``i``'s id for both partners) and
+        the current ``params.std``; the others keep their noise and its std.
+        ``ask`` is a pure function of ``(key, state, params)`` and never
+        touches the accumulator, so calling it again before ``tell`` simply
+        replaces the unused draw (as if only the last ``ask`` had happened).
+        """
+        P = self.num_pairs
+        redraw = self._redraw(state.time, state.noise_age, state.generation_counter)
+        fresh_ids = jnp.tile(self.noise.draw_ids(key, P, self.num_dims), (2, 1))
+        ids = jnp.where(redraw[:, None], fresh_ids, state.noise_ids)
+        std = jnp.where(redraw, jnp.asarray(params.std, jnp.float32), state.noise_std)
+        # Only the noise changes: the redraw decision depends on (time, age,
+        # counter), which ask leaves alone, so asking again decides the same
+        # way and just replaces the unused draw; tell re-derives it.
+        state = state.replace(noise_ids=ids, noise_std=std)
+        perturbation = (self._signs() * std)[:, None] * self._standard_noise(state)
+        return self.spec.unravel_population(state.mean + perturbation), state
+
+    # -- tell -------------------------------------------------------------------
+    def tell(
+        self,
+        key: jax.Array,
+        population: PyTree | None,
+        losses: jax.Array,
+        state: OnlineState,
+        params: OnlineParams,
+        *,
+        inner_state: PyTree = None,
+        dones: jax.Array | None = None,
+        apply_update: bool = True,
+    ) -> tuple[OnlineState, Metrics]:
+        """Estimates the gradient from one window, updates the mean, ends episodes.
+
+        Args:
+          key: randomness for fresh inner states of particles that reach the horizon.
+          population: what ``ask`` returned, or None; only its structure is
+            checked (the noise is rebuilt from the state).
+          losses: (W, 2P) per-step losses; a non-finite loss masks its pair at
+            that step.
+          state: the state returned by ``ask``.
+          params: hyperparameters.
+          inner_state: the particles' inner states after the window (required
+            when the strategy has ``init_inner``).
+          dones: optional (W, 2P) bools from an auto-resetting environment:
+            True at the last step of an episode.
+          apply_update: False returns the estimate and advances the
+            bookkeeping without touching the mean and the optimizer state
+            (for variance studies; see also :meth:`estimate`).
+
+        Returns:
+          ``(state, metrics)``: metrics hold ``gradient`` (pytree like theta),
+          ``mean_loss`` (mean finite loss of the window), ``total_steps``,
+          ``sequential_steps``, ``burn_in`` (True when the update was not
+          applied because of the burn-in), ``num_nonfinite`` (non-finite loss
+          entries), ``num_masked`` ((pair, step) entries left out) and
+          ``generation_counter``.
+        """
+        W, P = self.truncation_length, self.num_pairs
+        losses = self._check_window_array(losses, "losses")
+        dones = jnp.zeros((W, 2 * P), bool) if dones is None else self._check_window_array(dones, "dones").astype(bool)
+        inner_state = self._check_inner_state(inner_state, state)
+        if population is not None:
+            self.spec.check(population, "population", batch_shape=(self.population_size,))
+
+        objective = -losses if self.maximize else losses
+        finite = jnp.isfinite(objective)
+        valid_pairs = finite[:, :P] & finite[:, P:]
+        current = self._current_block(state)  # regenerated once, used twice
+        gradient = self._gradient(objective, dones, valid_pairs, current, state.accumulator)
+
+        new_state = self._end_window(key, state, inner_state, dones, current)
+        burn_in = state.generation_counter < self.burn_in_windows
+        if apply_update:
+            mean_tree = self.spec.unravel(state.mean)
+            updates, opt_state = self.optimizer.update(self.spec.unravel(gradient), state.opt_state, mean_tree)
+            mean = self.spec.ravel(optax.apply_updates(mean_tree, updates))
+            keep = lambda old, new: jnp.where(burn_in, old, new)
+            new_state = new_state.replace(
+                mean=keep(state.mean, mean), opt_state=jax.tree_util.tree_map(keep, state.opt_state, opt_state)
+            )
+
+        num_finite = jnp.sum(finite)
+        metrics = {
+            "gradient": self.spec.unravel(gradient),
+            "mean_loss": jnp.sum(jnp.where(finite, losses, 0.0)) / jnp.maximum(num_finite, 1),
+            "total_steps": new_state.total_steps,
+            "sequential_steps": new_state.sequential_steps,
+            "burn_in": burn_in,
+            "num_nonfinite": losses.size - num_finite,
+            "num_masked": valid_pairs.size - jnp.sum(valid_pairs),
+            "generation_counter": new_state.generation_counter,
+        }
+        return new_state, metrics
+
+    def estimate(
+        self,
+        key: jax.Array,
+        population: PyTree | None,
+        losses: jax.Array,
+        state: OnlineState,
+        params: OnlineParams,
+        *,
+        inner_state: PyTree = None,
+        dones: jax.Array | None = None,
+    ) -> tuple[PyTree, OnlineState]:
+        """The gradient estimate alone: ``tell(..., apply_update=False)``.
+
+        Returns ``(gradient pytree, state)`` where the state has the episode
+        bookkeeping advanced (time, resets, accumulators) and the mean and
+        optimizer state unchanged.
+        """
+        state, metrics = self.tell(
+            key, population, losses, state, params, inner_state=inner_state, dones=dones, apply_update=False
+        )
+        return metrics["gradient"], state
+
+    # -- the estimator ------------------------------------------------------------
+    def _gradient(self, objective, dones, valid_pairs, current, accumulator) -> jax.Array:
+        """``1/(2 N_valid) sum_p sum_s sign_p l_{p,s} w_{p,s}``, flat (d,).
+
+        ``w_{p,s} = c_p + [step s at or before p's first done of the window] * a_p``,
+        where ``c_p = e_p / std_p^2`` is the particle's current block. Summing
+        over steps first leaves two numbers per particle: the cost is O(P d).
+        """
+        valid = jnp.concatenate([valid_pairs, valid_pairs], axis=1)
+        loss = jnp.where(valid, objective, 0.0)
+        sign = self._signs()
+        gradient = (sign * jnp.sum(loss, axis=0)) @ current
+        if self.accumulates:
+            before_done = _before_first_done(dones)
+            gradient = gradient + (sign * jnp.sum(loss * before_done, axis=0)) @ accumulator
+        return gradient / (2.0 * jnp.maximum(jnp.sum(valid_pairs), 1))
+
+    # -- episode bookkeeping --------------------------------------------------------
+    def _end_window(self, key, state: OnlineState, inner_state, dones, current) -> OnlineState:
+        """Advances time, ends episodes and updates the accumulator after a window.
+
+        1. time: ``t + W``, or the number of steps after the last ``done``.
+        2. TES: the negative partner takes over the positive partner's state.
+        3. horizon: particles at ``t >= T`` restart from ``init_inner`` (pair-shared key), ``t = 0``.
+        4. accumulator: cleared where an episode ended; then, where the next
+           ``ask`` will redraw, the current block joins it if the particle's
+           episode has already used it (``t > 0``).
+        """
+        P, W = self.num_pairs, self.truncation_length
+        redrawn = self._redraw(state.time, state.noise_age, state.generation_counter)  # as ask decided
+        ended = jnp.any(dones, axis=0)
+        steps_after_last_done = jnp.argmax(dones[::-1], axis=0).astype(jnp.int32)
+        time = jnp.where(ended, steps_after_last_done, state.time + W)
+
+        if self.branches_from_positive:
+            positive_half = lambda x: jnp.concatenate([x[:P], x[:P]])
+            inner_state = jax.tree_util.tree_map(positive_half, inner_state)
+            time, ended = positive_half(time), positive_half(ended)
+
+        if self.horizon is not None:
+            at_horizon = time >= self.horizon
+            inner_state = self._reset_inner(key, inner_state, at_horizon)
+            time = jnp.where(at_horizon, 0, time)
+            ended = ended | at_horizon
+
+        state = state.replace(
+            inner_state=inner_state,
+            time=time,
+            noise_age=jnp.where(redrawn, 0, state.noise_age) + W,
+            generation_counter=state.generation_counter + 1,
+            total_steps=state.total_steps + self.population_size * W,
+            sequential_steps=state.sequential_steps + W,
+        )
+        if self.accumulates:
+            redraw = self._redraw(state.time, state.noise_age, state.generation_counter)
+            joins = (redraw & (time > 0))[:, None]
+            accumulator = jnp.where(ended[:, None], 0.0, state.accumulator)
+            accumulator = accumulator + jnp.where(joins, current, 0.0)
+            state = state.replace(accumulator=accumulator)
+        return state
+
+    def _fresh_inner(self, key) -> PyTree:
+        if self.init_inner is None:
+            return None
+        return jax.vmap(self.init_inner)(pair_keys(key, self.num_pairs))
+
+    def _reset_inner(self, key, inner_state, reset: jax.Array) -> PyTree:
+        """Replaces the inner state of particles with ``reset`` by a fresh one."""
+        if self.init_inner is None:
+            return inner_state
+
+        def replace(inner):
+            fresh = self._fresh_inner(key)
+            pick = lambda new, old: jnp.where(reset.reshape((-1,) + (1,) * (old.ndim - 1)), new, old).astype(old.dtype)
+            return jax.tree_util.tree_map(pick, fresh, inner)
+
+        return jax.lax.cond(jnp.any(reset), replace, lambda inner: inner, inner_state)
+
+    def _signs(self) -> jax.Array:
+        """(2P,) +1 for the first half of the particles, -1 for the second."""
+        return jnp.repeat(jnp.array([1.0, -1.0], jnp.float32), self.num_pairs)
+
+    def _standard_noise(self, state: OnlineState) -> jax.Array:
+        """(2P, d) standard normals ``z`` of the particles' current blocks (``e = sign * std * z``).
+
+        Partners in step hold the same id; then only P vectors are generated.
+        """
+        P, d = self.num_pairs, self.num_dims
+        ids = state.noise_ids
+        sample = lambda ids: self.noise.sample(state.noise_state, ids, d)
+        return jax.lax.cond(
+            jnp.all(ids[:P] == ids[P:]),
+            lambda: jnp.tile(sample(ids[:P]), (2, 1)),
+            lambda: sample(ids),
+        )
+
+    def _current_block(self, state: OnlineState) -> jax.Array:
+        """(2P, d) Stein weight ``e / std^2 = z / std`` of each particle's current block (unsigned)."""
+        return self._standard_noise(state) / state.noise_std[:, None]
+
+    # -- accessors and validation -----------------------------------------------
+    def get_inner_state(self, state: OnlineState) -> PyTree:
+        """The particles' inner states, leading axis ``2P``."""
+        return state.inner_state
+
+    def get_time(self, state: OnlineState) -> jax.Array:
+        """(2P,) each particle's step within its episode at the start of the next window."""
+        return state.time
+
+    def get_best_solution(self, state: OnlineState) -> PyTree:
+        raise NotImplementedError(
+            f"{type(self).__name__}: online strategies track no best solution (window losses "
+            "come from different times of different episodes); use get_mean"
+        )
+
+    def _check_window_array(self, array, name: str) -> jax.Array:
+        array = jnp.asarray(array)
+        expected = (self.truncation_length, self.population_size)
+        if array.shape != expected:
+            raise ValueError(f"{name}: expected shape (W, 2P) = {expected}, got {tuple(array.shape)}")
+        if name == "losses":
+            if not (jnp.issubdtype(array.dtype, jnp.floating) or jnp.issubdtype(array.dtype, jnp.integer)):
+                raise ValueError(f"losses: expected a real dtype, got {array.dtype}")
+            array = array.astype(jnp.float32)
+        return array
+
+    def _check_inner_state(self, inner_state, state: OnlineState) -> PyTree:
+        if self.init_inner is None:
+            return state.inner_state if inner_state is None else inner_state
+        if inner_state is None:
+            raise ValueError(
+                "inner_state: expected the particles' inner states after the window "
+                "(tell(..., inner_state=...)), got None"
+            )
+        expected, received = jax.tree_util.tree_structure(state.inner_state), jax.tree_util.tree_structure(inner_state)
+        if expected != received:
+            raise ValueError(f"inner_state: expected pytree structure {expected}, got {received}")
+        old_leaves, new_leaves = jax.tree_util.tree_leaves(state.inner_state), jax.tree_util.tree_leaves(inner_state)
+        for index, (old, new) in enumerate(zip(old_leaves, new_leaves, strict=True)):
+            if jnp.shape(old) != jnp.shape(new):
+                raise ValueError(f"inner_state: leaf {index} expected shape {jnp.shape(old)}, got {jnp.shape(new)}")
+        return jax.tree_util.tree_map(lambda old, new: jnp.asarray(new, old.dtype), state.inner_state, inner_state)
+
+
+def _before_first_done(dones: jax.Array) -> jax.Array:
+    """(W, 2P) float: 1 for steps at or before the particle's first ``done`` of the window.
+
+    The step that reports ``done`` still belongs to the old episode; every
+    later step belongs to a new one (an exclusive cumulative OR).
+    """
+    done_before = (jnp.cumsum(dones, axis=0) - dones) > 0
+    return (~done_before).astype(jnp.float32)

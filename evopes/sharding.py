@@ -1,0 +1,237 @@
+"""Sharding a population over devices (and hosts) with ``jax.sharding``.
+
+The population axis is the parallel axis of every evolution strategy: members
+(or online particles) are evaluated independently, and the strategy only needs
+reductions over them (a weighted sum of perturbations, a rank, a covariance
+update). This module lays that axis over a one-dimensional
+:class:`jax.sharding.Mesh` and leaves everything else to XLA's SPMD
+partitioner:
+
+* the **population** returned by ``ask``, the fitness, the online inner states
+  and every other per-particle array of an online state (times, noise ids,
+  PES/GPES accumulators) are split along their leading axis over the mesh's
+  ``"population"`` axis;
+* the rest of the **strategy state** (mean, optimizer state, covariance,
+  step size, ...) is replicated: every device holds a copy and applies the
+  same update, so no device waits for another to broadcast it.
+
+Nothing in a strategy changes: ``init``, ``ask`` and ``tell`` are traced once
+inside one :func:`jax.jit` with these input and output shardings, and the
+partitioner turns sums over the population into per-device partial sums plus
+an all-reduce of ``d`` numbers.
+
+One device, many devices, many hosts::
+
+    mesh = evopes.sharding.population_mesh()            # all devices, all hosts
+    init = evopes.sharding.sharded_init(es, mesh)
+    step = evopes.sharding.sharded_step(es, fitness_fn, mesh)
+    state = init(key, mean, params)
+    for generation in range(100):
+        key, subkey = jax.random.split(key)
+        state, metrics = step(state, subkey, params)
+
+On several hosts, call ``jax.distributed.initialize(...)`` first; every process
+runs the same program, ``jax.devices()`` then lists every host's devices and the
+mesh spans them all (see ``docs/scaling.md``).
+
+The population size (``2P`` for antithetic strategies) must be a multiple of
+the number of devices.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
+
+from evopes.online.engine import OnlineES, OnlineState
+from evopes.online.unroll import unroll
+from evopes.strategy import Strategy
+
+PyTree = Any
+
+#: Name of the mesh axis the population is split over.
+POPULATION_AXIS = "population"
+
+#: Fields of an online state with one entry per particle (leading axis 2P).
+PER_PARTICLE_FIELDS = ("inner_state", "time", "noise_ids", "noise_std", "noise_age", "accumulator")
+
+
+# -- meshes and shardings -----------------------------------------------------------
+def population_mesh(devices: Sequence[jax.Device] | None = None, axis_name: str = POPULATION_AXIS) -> Mesh:
+    """A one-dimensional mesh over ``devices`` (default: every device of every process)."""
+    devices = jax.devices() if devices is None else list(devices)
+    if not devices:
+        raise ValueError("devices: expected at least one device, got none")
+    return Mesh(np.asarray(devices), (axis_name,))
+
+
+def population_sharding(mesh: Mesh) -> NamedSharding:
+    """Leading axis split over the mesh's (only) axis, the other axes whole."""
+    return NamedSharding(mesh, PartitionSpec(mesh.axis_names[0]))
+
+
+def replicated_sharding(mesh: Mesh) -> NamedSharding:
+    """A full copy on every device of the mesh."""
+    return NamedSharding(mesh, PartitionSpec())
+
+
+def state_sharding(es: Strategy, state: PyTree, mesh: Mesh) -> PyTree:
+    """The sharding of every leaf of ``es``'s state (a pytree of ``NamedSharding``).
+
+    ``state`` may be a real state or its ``jax.eval_shape``. For an online
+    strategy the per-particle fields (:data:`PER_PARTICLE_FIELDS`) are split
+    over the population axis; everything else is replicated.
+    """
+    replicated = replicated_sharding(mesh)
+    shardings = jax.tree_util.tree_map(lambda _: replicated, state)
+    if isinstance(es, OnlineES):
+        _check_divisible(es.population_size, mesh)
+        split = population_sharding(mesh)
+        per_particle = {
+            name: jax.tree_util.tree_map(lambda _: split, getattr(state, name)) for name in PER_PARTICLE_FIELDS
+        }
+        shardings = shardings.replace(**per_particle)
+    return shardings
+
+
+def shard_population(population: PyTree, mesh: Mesh) -> PyTree:
+    """Places a population (leading axis = members) split over the mesh."""
+    leaves = jax.tree_util.tree_leaves(population)
+    if leaves:
+        _check_divisible(np.shape(leaves[0])[0], mesh)
+    return jax.device_put(population, population_sharding(mesh))
+
+
+def shard_state(es: Strategy, state: PyTree, mesh: Mesh) -> PyTree:
+    """Places an existing state on the mesh with :func:`state_sharding` (single process)."""
+    return jax.device_put(state, state_sharding(es, state, mesh))
+
+
+# -- jitted, sharded entry points -----------------------------------------------------
+def sharded_init(es: Strategy, mesh: Mesh) -> Callable:
+    """``jit(es.init)`` whose output state is laid out by :func:`state_sharding`.
+
+    Creating the state inside ``jit`` builds it directly as global arrays, which
+    is what several processes need (no host array is ever sent to a device
+    another process owns).
+    """
+    def init(key, mean, params):
+        return es.init(key, mean, params)
+
+    def out_shardings(key, mean, params):
+        return state_sharding(es, jax.eval_shape(init, key, mean, params), mesh)
+
+    return _LazyJit(init, out_shardings, mesh)
+
+
+def sharded_step(es: Strategy, evaluate: Callable, mesh: Mesh, *, donate_state: bool = False) -> Callable:
+    """One jitted ``ask -> evaluate -> tell`` round: ``step(state, key, params) -> (state, metrics)``.
+
+    Args:
+      es: any evopes strategy.
+      evaluate: for a classic strategy, ``fitness_fn(population, key) ->
+        fitness`` of shape ``(population_size,)`` (it sees the population split
+        over the mesh; write it with ``vmap`` or batched ``jnp`` code and it
+        runs where its members live). For an online strategy, the per-particle
+        ``step_fn(inner_one, theta_one, key_one) -> (inner_one, loss, done)``
+        of :func:`evopes.unroll`; the window is unrolled for ``W`` steps.
+      mesh: a one-axis mesh (:func:`population_mesh`).
+      donate_state: donate the input state's buffers to the output (saves
+        one copy of large states such as PES accumulators; the input state
+        must not be used again).
+
+    The population and the fitness (online: the losses and the inner states)
+    are constrained to the population sharding inside the step, the state
+    follows :func:`state_sharding`, and the metrics are replicated.
+    """
+    _check_divisible(es.population_size, mesh)
+    split = population_sharding(mesh)
+    constrain = lambda tree: jax.lax.with_sharding_constraint(tree, split)  # noqa: E731
+
+    if isinstance(es, OnlineES):
+
+        def step(state: OnlineState, key, params):
+            ask_key, unroll_key, tell_key = jax.random.split(key, 3)
+            population, state = es.ask(ask_key, state, params)
+            population = constrain(population)
+            inner, losses, dones = unroll(evaluate, population, state.inner_state, unroll_key, es.truncation_length)
+            # losses and dones are (W, 2P): their second axis is the population.
+            by_particle = NamedSharding(mesh, PartitionSpec(None, mesh.axis_names[0]))
+            losses = jax.lax.with_sharding_constraint(losses, by_particle)
+            dones = jax.lax.with_sharding_constraint(dones, by_particle)
+            return es.tell(tell_key, population, losses, state, params, inner_state=constrain(inner), dones=dones)
+
+    else:
+
+        def step(state, key, params):
+            ask_key, eval_key, tell_key = jax.random.split(key, 3)
+            population, state = es.ask(ask_key, state, params)
+            population = constrain(population)
+            fitness = constrain(evaluate(population, eval_key))
+            return es.tell(tell_key, population, fitness, state, params)
+
+    def out_shardings(state, key, params):
+        state_shardings = state_sharding(es, state, mesh)
+        metrics = jax.eval_shape(step, state, key, params)[1]
+        return state_shardings, jax.tree_util.tree_map(lambda _: replicated_sharding(mesh), metrics)
+
+    return _LazyJit(step, out_shardings, mesh, donate_argnums=(0,) if donate_state else ())
+
+
+def sharded_ask(es: Strategy, mesh: Mesh) -> Callable:
+    """``jit(es.ask)`` returning the population split over the mesh and the state as laid out."""
+    _check_divisible(es.population_size, mesh)
+
+    def ask(key, state, params):
+        return es.ask(key, state, params)
+
+    def out_shardings(key, state, params):
+        population = jax.eval_shape(ask, key, state, params)[0]
+        return (jax.tree_util.tree_map(lambda _: population_sharding(mesh), population),
+                state_sharding(es, state, mesh))
+
+    return _LazyJit(ask, out_shardings, mesh)
+
+
+class _LazyJit:
+    """``jax.jit(fn, out_shardings=...)`` where the shardings depend on the argument shapes.
+
+    The state's pytree structure (its optimizer state, its inner state) is
+    only known once the arguments are seen, so the jitted function is built
+    on the first call for each argument structure and cached.
+    """
+
+    def __init__(self, fn: Callable, out_shardings: Callable, mesh: Mesh, donate_argnums: tuple = ()):
+        self.fn, self.out_shardings, self.mesh, self.donate_argnums = fn, out_shardings, mesh, donate_argnums
+        self._cache: dict = {}
+
+    def jitted(self, *args) -> Callable:
+        """The ``jax.jit`` object for these arguments (for ``.lower(*args).compile()``)."""
+        signature = jax.tree_util.tree_structure(args), tuple(
+            (np.shape(x), str(getattr(x, "dtype", type(x)))) for x in jax.tree_util.tree_leaves(args)
+        )
+        if signature not in self._cache:
+            self._cache[signature] = jax.jit(
+                self.fn, out_shardings=self.out_shardings(*args), donate_argnums=self.donate_argnums
+            )
+        return self._cache[signature]
+
+    def lower(self, *args):
+        return self.jitted(*args).lower(*args)
+
+    def __call__(self, *args):
+        return self.jitted(*args)(*args)
+
+
+def _check_divisible(population_size: int, mesh: Mesh) -> None:
+    num_devices = mesh.devices.size
+    if population_size % num_devices:
+        raise ValueError(
+            f"population_size: expected a multiple of the {num_devices} devices of the mesh, "
+            f"got {population_size}"
+        )

@@ -1,0 +1,312 @@
+"""Antithetic Gaussian-smoothing ES: the piece OpenES and FullES share.
+
+Both strategies estimate the gradient of the Gaussian-smoothed objective
+
+    J(theta) = E_{z ~ N(0, I)} [ f(theta + sigma z) ]
+
+from P antithetic pairs, member i = theta + sigma z_i and member i + P =
+theta - sigma z_i (the *halves* layout), and hand it to an optax optimizer:
+
+    g = 1 / (2 P_valid sigma) * sum_{valid pairs i} (F_i - F_{i+P}) z_i         (1)
+
+where F = shaping(f) is the shaped fitness of the 2P members.
+
+* With centered-rank shaping and every pair valid this is Salimans et al.
+  (2017), Algorithm 2 with mirrored sampling: g = 1/(n sigma) sum_j F_j eps_j
+  over the n = 2P members, eps_{i+P} = -eps_i.
+* With identity shaping, (F_i - F_{i+P}) z_i / (2 sigma) =
+  (f(theta + e_i) - f(theta - e_i)) e_i / (2 sigma^2) with e_i = sigma z_i, the
+  unbiased antithetic estimator of grad J (FullES, Stein's lemma).
+
+Perturbations are never stored: ``ask`` draws ``P`` noise ids with
+``noise.draw_ids(key, P, num_dims)`` and keeps only those ids (O(P) numbers)
+in the state; ``tell`` regenerates z_i from them (``uses_population = False``),
+so the population handed back by the user is never re-flattened.
+
+Pairs with a non-finite fitness either follow the shaping (rank shapings rank
+them worst; OpenES) or are masked out of (1) and counted (FullES,
+``mask_nonfinite_pairs=True``). A pair whose shaped difference is not finite is
+always masked, and P_valid = 0 gives a zero gradient, never 0/0.
+"""
+
+from __future__ import annotations
+
+import functools
+import inspect
+from collections.abc import Callable
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from flax import struct
+
+from evopes.noise import GaussianNoise, NoiseSource, NoiseTable
+from evopes.spec import PyTree
+from evopes.strategy import Metrics, Params, State, Strategy, check_positive
+
+#: Floats regenerated per block when summing Gaussian perturbations in ``tell``:
+#: blocks keep the random-bit generation vectorised while the memory stays
+#: O(block) instead of O(P * num_dims).
+_GAUSSIAN_BLOCK_FLOATS = 2**18
+
+
+@struct.dataclass
+class AntitheticState(State):
+    """State of an antithetic ES: no perturbations, only their ids.
+
+    Attributes:
+      std: the current noise scale sigma (set from ``params.std_init`` in
+        ``init``, then decayed after every ``tell``).
+      opt_state: the optax optimizer state of the mean.
+      noise_state: the noise source's arrays (the shared table, or nothing).
+      noise_ids: ids of the last generation's P perturbations, shape (P, k).
+    """
+
+    std: jax.Array
+    opt_state: optax.OptState
+    noise_state: jax.Array
+    noise_ids: jax.Array
+
+
+@struct.dataclass
+class AntitheticParams(Params):
+    """Hyperparameters (vmappable).
+
+    Attributes:
+      std_init: sigma of the first generation (> 0).
+      std_decay: sigma is multiplied by this after every generation (> 0).
+      std_min: floor of the decayed sigma (>= 0).
+      weight_decay: L2 coefficient lambda on the mean; the update uses
+        g + lambda * theta, the gradient of J + lambda / 2 ||theta||^2 (>= 0).
+    """
+
+    std_init: float = 0.1
+    std_decay: float = 1.0
+    std_min: float = 0.0
+    weight_decay: float = 0.0
+
+
+class AntitheticES(Strategy):
+    """Antithetic ES with regenerated noise and an optax optimizer on the mean.
+
+    Subclasses (:class:`~evopes.strategies.OpenES`,
+    :class:`~evopes.strategies.FullES`) only choose defaults.
+
+    Args:
+      population_size: number of members, even: ``population_size // 2`` pairs.
+      solution: template pytree of one solution.
+      optimizer: any optax ``GradientTransformation``, applied to the mean with
+        the gradient estimate (1). Static configuration.
+      fitness_shaping: ``shaped = fitness_shaping(fitness)`` on the raw
+        (minimised) fitness of the population, e.g. ``evopes.shaping.centered_rank``.
+      noise: where perturbations come from: ``evopes.NoiseTable()`` or
+        ``evopes.GaussianNoise()``.
+      mask_nonfinite_pairs: drop pairs with a non-finite fitness from (1) and
+        normalise by the valid pairs; otherwise the shaping handles them.
+      maximize: maximise the fitness instead of minimising it.
+    """
+
+    uses_population = False
+
+    def __init__(
+        self,
+        population_size: int,
+        solution: PyTree,
+        *,
+        optimizer: optax.GradientTransformation,
+        fitness_shaping: Callable[[jax.Array], jax.Array],
+        noise: NoiseSource,
+        mask_nonfinite_pairs: bool,
+        maximize: bool = False,
+    ):
+        if int(population_size) != population_size or population_size < 2 or population_size % 2:
+            raise ValueError(
+                "population_size: expected an even integer >= 2 (antithetic pairs), "
+                f"got {population_size!r}"
+            )
+        super().__init__(population_size, solution, maximize=maximize)
+        if not (callable(getattr(optimizer, "init", None)) and callable(getattr(optimizer, "update", None))):
+            raise ValueError(f"optimizer: expected an optax GradientTransformation, got {optimizer!r}")
+        if not callable(fitness_shaping):
+            raise ValueError(f"fitness_shaping: expected a function of the fitness, got {fitness_shaping!r}")
+        if not isinstance(noise, GaussianNoise | NoiseTable):
+            raise ValueError(f"noise: expected evopes.NoiseTable or evopes.GaussianNoise, got {noise!r}")
+        self.optimizer = optimizer
+        self.fitness_shaping = fitness_shaping
+        self.noise = noise
+        self.mask_nonfinite_pairs = bool(mask_nonfinite_pairs)
+
+    @property
+    def num_pairs(self) -> int:
+        return self.population_size // 2
+
+    @property
+    def default_params(self) -> AntitheticParams:
+        return AntitheticParams()
+
+    def _config(self) -> tuple:
+        # The optimizer is a pair of closures: compare it by code and captured
+        # values, so that equal configurations share compiled code.
+        return tuple(sorted((name, static_key(value)) for name, value in vars(self).items()))
+
+    def validate_params(self, params: AntitheticParams) -> None:
+        check_positive(params, "std_init", "std_decay")
+        _check_nonnegative(params, "std_min", "weight_decay")
+
+    # -- the algorithm ----------------------------------------------------------
+    def _init(self, key: jax.Array, mean: jax.Array, params: AntitheticParams) -> AntitheticState:
+        ids = jax.eval_shape(lambda: self.noise.draw_ids(jax.random.key(0), self.num_pairs, self.num_dims))
+        return AntitheticState(
+            mean=mean,
+            best_solution=mean,
+            best_fitness=jnp.array(jnp.inf, jnp.float32),
+            generation_counter=jnp.array(0, jnp.int32),
+            std=jnp.asarray(params.std_init, jnp.float32),
+            opt_state=self.optimizer.init(mean),
+            # The init key itself seeds the noise source, so that another
+            # strategy initialised with the same key sees the same table.
+            noise_state=self.noise.init(key, self.num_dims),
+            noise_ids=jnp.zeros(ids.shape, ids.dtype),
+        )
+
+    def _ask(self, key: jax.Array, state: AntitheticState, params: AntitheticParams):
+        ids = self.noise.draw_ids(key, self.num_pairs, self.num_dims)
+        perturbation = state.std * self.noise.sample(state.noise_state, ids, self.num_dims)
+        population = jnp.concatenate([state.mean + perturbation, state.mean - perturbation])
+        return population, state.replace(noise_ids=ids)
+
+    def _member(self, population, index, state: AntitheticState, params) -> jax.Array:
+        # Rebuild only the requested member from its pair's noise id.
+        pair = index % self.num_pairs
+        z = self.noise.sample(state.noise_state, state.noise_ids[pair], self.num_dims)
+        perturbation = state.std * z
+        return jnp.where(index < self.num_pairs, state.mean + perturbation, state.mean - perturbation)
+
+    def _tell(self, key, population, fitness, state: AntitheticState, params: AntitheticParams):
+        del key, population  # the perturbations are rebuilt from state.noise_ids
+        gradient, num_valid = self._estimate(fitness, state)
+        updates, opt_state = self.optimizer.update(
+            gradient + params.weight_decay * state.mean, state.opt_state, state.mean
+        )
+        new_state = state.replace(
+            mean=optax.apply_updates(state.mean, updates),
+            opt_state=opt_state,
+            std=jnp.maximum(params.std_min, state.std * params.std_decay),
+        )
+        metrics = {
+            "gradient": self.spec.unravel(gradient),
+            "gradient_norm": jnp.linalg.norm(gradient),
+            "std": state.std,
+            "num_masked_pairs": self.num_pairs - num_valid,
+        }
+        return new_state, metrics
+
+    def _estimate(self, fitness: jax.Array, state: AntitheticState) -> tuple[jax.Array, jax.Array]:
+        """Eq. (1) on raw (minimised) fitness; returns the flat gradient and P_valid."""
+        num_pairs = self.num_pairs
+        shaped = self.fitness_shaping(fitness)
+        difference = shaped[:num_pairs] - shaped[num_pairs:]
+        valid = jnp.isfinite(difference)
+        if self.mask_nonfinite_pairs:
+            finite = jnp.isfinite(fitness)
+            valid &= finite[:num_pairs] & finite[num_pairs:]
+        num_valid = valid.sum()
+        coefficients = jnp.where(valid, difference, 0.0) / (2.0 * jnp.maximum(num_valid, 1) * state.std)
+        gradient = weighted_noise_sum(
+            self.noise, state.noise_state, state.noise_ids, coefficients, self.num_dims
+        )
+        return gradient, num_valid
+
+    # -- public extras ----------------------------------------------------------
+    def estimate_gradient(self, fitness: jax.Array, state: AntitheticState, params: AntitheticParams) -> PyTree:
+        """Gradient estimate (1) of the minimised objective for the last ``ask``, without
+        weight decay and without updating anything (e.g. for variance studies)."""
+        del params
+        fitness = self._check_fitness(fitness)
+        gradient, _ = self._estimate(-fitness if self.maximize else fitness, state)
+        return self.spec.unravel(gradient)
+
+
+def weighted_noise_sum(
+    noise: NoiseSource,
+    noise_state: jax.Array,
+    ids: jax.Array,
+    weights: jax.Array,
+    num_dims: int,
+) -> jax.Array:
+    """sum_i weights[i] * z_i with z_i = noise.sample(noise_state, ids[i], num_dims).
+
+    The perturbations are regenerated block by block inside ``lax.scan``, so
+    memory stays O(block * num_dims) rather than O(P * num_dims). A table slice
+    is a cheap copy and is summed one at a time; Gaussian noise is drawn in
+    blocks of about ``_GAUSSIAN_BLOCK_FLOATS`` numbers so bit generation stays
+    vectorised.
+    """
+    num = ids.shape[0]
+    if isinstance(noise, NoiseTable):
+        block = 1
+    else:
+        block = max(
+            (size for size in range(1, num + 1) if num % size == 0 and size * num_dims <= _GAUSSIAN_BLOCK_FLOATS),
+            default=1,
+        )
+    blocked_ids = ids.reshape((num // block, block) + ids.shape[1:])
+    blocked_weights = weights.reshape(num // block, block)
+
+    def add_block(total, block_ids_weights):
+        block_ids, block_weights = block_ids_weights
+        return total + block_weights @ noise.sample(noise_state, block_ids, num_dims), None
+
+    total, _ = jax.lax.scan(add_block, jnp.zeros((num_dims,), jnp.float32), (blocked_ids, blocked_weights))
+    return total
+
+
+def static_key(value: Any, _active: frozenset = frozenset()) -> Any:
+    """A hashable, value-based key for static configuration.
+
+    Functions (such as the closures inside an optax ``GradientTransformation``)
+    are keyed by their code and, recursively, the values they captured, so
+    ``optax.adam(1e-2)`` built twice gives equal keys while ``optax.adam(2e-2)``
+    does not. Arrays are keyed by shape, dtype and bytes; anything else
+    unhashable by its identity.
+    """
+    if id(value) in _active:  # a closure that refers to itself
+        return ("cycle", getattr(value, "__qualname__", type(value).__name__))
+    active = _active | {id(value)}
+    if isinstance(value, functools.partial):
+        return ("partial", static_key(value.func, active), static_key(value.args, active),
+                static_key(value.keywords, active))
+    if inspect.ismethod(value):
+        return ("method", static_key(value.__func__, active), static_key(value.__self__, active))
+    if inspect.isfunction(value):
+        captured = []
+        for cell in value.__closure__ or ():
+            try:
+                captured.append(static_key(cell.cell_contents, active))
+            except ValueError:  # an empty cell
+                captured.append(("empty",))
+        return ("function", value.__module__, value.__qualname__, value.__code__, tuple(captured),
+                static_key(value.__defaults__, active), static_key(value.__kwdefaults__, active))
+    if isinstance(value, tuple | list):
+        return (type(value).__name__, tuple(static_key(item, active) for item in value))
+    if isinstance(value, dict):
+        return ("dict", tuple(sorted((repr(k), static_key(v, active)) for k, v in value.items())))
+    if isinstance(value, np.ndarray | jax.Array):
+        return ("array", value.shape, str(value.dtype), np.asarray(value).tobytes())
+    try:
+        hash(value)
+    except TypeError:
+        return ("object", id(value))
+    return value
+
+
+def _check_nonnegative(params: Params, *names: str) -> None:
+    for name in names:
+        value = getattr(params, name)
+        if isinstance(value, jax.core.Tracer):
+            continue
+        array = np.asarray(value)
+        if not np.all(np.isfinite(array)) or np.any(array < 0):
+            raise ValueError(f"params.{name}: expected a finite value >= 0, got {array}")

@@ -1,0 +1,493 @@
+"""CMA-ES with active covariance update and lazy eigendecomposition.
+
+Hansen, "The CMA Evolution Strategy: A Tutorial" (arXiv 1604.00772); equation
+numbers below refer to it. One generation, with n dimensions, population
+lambda, mu = lambda // 2, search distribution N(m, sigma^2 C), C = B D^2 B^T:
+
+    z_k ~ N(0, I),  y_k = B D z_k,  x_k = m + sigma y_k                     (38-40)
+    <y>_w = sum_{i<=mu} w_i y_{i:lambda}                                     (41)
+    m <- m + c_m sigma <y>_w                                                 (42)
+    p_sigma <- (1 - c_sigma) p_sigma
+               + sqrt(c_sigma (2 - c_sigma) mu_eff) C^{-1/2} <y>_w            (43)
+    sigma <- sigma exp(c_sigma / d_sigma (||p_sigma|| / E||N(0, I)|| - 1))   (44)
+    p_c <- (1 - c_c) p_c + h_sigma sqrt(c_c (2 - c_c) mu_eff) <y>_w          (45)
+    w°_i = w_i if w_i >= 0 else w_i n / ||C^{-1/2} y_{i:lambda}||^2          (46)
+    C <- (1 + c_1 delta(h_sigma) - c_1 - c_mu sum_j w_j) C
+         + c_1 p_c p_c^T + c_mu sum_i w°_i y_{i:lambda} y_{i:lambda}^T        (47)
+
+with h_sigma = [||p_sigma|| / sqrt(1 - (1 - c_sigma)^(2 (g + 1)))
+< (1.4 + 2 / (n + 1)) E||N(0, I)||] and delta(h) = (1 - h) c_c (2 - c_c).
+The weights w_i (all lambda of them: mu positive, the rest negative, "active"
+CMA) and the learning rates are the defaults of Table 1, Eqs. (49)-(58); see
+:func:`cma_constants`.
+
+Cost per generation. Sampling, C^{-1/2} y for all members and the rank-mu
+update are three (lambda x n) @ (n x n) products, O(lambda n^2); the
+eigendecomposition C = B D^2 B^T (O(n^3)) is *lazy*: it is refreshed under
+``lax.cond`` only when ``params.lazy_gap`` generations have passed since the
+last refresh (default max(1, floor(1 / (10 n (c_1 + c_mu)))), the tutorial's
+appendix B.2), and between refreshes the last B, D serve for sampling and for
+C^{-1/2} = B D^{-1} B^T, which is applied as B (D^{-1} (B^T y)), never formed.
+
+Numerical guards (float32 must survive any run length):
+
+* C is symmetrised after every update; at a refresh, eigenvalues below
+  ``params.min_eigenvalue_ratio`` times the largest are lifted by adding a
+  multiple of I to C (same eigenvectors, so B stays exact).
+* sigma is clipped to [``std_min``, ``std_max``], with ``std_min > 0``.
+* Each member's step is clipped to Mahalanobis length ``max_step_norm``
+  (sqrt(n) + 6 by default, exceeded by a Gaussian sample with probability
+  below 2e-8): a member whose (x - m) / sigma is garbage (rounding when sigma
+  is below the float spacing of m, or a far injected point) cannot blow up C.
+* Members with non-finite fitness (NaN, +-inf) rank worst and get weight 0; a
+  generation without any finite member leaves the distribution unchanged; an
+  update that would produce a non-finite value is discarded.
+
+Termination indicators (appendix B.3 of the tutorial) are reported in the
+metrics as booleans ``stop_*`` with the numbers behind them, and
+``terminate`` is their disjunction; the strategy never stops by itself.
+"""
+
+from __future__ import annotations
+
+import math
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import struct
+
+from evopes.spec import PyTree
+from evopes.strategy import Metrics, Params, State, Strategy, check_positive
+
+#: Absolute floor of eigenvalues and of squared norms, far above float32's
+#: smallest normal number (1.2e-38) so that reciprocals stay finite.
+TINY = 1e-30
+
+
+def default_population_size(num_dims: int) -> int:
+    """lambda = 4 + floor(3 ln n) (Table 1)."""
+    return 4 + int(math.floor(3 * math.log(num_dims)))
+
+
+def cma_constants(num_dims: int, population_size: int) -> dict[str, np.ndarray | float]:
+    """Default recombination weights and learning rates (Table 1), in float64.
+
+    * w'_i = ln((lambda + 1) / 2) - ln i, i = 1..lambda                    (49)
+    * mu_eff = (sum_{i<=mu} w'_i)^2 / sum_{i<=mu} w'_i^2, and mu_eff^- the
+      same over the negative w'_i
+    * c_1 = 2 / ((n + 1.3)^2 + mu_eff)                                     (57)
+    * c_mu = min(1 - c_1, 2 (1/4 + mu_eff + 1 / mu_eff - 2)
+      / ((n + 2)^2 + mu_eff))                                              (58)
+    * alpha_mu^- = 1 + c_1 / c_mu                                          (50)
+    * alpha_mueff^- = 1 + 2 mu_eff^- / (mu_eff + 2)                        (51)
+    * alpha_posdef^- = (1 - c_1 - c_mu) / (n c_mu)                         (52)
+    * w_i = w'_i / sum_j |w'_j|^+ for w'_i >= 0, else
+      min(alpha_mu^-, alpha_mueff^-, alpha_posdef^-) w'_i / sum_j |w'_j|^-  (53)
+    * c_m = 1 (54); c_sigma = (mu_eff + 2) / (n + mu_eff + 5),
+      d_sigma = 1 + 2 max(0, sqrt((mu_eff - 1) / (n + 1)) - 1) + c_sigma    (55)
+    * c_c = (4 + mu_eff / n) / (n + 4 + 2 mu_eff / n)                       (56)
+    * E||N(0, I)|| ~ sqrt(n) (1 - 1 / (4 n) + 1 / (21 n^2))
+    """
+    n, lam = float(num_dims), int(population_size)
+    mu = lam // 2
+    w_prime = np.log((lam + 1) / 2) - np.log(np.arange(1, lam + 1))
+    positive, negative = w_prime[:mu], w_prime[mu:]
+    mu_eff = positive.sum() ** 2 / np.sum(positive**2)
+    negative = negative[negative < 0]  # an odd lambda has w'_{mu+1} = 0
+    mu_eff_minus = negative.sum() ** 2 / np.sum(negative**2) if negative.size else 0.0
+
+    alpha_cov = 2.0
+    c_1 = alpha_cov / ((n + 1.3) ** 2 + mu_eff)
+    c_mu = min(
+        1 - c_1,
+        alpha_cov * (0.25 + mu_eff + 1 / mu_eff - 2) / ((n + 2) ** 2 + alpha_cov * mu_eff / 2),
+    )
+    alpha_mu_minus = 1 + c_1 / c_mu
+    alpha_mueff_minus = 1 + 2 * mu_eff_minus / (mu_eff + 2)
+    alpha_posdef_minus = (1 - c_1 - c_mu) / (n * c_mu)
+    negative_scale = min(alpha_mu_minus, alpha_mueff_minus, alpha_posdef_minus)
+    positive_sum = w_prime[w_prime > 0].sum()
+    negative_sum = -w_prime[w_prime < 0].sum()
+    weights = np.where(
+        w_prime >= 0,
+        w_prime / positive_sum,
+        negative_scale * w_prime / max(negative_sum, TINY),
+    )
+
+    c_sigma = (mu_eff + 2) / (n + mu_eff + 5)
+    d_sigma = 1 + 2 * max(0.0, math.sqrt((mu_eff - 1) / (n + 1)) - 1) + c_sigma
+    c_c = (4 + mu_eff / n) / (n + 4 + 2 * mu_eff / n)
+    chi_n = math.sqrt(n) * (1 - 1 / (4 * n) + 1 / (21 * n**2))
+    lazy_gap = max(1, math.floor(1 / (10 * n * (c_1 + c_mu))))
+    return dict(
+        weights=weights,
+        mu_eff=mu_eff,
+        c_mean=1.0,
+        c_sigma=c_sigma,
+        d_sigma=d_sigma,
+        c_c=c_c,
+        c_1=c_1,
+        c_mu=c_mu,
+        chi_n=chi_n,
+        lazy_gap=float(lazy_gap),
+    )
+
+
+def tolfun_history_length(num_dims: int, population_size: int) -> int:
+    """Generations over which TolFun looks at the best fitness: 10 + ceil(30 n / lambda)."""
+    return 10 + math.ceil(30 * num_dims / population_size)
+
+
+@struct.dataclass
+class CMAESParams(Params):
+    """Hyperparameters of :class:`CMAES` (all vmappable numbers).
+
+    Attributes:
+      std_init: initial step size sigma_0.
+      std_min, std_max: sigma is clipped to this range after every update.
+      weights: recombination weights by rank, shape (lambda,), Eq. (53).
+      mu_eff: variance effective selection mass of the positive weights.
+      c_mean: learning rate of the mean, Eq. (54).
+      c_sigma, d_sigma: cumulation and damping of step-size control, Eq. (55).
+      c_c: cumulation of the rank-one evolution path, Eq. (56).
+      c_1, c_mu: rank-one and rank-mu learning rates, Eqs. (57), (58).
+      chi_n: E||N(0, I)||.
+      lazy_gap: generations between two eigendecompositions of C.
+      max_step_norm: largest Mahalanobis length of a member's step y.
+      min_eigenvalue_ratio: eigenvalues of C are kept >= this times the largest.
+      tol_x: TolX, relative to ``std_init``.
+      tol_x_up: TolXUp, relative to ``std_init``.
+      tol_fun: TolFun (absolute range of recent fitness values).
+      tol_condition: ConditionCov (largest condition number of C).
+    """
+
+    std_init: jax.Array
+    std_min: jax.Array
+    std_max: jax.Array
+    weights: jax.Array
+    mu_eff: jax.Array
+    c_mean: jax.Array
+    c_sigma: jax.Array
+    d_sigma: jax.Array
+    c_c: jax.Array
+    c_1: jax.Array
+    c_mu: jax.Array
+    chi_n: jax.Array
+    lazy_gap: jax.Array
+    max_step_norm: jax.Array
+    min_eigenvalue_ratio: jax.Array
+    tol_x: jax.Array
+    tol_x_up: jax.Array
+    tol_fun: jax.Array
+    tol_condition: jax.Array
+
+
+@struct.dataclass
+class CMAESState(State):
+    """State of :class:`CMAES` (``mean`` and the base fields are flat vectors).
+
+    Attributes:
+      std: the step size sigma.
+      p_sigma, p_c: evolution paths of step size and covariance.
+      C: covariance matrix (n x n).
+      B, D: eigenvectors (columns) and square roots of eigenvalues of C at its
+        last refresh.
+      eigen_generation: generation counter at the last refresh of B, D.
+      num_eigen_refreshes: how many eigendecompositions were computed.
+      fitness_history: best finite fitness of recent generations (ring buffer
+        indexed by generation; +inf where unknown), for TolFun.
+    """
+
+    std: jax.Array
+    p_sigma: jax.Array
+    p_c: jax.Array
+    C: jax.Array
+    B: jax.Array
+    D: jax.Array
+    eigen_generation: jax.Array
+    num_eigen_refreshes: jax.Array
+    fitness_history: jax.Array
+
+
+class CMAES(Strategy):
+    """Covariance matrix adaptation evolution strategy (active, lazy eigendecomposition).
+
+    Args:
+      population_size: lambda; default 4 + floor(3 ln n).
+      solution: template pytree of one solution.
+      maximize: maximise fitness instead of minimising it.
+
+    ``es.default_params`` holds the tutorial's defaults for this n and lambda
+    with ``std_init = 1``; change numbers with ``params.replace(...)``.
+    """
+
+    def __init__(self, population_size: int | None = None, solution: PyTree = None, *,
+                 maximize: bool = False):
+        if solution is None:
+            raise ValueError("solution: expected a template pytree, got None")
+        if population_size is None:
+            from evopes.spec import SolutionSpec
+
+            population_size = default_population_size(SolutionSpec.from_template(solution).num_dims)
+        super().__init__(population_size, solution, maximize=maximize)
+
+    @property
+    def history_length(self) -> int:
+        return tolfun_history_length(self.num_dims, self.population_size)
+
+    @property
+    def default_params(self) -> CMAESParams:
+        n = self.num_dims
+        constants = cma_constants(n, self.population_size)
+        f32 = lambda value: jnp.asarray(value, jnp.float32)  # noqa: E731
+        return CMAESParams(
+            std_init=f32(1.0),
+            std_min=f32(TINY),
+            std_max=f32(1e20),
+            max_step_norm=f32(math.sqrt(n) + 6.0),
+            min_eigenvalue_ratio=f32(1e-15),
+            tol_x=f32(1e-12),
+            tol_x_up=f32(1e4),
+            tol_fun=f32(1e-12),
+            tol_condition=f32(1e14),
+            **{name: f32(value) for name, value in constants.items()},
+        )
+
+    def validate_params(self, params: CMAESParams) -> None:
+        check_positive(params, "std_init", "std_min", "std_max", "d_sigma", "chi_n", "mu_eff",
+                       "lazy_gap", "max_step_norm")
+        if tuple(np.shape(params.weights)) != (self.population_size,):
+            raise ValueError(
+                f"params.weights: expected shape ({self.population_size},), "
+                f"got {tuple(np.shape(params.weights))}"
+            )
+
+    # -- the algorithm on flat arrays --------------------------------------------
+    def _init(self, key: jax.Array, mean: jax.Array, params: CMAESParams) -> CMAESState:
+        n = self.num_dims
+        zero = jnp.zeros(n, jnp.float32)
+        return CMAESState(
+            mean=mean,
+            best_solution=mean,
+            best_fitness=jnp.array(jnp.inf, jnp.float32),
+            generation_counter=jnp.array(0, jnp.int32),
+            std=jnp.asarray(params.std_init, jnp.float32),
+            p_sigma=zero,
+            p_c=zero,
+            C=jnp.eye(n, dtype=jnp.float32),
+            B=jnp.eye(n, dtype=jnp.float32),
+            D=jnp.ones(n, jnp.float32),
+            eigen_generation=jnp.array(0, jnp.int32),
+            num_eigen_refreshes=jnp.array(0, jnp.int32),
+            fitness_history=jnp.full(self.history_length, jnp.inf, jnp.float32),
+        )
+
+    def _ask(self, key: jax.Array, state: CMAESState, params: CMAESParams):
+        z = jax.random.normal(key, (self.population_size, self.num_dims), jnp.float32)  # (38)
+        y = (z * state.D) @ state.B.T  # (39): y = B D z, one row per member
+        return state.mean + state.std * y, state  # (40)
+
+    def _tell(self, key, population, fitness, state: CMAESState, params: CMAESParams):
+        n = self.num_dims
+        y, whitened, weights = selected_steps(population, fitness, state.mean, state.std,
+                                              state.B, state.D, params)
+        positive = jnp.maximum(weights, 0.0)
+        y_w = positive @ y  # (41)
+        mean = state.mean + params.c_mean * state.std * y_w  # (42)
+
+        # C^{-1/2} <y>_w = B (D^{-1} B^T <y>_w) = B (sum_i w_i whitened_i).
+        p_sigma = (1 - params.c_sigma) * state.p_sigma + jnp.sqrt(
+            params.c_sigma * (2 - params.c_sigma) * params.mu_eff
+        ) * (state.B @ (positive @ whitened))  # (43)
+        std = update_std(state.std, p_sigma, params)  # (44)
+        h_sigma = stall_indicator(p_sigma, state.generation_counter, n, params)
+        p_c = (1 - params.c_c) * state.p_c + h_sigma * jnp.sqrt(
+            params.c_c * (2 - params.c_c) * params.mu_eff
+        ) * y_w  # (45)
+
+        # (46): negative weights are rescaled by n / ||C^{-1/2} y_i||^2.
+        squared_norms = jnp.maximum(jnp.sum(whitened**2, axis=1), TINY)
+        weights_circ = jnp.where(weights >= 0, weights, weights * n / squared_norms)
+        delta_h = (1 - h_sigma) * params.c_c * (2 - params.c_c)
+        decay = 1 + params.c_1 * delta_h - params.c_1 - params.c_mu * jnp.sum(weights)
+        C = (
+            decay * state.C
+            + params.c_1 * jnp.outer(p_c, p_c)
+            + params.c_mu * (weights_circ[:, None] * y).T @ y  # rank-mu as one product
+        )  # (47)
+        C = 0.5 * (C + C.T)
+
+        generation = state.generation_counter + 1
+        B, D, C, eigen_generation, num_refreshes = lazy_eigendecomposition(
+            C, state.B, state.D, generation, state.eigen_generation, state.num_eigen_refreshes, params
+        )
+        new_state = state.replace(
+            mean=mean, std=std, p_sigma=p_sigma, p_c=p_c, C=C, B=B, D=D,
+            eigen_generation=eigen_generation, num_eigen_refreshes=num_refreshes,
+        )
+        # Keep the old distribution when nothing was finite or the update overflowed.
+        usable = jnp.any(weights != 0) & tree_all_finite((mean, std, p_sigma, p_c, C, B, D))
+        new_state = jax.tree_util.tree_map(
+            lambda new, old: jnp.where(usable, new, old), new_state, state
+        )
+        history = record_best(state.fitness_history, fitness, state.generation_counter)
+        new_state = new_state.replace(fitness_history=history)
+
+        metrics = termination_indicators(
+            new_state.mean, new_state.std, new_state.p_c, jnp.diagonal(new_state.C),
+            new_state.B, new_state.D, history, fitness, generation, params,
+        )
+        metrics["h_sigma"] = h_sigma
+        return new_state, metrics
+
+
+# -- pieces shared with SepCMAES --------------------------------------------------------
+def selected_steps(population, fitness, mean, std, B, D, params):
+    """Steps y_k = (x_k - m) / sigma, whitened steps and per-member weights.
+
+    ``whitened_k = D^{-1} B^T y_k`` (so C^{-1/2} y_k = B whitened_k and
+    ||C^{-1/2} y_k|| = ||whitened_k||); for a diagonal C pass ``B=None``. Members
+    are weighted by rank (non-finite fitness ranks last and then gets weight
+    0); a step longer than ``params.max_step_norm`` in Mahalanobis norm is
+    shortened to it.
+    """
+    y = (population - mean) / std
+    valid = jnp.isfinite(fitness) & jnp.all(jnp.isfinite(y), axis=1)
+    y = jnp.where(valid[:, None], y, 0.0)
+    whitened = (y if B is None else y @ B) / D
+    norms = jnp.sqrt(jnp.sum(whitened**2, axis=1))
+    shrink = jnp.minimum(1.0, params.max_step_norm / jnp.maximum(norms, TINY))
+    y, whitened = y * shrink[:, None], whitened * shrink[:, None]
+
+    order = jnp.argsort(jnp.where(valid, fitness, jnp.inf), stable=True)
+    weights = jnp.zeros_like(params.weights).at[order].set(params.weights)
+    return y, whitened, jnp.where(valid, weights, 0.0)
+
+
+def update_std(std, p_sigma, params):
+    """Cumulative step-size adaptation, Eq. (44), clipped to [std_min, std_max]."""
+    norm = jnp.sqrt(jnp.sum(p_sigma**2))
+    std = std * jnp.exp(params.c_sigma / params.d_sigma * (norm / params.chi_n - 1))
+    return jnp.clip(std, params.std_min, params.std_max)
+
+
+def stall_indicator(p_sigma, generation_counter, num_dims, params):
+    """h_sigma: 1 unless ||p_sigma|| is large (then the rank-one update stalls).
+
+    ``generation_counter`` is g, the number of completed generations before this
+    update, so the bias correction is sqrt(1 - (1 - c_sigma)^(2 (g + 1))).
+    """
+    norm = jnp.sqrt(jnp.sum(p_sigma**2))
+    correction = jnp.sqrt(1 - (1 - params.c_sigma) ** (2.0 * (generation_counter + 1)))
+    threshold = (1.4 + 2 / (num_dims + 1)) * params.chi_n
+    return (norm / correction < threshold).astype(jnp.float32)
+
+
+def lazy_eigendecomposition(C, B, D, generation, eigen_generation, num_refreshes, params):
+    """Refreshes (B, D) from C when ``params.lazy_gap`` generations have passed.
+
+    Runs under ``lax.cond``, so the O(n^3) decomposition is skipped in the
+    other generations (under ``vmap`` both branches run, as for any cond).
+    Returns (B, D, C, eigen_generation, num_refreshes); C may be lifted by a
+    multiple of I at a refresh (see :func:`eigendecomposition`).
+    """
+
+    def refresh(C):
+        B_new, D_new, C_new = eigendecomposition(C, params.min_eigenvalue_ratio)
+        return B_new, D_new, C_new, generation, num_refreshes + 1
+
+    def keep(C):
+        return B, D, C, eigen_generation, num_refreshes
+
+    due = (generation - eigen_generation).astype(jnp.float32) >= params.lazy_gap
+    return jax.lax.cond(due, refresh, keep, C)
+
+
+def eigendecomposition(C, min_eigenvalue_ratio):
+    """C = B diag(D^2) B^T, with eigenvalues floored at ``ratio * max`` (and TINY).
+
+    The floor is applied as C + delta I, delta = max(0, floor - lambda_min),
+    which keeps the eigenvectors: B is exact for the lifted C, and D^2 gets
+    delta added to every eigenvalue.
+    """
+    eigenvalues, B = jnp.linalg.eigh(C, symmetrize_input=False)
+    top = jnp.max(eigenvalues)
+    floor = jnp.maximum(top * min_eigenvalue_ratio, TINY)
+    lift = jnp.maximum(floor - jnp.min(eigenvalues), 0.0)
+    C = C + lift * jnp.eye(C.shape[0], dtype=C.dtype)
+    return B, jnp.sqrt(jnp.maximum(eigenvalues + lift, TINY)), C
+
+
+def record_best(history, fitness, generation_counter):
+    """Writes this generation's best finite fitness (or +inf) into the ring buffer."""
+    best = jnp.min(jnp.where(jnp.isfinite(fitness), fitness, jnp.inf))
+    return history.at[generation_counter % history.shape[0]].set(best)
+
+
+def termination_indicators(mean, std, p_c, variances, B, D, history, fitness, generation,
+                           params) -> Metrics:
+    """The tutorial's stopping criteria (appendix B.3) as booleans, with their numbers.
+
+    ``variances`` is diag(C); ``B=None`` means C is diagonal (then D = sqrt(diag C)).
+
+    * ``stop_tol_fun``: the range of the best fitness over the last
+      10 + ceil(30 n / lambda) generations and of this generation's fitness
+      are both below ``tol_fun`` (TolFun).
+    * ``stop_tol_x``: sigma sqrt(C_ii) and sigma |p_c,i| are below
+      ``tol_x * std_init`` in every coordinate (TolX).
+    * ``stop_tol_x_up``: sigma max(D) grew above ``tol_x_up * std_init`` (TolXUp).
+    * ``stop_condition``: cond(C) = (max D / min D)^2 > ``tol_condition`` (ConditionCov).
+    * ``stop_no_effect_axis``: adding 0.1 sigma D_i b_i to m, i = g mod n,
+      does not change m (NoEffectAxis).
+    * ``stop_no_effect_coord``: adding 0.2 sigma sqrt(C_ii) to m_i does not
+      change m_i for some i (NoEffectCoord).
+    * ``stop_std_min``: sigma sits at its floor ``std_min``.
+    """
+    finite = jnp.isfinite(fitness)
+    generation_range = jnp.max(jnp.where(finite, fitness, -jnp.inf)) - jnp.min(
+        jnp.where(finite, fitness, jnp.inf)
+    )
+    history_range = jnp.max(history) - jnp.min(history)  # +inf until the buffer is full
+    fitness_range = jnp.maximum(history_range, jnp.where(jnp.any(finite), generation_range, jnp.inf))
+
+    stds = std * jnp.sqrt(variances)
+    tol_x = params.tol_x * params.std_init
+    stop_tol_x = jnp.all(stds < tol_x) & jnp.all(std * jnp.abs(p_c) < tol_x)
+    max_std = std * jnp.max(D)
+    condition = (jnp.max(D) / jnp.min(D)) ** 2
+
+    axis = generation % mean.shape[0]
+    if B is None:
+        axis_step = 0.1 * std * D[axis] * jax.nn.one_hot(axis, mean.shape[0], dtype=mean.dtype)
+    else:
+        axis_step = 0.1 * std * D[axis] * B[:, axis]
+    stop_no_effect_axis = jnp.all(mean + axis_step == mean)
+    stop_no_effect_coord = jnp.any(mean + 0.2 * stds == mean)
+
+    stops = {
+        "stop_tol_fun": fitness_range < params.tol_fun,
+        "stop_tol_x": stop_tol_x,
+        "stop_tol_x_up": max_std > params.tol_x_up * params.std_init,
+        "stop_condition": condition > params.tol_condition,
+        "stop_no_effect_axis": stop_no_effect_axis,
+        "stop_no_effect_coord": stop_no_effect_coord,
+        "stop_std_min": std <= params.std_min,
+    }
+    terminate = jnp.any(jnp.stack(list(stops.values())))
+    return {
+        "std": std,
+        "max_std": max_std,
+        "condition_number": condition,
+        "fitness_range": fitness_range,
+        **stops,
+        "terminate": terminate,
+    }
+
+
+def tree_all_finite(tree) -> jax.Array:
+    return jnp.all(jnp.stack([jnp.all(jnp.isfinite(leaf)) for leaf in jax.tree_util.tree_leaves(tree)]))
+
+
+#: evosax's name, so that code ports by changing an import.
+CMA_ES = CMAES

@@ -1,0 +1,245 @@
+"""Meta-training a learned optimizer on 8x8 digits (the NRES paper's task).
+
+The inner problem (Li et al. 2023, "Variance-Reduced Gradient Estimation via
+Noise-Reuse in Online Evolution Strategies", section 5.3): a classifier MLP
+64 -> 32 -> 32 -> 32 -> 10 (gelu) is trained on the ``digits`` images for
+``horizon = T = 1000`` steps by a *learned optimizer* with parameters theta.
+The per-step loss is the validation cross-entropy of the classifier after the
+step, on a random validation batch; the meta-loss is its mean over the T steps
+
+    L(theta) = E[ 1/T sum_{t=1..T} CE_valid(phi_t(theta)) ].
+
+The learned optimizer is a small per-parameter MLP in the style of Metz et al.
+(2022, "Practical tradeoffs between memory, compute, and performance in
+learned optimizers", the "small MLP" lopt). For every classifier parameter
+``p`` with gradient ``g`` (on a training batch) it keeps momenta
+``m_b = b m_b + (1 - b) g`` for ``b`` in ``momentum_decays`` and a second
+moment ``v = b2 v + (1 - b2) g^2``, and builds the features
+
+    x = [p, g, m_b..., g / sqrt(v + eps), m_b / sqrt(v + eps)...]   (9 numbers)
+
+each normalised over its tensor, ``x / sqrt(mean_tensor(x^2) + 1e-5)``, plus
+the time features ``tanh(t / tau)`` for ``tau`` in ``time_scales``. A shared
+MLP (12 -> 32 -> 32 -> 2, relu) maps them to a direction ``d`` and a log
+magnitude ``s``; a linear head adds ``linear_mult * a . [g, m_b...]`` on the raw
+(un-normalised) gradient and momenta to the direction, and the update is
+
+    p <- p + step_mult * d_total * exp(exp_mult * s).
+
+With the MLP's output layer zero and ``a = (-lr / (step_mult * linear_mult),
+0, ...)`` this is exactly SGD with learning rate ``lr`` (and other ``a`` give
+heavy-ball momentum), which the tests use as a known answer. theta has
+1542 numbers. Meta-training uses ``W = 1`` (one step per ask/tell window).
+
+For the online strategies, :meth:`LearnedOptimizerTask.init_inner` and
+:meth:`LearnedOptimizerTask.step` follow the engine's contract
+``init_inner(key) -> inner`` and ``step(inner, theta, key) -> (inner, loss,
+done)``; ``done`` is always False because the strategy ends episodes at its
+own ``horizon`` (build it with ``horizon=task.horizon``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from evopes.tasks.digits import load_digits, sample_batch
+from evopes.tasks.mlp import DEFAULT_LAYER_SIZES, cross_entropy, init_mlp
+
+_NORM_EPS = 1e-5
+
+
+class InnerState(NamedTuple):
+    """One inner training run: classifier parameters, optimizer accumulators, step count.
+
+    ``momenta`` has the classifier's structure with an extra leading axis, one
+    row per momentum decay.
+    """
+
+    params: list
+    momenta: list
+    second_moment: list
+    step: jax.Array
+
+
+@dataclass(frozen=True)
+class LearnedOptimizerTask:
+    """The learned-optimizer meta-training problem (hashable static configuration).
+
+    Args:
+      horizon: inner training steps per episode, T.
+      batch_size: training and validation batch size.
+      layer_sizes: the classifier's layer widths.
+      hidden_size: width of the learned optimizer's two hidden layers.
+      momentum_decays: decays of the momentum features.
+      second_moment_decay: decay of the second-moment accumulator.
+      time_scales: tau of the time features tanh(t / tau).
+      step_mult: scale of the update (keeps early updates small).
+      exp_mult: scale of the log-magnitude output.
+      linear_mult: scale of the linear head on the raw gradient and momenta.
+    """
+
+    horizon: int = 1000
+    batch_size: int = 128
+    layer_sizes: tuple[int, ...] = DEFAULT_LAYER_SIZES
+    hidden_size: int = 32
+    momentum_decays: tuple[float, ...] = (0.5, 0.9, 0.99)
+    second_moment_decay: float = 0.999
+    time_scales: tuple[float, ...] = (10.0, 100.0, 1000.0)
+    step_mult: float = 1e-3
+    exp_mult: float = 1e-3
+    linear_mult: float = 100.0
+
+    # -- the learned optimizer ------------------------------------------------
+    @property
+    def num_features(self) -> int:
+        return 3 + 2 * len(self.momentum_decays) + len(self.time_scales)
+
+    def init_theta(self, key: jax.Array) -> dict:
+        """Initial optimizer parameters: LeCun-normal MLP, zero linear head."""
+        sizes = (self.num_features, self.hidden_size, self.hidden_size, 2)
+        return {
+            "mlp": init_mlp(key, sizes),
+            "linear": jnp.zeros((1 + len(self.momentum_decays),), jnp.float32),
+        }
+
+    def sgd_theta(self, learning_rate: float) -> dict:
+        """The theta that makes the learned optimizer plain SGD at ``learning_rate``."""
+        theta = jax.tree.map(jnp.zeros_like, self.init_theta(jax.random.key(0)))
+        scale = -learning_rate / (self.step_mult * self.linear_mult)
+        return {**theta, "linear": theta["linear"].at[0].set(scale)}
+
+    def _features(self, p, g, momenta, second_moment):
+        """The 9 tensor-normalised per-parameter features of one tensor, flattened: (n, 9)."""
+        rsqrt = jax.lax.rsqrt(second_moment + 1e-8)
+        per_parameter = [p, g, *momenta, g * rsqrt, *(m * rsqrt for m in momenta)]
+        normalised = [x * jax.lax.rsqrt(jnp.mean(jnp.square(x)) + _NORM_EPS) for x in per_parameter]
+        return jnp.stack(normalised, axis=-1).reshape(-1, len(per_parameter))
+
+    def apply_lopt(self, theta: dict, inner: InnerState, grads: list) -> InnerState:
+        """One learned-optimizer step on the classifier, given its gradient."""
+        decays = jnp.asarray(self.momentum_decays, jnp.float32)
+
+        def new_momenta(m, g):
+            shape = (-1,) + (1,) * g.ndim
+            return decays.reshape(shape) * m + (1 - decays.reshape(shape)) * g
+
+        momenta = jax.tree.map(new_momenta, inner.momenta, grads)
+        b2 = self.second_moment_decay
+        second = jax.tree.map(lambda v, g: b2 * v + (1 - b2) * g * g, inner.second_moment, grads)
+
+        # All tensors go through the shared MLP as one (num_params, features) matrix.
+        leaves, treedef = jax.tree.flatten(inner.params)
+        grad_leaves = treedef.flatten_up_to(grads)
+        momentum_leaves = treedef.flatten_up_to(momenta)
+        second_leaves = treedef.flatten_up_to(second)
+        features = jnp.concatenate([
+            self._features(p, g, list(m), v)
+            for p, g, m, v in zip(leaves, grad_leaves, momentum_leaves, second_leaves, strict=True)
+        ])
+        t = inner.step.astype(jnp.float32)
+        time_features = jnp.stack([jnp.tanh(t / tau) for tau in self.time_scales])
+        features = jnp.concatenate(
+            [features, jnp.broadcast_to(time_features, (features.shape[0], time_features.shape[0]))],
+            axis=1,
+        )
+        hidden = features
+        for layer in theta["mlp"][:-1]:
+            hidden = jax.nn.relu(hidden @ layer["w"] + layer["b"])
+        out = hidden @ theta["mlp"][-1]["w"] + theta["mlp"][-1]["b"]
+        raw = jnp.concatenate([
+            jnp.stack([g.reshape(-1), *(m.reshape(-1) for m in ms)], axis=-1)
+            for g, ms in zip(grad_leaves, momentum_leaves, strict=True)
+        ])
+        direction = out[:, 0] + self.linear_mult * (raw @ theta["linear"])
+        update = self.step_mult * direction * jnp.exp(self.exp_mult * out[:, 1])
+
+        offsets = np.cumsum([0] + [p.size for p in leaves])
+        params = [
+            p + update[start:stop].reshape(p.shape)
+            for p, start, stop in zip(leaves, offsets[:-1], offsets[1:], strict=True)
+        ]
+        params = jax.tree.unflatten(treedef, params)
+        return InnerState(params, momenta, second, inner.step + 1)
+
+    # -- the online-ES contract -------------------------------------------------
+    def init_inner(self, key: jax.Array) -> InnerState:
+        """A fresh episode: new classifier parameters, zero accumulators, step 0."""
+        params = init_mlp(key, self.layer_sizes)
+        num_decays = len(self.momentum_decays)
+        momenta = jax.tree.map(lambda p: jnp.zeros((num_decays,) + p.shape, p.dtype), params)
+        second = jax.tree.map(jnp.zeros_like, params)
+        return InnerState(params, momenta, second, jnp.zeros((), jnp.int32))
+
+    def step(self, inner: InnerState, theta: dict, key: jax.Array):
+        """One inner step: returns (inner, validation-batch loss after the step, done).
+
+        ``done`` is always False: episodes end at the strategy's ``horizon``,
+        where the strategy itself restarts the inner state from
+        :meth:`init_inner` (a ``done`` flag would tell it that the system had
+        already reset itself).
+        """
+        data = load_digits()
+        train_key, valid_key = jax.random.split(key)
+        images, labels = sample_batch(train_key, data.train_images, data.train_labels, self.batch_size)
+        grads = jax.grad(cross_entropy)(inner.params, images, labels)
+        inner = self.apply_lopt(theta, inner, grads)
+        images, labels = sample_batch(valid_key, data.valid_images, data.valid_labels, self.batch_size)
+        loss = cross_entropy(inner.params, images, labels)
+        return inner, loss, jnp.array(False)
+
+    # -- evaluation ---------------------------------------------------------------
+    def _train_curve(self, init_state, update, key, num_steps):
+        """Full-validation-set loss after each of ``num_steps`` training steps."""
+        data = load_digits()
+
+        def one_step(carry, step_key):
+            params, opt_state = carry
+            images, labels = sample_batch(
+                jax.random.split(step_key)[0], data.train_images, data.train_labels, self.batch_size
+            )
+            grads = jax.grad(cross_entropy)(params, images, labels)
+            params, opt_state = update(params, opt_state, grads)
+            return (params, opt_state), cross_entropy(params, data.valid_images, data.valid_labels)
+
+        init_key, run_key = jax.random.split(key)
+        params = init_mlp(init_key, self.layer_sizes)
+        _, curve = jax.lax.scan(one_step, (params, init_state(params)), jax.random.split(run_key, num_steps))
+        return curve
+
+    def lopt_curve(self, theta: dict, key: jax.Array, num_steps: int | None = None) -> jax.Array:
+        """Validation loss (whole split) after each step of training a fresh MLP with theta."""
+
+        def init_state(params):
+            inner = self.init_inner(jax.random.key(0))
+            return inner._replace(params=None)
+
+        def update(params, opt_state, grads):
+            inner = self.apply_lopt(theta, opt_state._replace(params=params), grads)
+            return inner.params, inner._replace(params=None)
+
+        return self._train_curve(init_state, update, key, num_steps or self.horizon)
+
+    def adam_curve(self, learning_rate, key: jax.Array, num_steps: int | None = None) -> jax.Array:
+        """The same curve for Adam (optax defaults) at ``learning_rate`` (may be traced)."""
+        adam = optax.adam(learning_rate)
+
+        def update(params, opt_state, grads):
+            updates, opt_state = adam.update(grads, opt_state, params)
+            return optax.apply_updates(params, updates), opt_state
+
+        return self._train_curve(adam.init, update, key, num_steps or self.horizon)
+
+    def meta_loss(self, theta: dict, key: jax.Array, num_steps: int | None = None) -> jax.Array:
+        """Mean validation loss over a fresh unroll with unperturbed theta.
+
+        Uses the whole validation split at every step: the same expectation as
+        the training objective (whose batches are uniform samples of it), with
+        less variance.
+        """
+        return jnp.mean(self.lopt_curve(theta, key, num_steps))
