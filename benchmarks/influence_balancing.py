@@ -89,11 +89,12 @@ def _figure(curves):
     fig, (ax_theta, ax_loss) = plt.subplots(1, 2, figsize=(11, 4))
     iterations = np.arange(1, NUM_ITERATIONS + 1)
     for label, (theta, eval_loss) in curves.items():
-        ax_theta.plot(iterations, theta, label=label)
-        ax_loss.plot(iterations, np.maximum(eval_loss, 1e-16), label=label)
+        style = {"ls": "--", "lw": 2.5} if label == "TES" else {}  # TES lies on TBPTT K=1
+        ax_theta.plot(iterations, theta, label=label, **style)
+        ax_loss.plot(iterations, np.maximum(eval_loss, 1e-16), label=label, **style)
     ax_theta.axhline(ib.OPTIMAL_THETA, color="k", ls=":", lw=1, label="theta* = -1/6")
-    ax_theta.set(xlabel="iteration", ylabel="theta", yscale="symlog", title="theta (symlog scale)")
     ax_theta.set_yscale("symlog", linthresh=1.0)
+    ax_theta.set(xlabel="iteration", ylabel="theta", title="theta (symlog scale)", ylim=(-1.0, None))
     ax_loss.set(xlabel="iteration", ylabel="evaluation loss (500 steps)", yscale="log", title="evaluation loss")
     ax_theta.legend(fontsize=8)
     return fig

@@ -286,18 +286,18 @@ def _decode_leaf(file_name: str, name: str, template: Any, leaf: dict) -> Any:
 
 
 def _place_like(value: jax.Array, template: Any) -> jax.Array:
-    """Gives ``value`` the template's weak type and, for concrete arrays, its sharding.
+    """Gives ``value`` the template's weak type and, if it has one, its committed sharding.
 
-    Weak types matter for exactness: a weakly typed scalar promotes differently
-    (``bfloat16 * weak float32 -> bfloat16``), so a resumed computation would
-    otherwise compile, and round, differently.
+    Both matter for exactness and speed: a weakly typed scalar promotes
+    differently (``bfloat16 * weak float32 -> bfloat16``), and jit compiles
+    separately for committed and uncommitted arguments.
     """
     if getattr(template, "weak_type", False):
         value = _as_weak_type(value)
-    sharding = getattr(template, "sharding", None)
-    if isinstance(template, jax.core.Tracer) or sharding is None:
-        return value
-    return jax.device_put(value, sharding)
+    if isinstance(template, jax.Array) and not isinstance(template, jax.core.Tracer):
+        return jax.device_put(value, template.sharding) if template.committed else value
+    sharding = getattr(template, "sharding", None)  # a ShapeDtypeStruct with a sharding
+    return value if sharding is None else jax.device_put(value, sharding)
 
 
 def _as_weak_type(value: jax.Array) -> jax.Array:

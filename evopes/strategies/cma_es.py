@@ -25,8 +25,10 @@ Cost per generation. Sampling, C^{-1/2} y for all members and the rank-mu
 update are three (lambda x n) @ (n x n) products, O(lambda n^2); the
 eigendecomposition C = B D^2 B^T (O(n^3)) is *lazy*: it is refreshed under
 ``lax.cond`` only when ``params.lazy_gap`` generations have passed since the
-last refresh (default max(1, floor(1 / (10 n (c_1 + c_mu)))), the tutorial's
-appendix B.2), and between refreshes the last B, D serve for sampling and for
+last refresh (default 1 / (10 n (c_1 + c_mu)), the tutorial's appendix B.2,
+with pycma's convention that a refresh is due once at least that many
+generations have passed, so the gap is max(1, ceil(.)) generations), and
+between refreshes the last B, D serve for sampling and for
 C^{-1/2} = B D^{-1} B^T, which is applied as B (D^{-1} (B^T y)), never formed.
 
 Numerical guards (float32 must survive any run length):
@@ -57,7 +59,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import struct
 
-from evopes.spec import PyTree
+from evopes.spec import PyTree, SolutionSpec
 from evopes.strategy import Metrics, Params, State, Strategy, check_positive
 
 #: Absolute floor of eigenvalues and of squared norms, far above float32's
@@ -88,6 +90,8 @@ def cma_constants(num_dims: int, population_size: int) -> dict[str, np.ndarray |
       d_sigma = 1 + 2 max(0, sqrt((mu_eff - 1) / (n + 1)) - 1) + c_sigma    (55)
     * c_c = (4 + mu_eff / n) / (n + 4 + 2 mu_eff / n)                       (56)
     * E||N(0, I)|| ~ sqrt(n) (1 - 1 / (4 n) + 1 / (21 n^2))
+    * lazy_gap = 1 / (10 n (c_1 + c_mu)) generations between eigendecompositions
+      (appendix B.2)
     """
     n, lam = float(num_dims), int(population_size)
     mu = lam // 2
@@ -119,7 +123,7 @@ def cma_constants(num_dims: int, population_size: int) -> dict[str, np.ndarray |
     d_sigma = 1 + 2 * max(0.0, math.sqrt((mu_eff - 1) / (n + 1)) - 1) + c_sigma
     c_c = (4 + mu_eff / n) / (n + 4 + 2 * mu_eff / n)
     chi_n = math.sqrt(n) * (1 - 1 / (4 * n) + 1 / (21 * n**2))
-    lazy_gap = max(1, math.floor(1 / (10 * n * (c_1 + c_mu))))
+    lazy_gap = 1 / (10 * n * (c_1 + c_mu))  # appendix B.2; a refresh is due after >= lazy_gap
     return dict(
         weights=weights,
         mu_eff=mu_eff,
@@ -130,7 +134,7 @@ def cma_constants(num_dims: int, population_size: int) -> dict[str, np.ndarray |
         c_1=c_1,
         c_mu=c_mu,
         chi_n=chi_n,
-        lazy_gap=float(lazy_gap),
+        lazy_gap=lazy_gap,
     )
 
 
@@ -153,7 +157,8 @@ class CMAESParams(Params):
       c_c: cumulation of the rank-one evolution path, Eq. (56).
       c_1, c_mu: rank-one and rank-mu learning rates, Eqs. (57), (58).
       chi_n: E||N(0, I)||.
-      lazy_gap: generations between two eigendecompositions of C.
+      lazy_gap: B, D are refreshed once at least this many generations have
+        passed since their last refresh (<= 1: every generation).
       max_step_norm: largest Mahalanobis length of a member's step y.
       min_eigenvalue_ratio: eigenvalues of C are kept >= this times the largest.
       tol_x: TolX, relative to ``std_init``.
@@ -181,6 +186,28 @@ class CMAESParams(Params):
     tol_x_up: jax.Array
     tol_fun: jax.Array
     tol_condition: jax.Array
+
+
+def make_params(num_dims: int, constants: dict) -> CMAESParams:
+    """Params from :func:`cma_constants`-like numbers, with the guards' and stops' defaults.
+
+    ``std_init = 1``; sigma is kept in [1e-30, 1e20]; TolX 1e-12 and TolXUp 1e4
+    (relative to ``std_init``), TolFun 1e-12 and ConditionCov 1e14 as in the
+    tutorial's appendix B.3.
+    """
+    f32 = lambda value: jnp.asarray(value, jnp.float32)  # noqa: E731
+    return CMAESParams(
+        std_init=f32(1.0),
+        std_min=f32(TINY),
+        std_max=f32(1e20),
+        max_step_norm=f32(math.sqrt(num_dims) + 6.0),
+        min_eigenvalue_ratio=f32(1e-15),
+        tol_x=f32(1e-12),
+        tol_x_up=f32(1e4),
+        tol_fun=f32(1e-12),
+        tol_condition=f32(1e14),
+        **{name: f32(value) for name, value in constants.items()},
+    )
 
 
 @struct.dataclass
@@ -227,8 +254,6 @@ class CMAES(Strategy):
         if solution is None:
             raise ValueError("solution: expected a template pytree, got None")
         if population_size is None:
-            from evopes.spec import SolutionSpec
-
             population_size = default_population_size(SolutionSpec.from_template(solution).num_dims)
         super().__init__(population_size, solution, maximize=maximize)
 
@@ -238,21 +263,7 @@ class CMAES(Strategy):
 
     @property
     def default_params(self) -> CMAESParams:
-        n = self.num_dims
-        constants = cma_constants(n, self.population_size)
-        f32 = lambda value: jnp.asarray(value, jnp.float32)  # noqa: E731
-        return CMAESParams(
-            std_init=f32(1.0),
-            std_min=f32(TINY),
-            std_max=f32(1e20),
-            max_step_norm=f32(math.sqrt(n) + 6.0),
-            min_eigenvalue_ratio=f32(1e-15),
-            tol_x=f32(1e-12),
-            tol_x_up=f32(1e4),
-            tol_fun=f32(1e-12),
-            tol_condition=f32(1e14),
-            **{name: f32(value) for name, value in constants.items()},
-        )
+        return make_params(self.num_dims, cma_constants(self.num_dims, self.population_size))
 
     def validate_params(self, params: CMAESParams) -> None:
         check_positive(params, "std_init", "std_min", "std_max", "d_sigma", "chi_n", "mu_eff",
@@ -320,7 +331,8 @@ class CMAES(Strategy):
 
         generation = state.generation_counter + 1
         B, D, C, eigen_generation, num_refreshes = lazy_eigendecomposition(
-            C, state.B, state.D, generation, state.eigen_generation, state.num_eigen_refreshes, params
+            C, state.B, state.D, generation, state.eigen_generation, state.num_eigen_refreshes,
+            params,
         )
         new_state = state.replace(
             mean=mean, std=std, p_sigma=p_sigma, p_c=p_c, C=C, B=B, D=D,
@@ -449,7 +461,8 @@ def termination_indicators(mean, std, p_c, variances, B, D, history, fitness, ge
         jnp.where(finite, fitness, jnp.inf)
     )
     history_range = jnp.max(history) - jnp.min(history)  # +inf until the buffer is full
-    fitness_range = jnp.maximum(history_range, jnp.where(jnp.any(finite), generation_range, jnp.inf))
+    generation_range = jnp.where(jnp.any(finite), generation_range, jnp.inf)
+    fitness_range = jnp.maximum(history_range, generation_range)
 
     stds = std * jnp.sqrt(variances)
     tol_x = params.tol_x * params.std_init
@@ -486,7 +499,8 @@ def termination_indicators(mean, std, p_c, variances, B, D, history, fitness, ge
 
 
 def tree_all_finite(tree) -> jax.Array:
-    return jnp.all(jnp.stack([jnp.all(jnp.isfinite(leaf)) for leaf in jax.tree_util.tree_leaves(tree)]))
+    leaves = jax.tree_util.tree_leaves(tree)
+    return jnp.all(jnp.stack([jnp.all(jnp.isfinite(leaf)) for leaf in leaves]))
 
 
 #: evosax's name, so that code ports by changing an import.

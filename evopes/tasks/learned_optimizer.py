@@ -48,6 +48,8 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from jax.flatten_util import ravel_pytree
+
 from evopes.tasks.digits import load_digits, sample_batch
 from evopes.tasks.mlp import DEFAULT_LAYER_SIZES, cross_entropy, init_mlp
 
@@ -57,8 +59,8 @@ _NORM_EPS = 1e-5
 class InnerState(NamedTuple):
     """One inner training run: classifier parameters, optimizer accumulators, step count.
 
-    ``momenta`` has the classifier's structure with an extra leading axis, one
-    row per momentum decay.
+    The accumulators are flat over the classifier's parameters (tensors in
+    ``ravel_pytree`` order): ``momenta`` (num_decays, n), ``second_moment`` (n,).
     """
 
     params: list
@@ -114,66 +116,54 @@ class LearnedOptimizerTask:
         scale = -learning_rate / (self.step_mult * self.linear_mult)
         return {**theta, "linear": theta["linear"].at[0].set(scale)}
 
-    def _features(self, p, g, momenta, second_moment):
-        """The 9 tensor-normalised per-parameter features of one tensor, flattened: (n, 9)."""
-        rsqrt = jax.lax.rsqrt(second_moment + 1e-8)
-        per_parameter = [p, g, *momenta, g * rsqrt, *(m * rsqrt for m in momenta)]
-        normalised = [x * jax.lax.rsqrt(jnp.mean(jnp.square(x)) + _NORM_EPS) for x in per_parameter]
-        return jnp.stack(normalised, axis=-1).reshape(-1, len(per_parameter))
+    def _layout(self):
+        """Sizes of the classifier's tensors and each flat parameter's tensor index."""
+        template = jax.eval_shape(lambda key: init_mlp(key, self.layer_sizes), jax.random.key(0))
+        sizes = [int(np.prod(leaf.shape)) for leaf in jax.tree.leaves(template)]
+        return np.asarray(sizes), np.repeat(np.arange(len(sizes)), sizes)
 
     def apply_lopt(self, theta: dict, inner: InnerState, grads: list) -> InnerState:
-        """One learned-optimizer step on the classifier, given its gradient."""
-        decays = jnp.asarray(self.momentum_decays, jnp.float32)
+        """One learned-optimizer step on the classifier, given its gradient.
 
-        def new_momenta(m, g):
-            shape = (-1,) + (1,) * g.ndim
-            return decays.reshape(shape) * m + (1 - decays.reshape(shape)) * g
-
-        momenta = jax.tree.map(new_momenta, inner.momenta, grads)
+        Works on the flat parameter vector (all tensors concatenated).
+        """
+        flat_params, unravel = ravel_pytree(inner.params)
+        g = ravel_pytree(grads)[0]
+        decays = jnp.asarray(self.momentum_decays, jnp.float32)[:, None]
+        momenta = decays * inner.momenta + (1 - decays) * g
         b2 = self.second_moment_decay
-        second = jax.tree.map(lambda v, g: b2 * v + (1 - b2) * g * g, inner.second_moment, grads)
+        second = b2 * inner.second_moment + (1 - b2) * g * g
 
-        # All tensors go through the shared MLP as one (num_params, features) matrix.
-        leaves, treedef = jax.tree.flatten(inner.params)
-        grad_leaves = treedef.flatten_up_to(grads)
-        momentum_leaves = treedef.flatten_up_to(momenta)
-        second_leaves = treedef.flatten_up_to(second)
-        features = jnp.concatenate([
-            self._features(p, g, list(m), v)
-            for p, g, m, v in zip(leaves, grad_leaves, momentum_leaves, second_leaves, strict=True)
-        ])
+        rsqrt = jax.lax.rsqrt(second + 1e-8)
+        raw = jnp.concatenate([g[None], momenta])
+        per_parameter = jnp.concatenate([flat_params[None], raw, raw * rsqrt])  # (9, n)
+        sizes, tensor_index = self._layout()
+        # (n, num_tensors) one-hot membership: per-tensor means and their broadcast back are
+        # two small matmuls (a scatter would be much slower on CPU).
+        membership = (tensor_index[:, None] == np.arange(len(sizes))).astype(np.float32)
+        mean_square = (jnp.square(per_parameter) @ membership) / sizes
+        normalised = per_parameter * (jax.lax.rsqrt(mean_square + _NORM_EPS) @ membership.T)
         t = inner.step.astype(jnp.float32)
-        time_features = jnp.stack([jnp.tanh(t / tau) for tau in self.time_scales])
+        time_features = jnp.tanh(t / jnp.asarray(self.time_scales, jnp.float32))
         features = jnp.concatenate(
-            [features, jnp.broadcast_to(time_features, (features.shape[0], time_features.shape[0]))],
-            axis=1,
+            [normalised.T, jnp.broadcast_to(time_features, (flat_params.size, time_features.size))], axis=1
         )
+
         hidden = features
         for layer in theta["mlp"][:-1]:
             hidden = jax.nn.relu(hidden @ layer["w"] + layer["b"])
         out = hidden @ theta["mlp"][-1]["w"] + theta["mlp"][-1]["b"]
-        raw = jnp.concatenate([
-            jnp.stack([g.reshape(-1), *(m.reshape(-1) for m in ms)], axis=-1)
-            for g, ms in zip(grad_leaves, momentum_leaves, strict=True)
-        ])
-        direction = out[:, 0] + self.linear_mult * (raw @ theta["linear"])
+        direction = out[:, 0] + self.linear_mult * (theta["linear"] @ raw)
         update = self.step_mult * direction * jnp.exp(self.exp_mult * out[:, 1])
-
-        offsets = np.cumsum([0] + [p.size for p in leaves])
-        params = [
-            p + update[start:stop].reshape(p.shape)
-            for p, start, stop in zip(leaves, offsets[:-1], offsets[1:], strict=True)
-        ]
-        params = jax.tree.unflatten(treedef, params)
-        return InnerState(params, momenta, second, inner.step + 1)
+        return InnerState(unravel(flat_params + update), momenta, second, inner.step + 1)
 
     # -- the online-ES contract -------------------------------------------------
     def init_inner(self, key: jax.Array) -> InnerState:
         """A fresh episode: new classifier parameters, zero accumulators, step 0."""
         params = init_mlp(key, self.layer_sizes)
-        num_decays = len(self.momentum_decays)
-        momenta = jax.tree.map(lambda p: jnp.zeros((num_decays,) + p.shape, p.dtype), params)
-        second = jax.tree.map(jnp.zeros_like, params)
+        num_params = int(self._layout()[0].sum())
+        momenta = jnp.zeros((len(self.momentum_decays), num_params), jnp.float32)
+        second = jnp.zeros((num_params,), jnp.float32)
         return InnerState(params, momenta, second, jnp.zeros((), jnp.int32))
 
     def step(self, inner: InnerState, theta: dict, key: jax.Array):

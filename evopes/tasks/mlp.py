@@ -21,14 +21,15 @@ DEFAULT_LAYER_SIZES = (64, 32, 32, 32, 10)
 
 def init_mlp(key: jax.Array, layer_sizes: Sequence[int] = DEFAULT_LAYER_SIZES) -> list[dict]:
     """Fresh parameters: weights ~ N(0, 1/fan_in), zero biases."""
-    keys = jax.random.split(key, len(layer_sizes) - 1)
-    return [
-        {
-            "w": jax.random.normal(k, (m, n), jnp.float32) / jnp.sqrt(jnp.float32(m)),
-            "b": jnp.zeros((n,), jnp.float32),
-        }
-        for k, m, n in zip(keys, layer_sizes[:-1], layer_sizes[1:], strict=True)
-    ]
+    shapes = list(zip(layer_sizes[:-1], layer_sizes[1:], strict=True))
+    # One draw for all weights: a single random-number kernel compiles faster than one per layer.
+    normals = jax.random.normal(key, (sum(m * n for m, n in shapes),), jnp.float32)
+    params, start = [], 0
+    for m, n in shapes:
+        weight = normals[start : start + m * n].reshape(m, n) / jnp.sqrt(jnp.float32(m))
+        params.append({"w": weight, "b": jnp.zeros((n,), jnp.float32)})
+        start += m * n
+    return params
 
 
 def mlp_logits(params: list[dict], images: jax.Array) -> jax.Array:

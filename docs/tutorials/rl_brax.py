@@ -1,0 +1,208 @@
+"""Training a policy with online ES on truncated windows: NRES vs PES vs TES vs FullES.
+
+Every method spends the same number of environment steps per update
+(``2 P W`` for the online methods = ``2 P_full T`` for FullES, the NRES paper's
+rule), so curves against *total* environment steps compare sample efficiency
+and curves against *sequential* steps compare wall-clock time on a machine with
+one worker per particle.
+
+* FullES runs whole episodes (W = T): an unbiased gradient, T sequential steps
+  per update.
+* TES restarts both partners of a pair from one shared state every window and
+  draws fresh noise: cheap, but it ignores how the parameters shaped that state
+  (biased, myopic).
+* PES accumulates the noise of every window of the episode: unbiased, but the
+  accumulated noise makes it noisy.
+* NRES keeps one noise per episode and reuses it across windows: unbiased for
+  the same smoothed objective as FullES, with lower variance, W sequential
+  steps per update.
+
+The loss of a step is minus its reward and the objective is the time-average
+loss over an episode of ``T`` steps; particles are step-unlocked (spread over
+the episode) so each update sees every part of the horizon. The environment's
+own time limit is switched off: the strategy's horizon ends episodes.
+
+Run ``python docs/tutorials/rl_brax.py`` (``--quick`` for a short run).
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from dataclasses import dataclass, field
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+import evopes
+from evopes import envs
+
+
+@dataclass(frozen=True)
+class Setting:
+    """One comparison: environment, horizon, window, budget and per-method step sizes."""
+
+    env_name: str = "inverted_double_pendulum"
+    library: str = "brax"  # "brax" (spring backend) or "gymnax"
+    hidden_sizes: tuple[int, ...] = ()  # () = linear policy, as in the ES papers
+    horizon: int = 1000  # T
+    window: int = 100  # W
+    num_pairs: int = 30  # P for the online methods; FullES gets P * W / T pairs
+    std: float = 0.3
+    optimizer: str = "sgd"  # "sgd" or "adam"
+    learning_rates: dict = field(default_factory=lambda: {"NRES": 3.0, "PES": 1.0, "TES": 30.0, "FullES": 1.0})
+    total_env_steps: int = 6_000_000  # per method, burn-in included
+    num_evaluations: int = 20  # evaluation points along each run
+    eval_rollouts: int = 8
+
+    @property
+    def full_pairs(self) -> int:
+        return max(1, self.num_pairs * self.window // self.horizon)
+
+    def optax_optimizer(self, method: str) -> optax.GradientTransformation:
+        return getattr(optax, self.optimizer)(self.learning_rates[method])
+
+
+def make_env(setting: Setting):
+    if setting.library == "brax":
+        return envs.BraxEnv.make(setting.env_name, backend="spring")  # no time limit: T ends episodes
+    env = envs.GymnaxEnv.make(setting.env_name)
+    return envs.GymnaxEnv(env.env, env.params.replace(max_steps_in_episode=10**9))
+
+
+def make_policy(setting: Setting, env):
+    if setting.library == "brax":
+        action_dim, output = env.action_size, "clip"  # brax actions live in [-1, 1]
+    else:
+        action_dim, output = env.env.action_space(env.params).shape[0], "identity"
+    policy = envs.MLPPolicy(
+        action_dim=action_dim, hidden_sizes=setting.hidden_sizes, use_bias=bool(setting.hidden_sizes),
+        activation=jnp.tanh, output=output, kernel_init=jax.nn.initializers.zeros,
+    )
+    obs = envs.observation_shape(env)
+    theta = policy.init(jax.random.key(0), jnp.zeros(obs.shape, obs.dtype))
+    return policy, theta
+
+
+class Evaluator:
+    """Mean return of a policy over fresh T-step rollouts (compiled once, shared by all methods)."""
+
+    def __init__(self, setting: Setting, env, policy):
+        fitness = envs.EpisodicFitness(env, policy, num_steps=setting.horizon, num_rollouts=setting.eval_rollouts)
+        self._returns = jax.jit(fitness.returns)
+
+    def __call__(self, theta, key) -> float:
+        return float(jnp.mean(self._returns(theta, key)))
+
+
+def train_online(method: str, setting: Setting, task, theta, evaluate, key, unroll=None) -> dict:
+    """One online strategy, driven by the raw ask / unroll / tell loop."""
+    strategy = {"NRES": evopes.NRES, "PES": evopes.PES, "TES": evopes.TES}[method]
+    es = strategy(
+        population_size=2 * setting.num_pairs, solution=theta, truncation_length=setting.window,
+        horizon=setting.horizon, init_inner=task.init_inner,
+        optimizer=setting.optax_optimizer(method),
+    )
+    params = es.default_params.replace(std=jnp.float32(setting.std))
+    # One compiled window unroll serves every online method (same shapes, same step function).
+    unroll = unroll or jax.jit(evopes.unroll, static_argnums=(0, 4))
+    ask, tell = jax.jit(es.ask), jax.jit(es.tell)
+    steps_per_window = 2 * setting.num_pairs * setting.window
+    num_windows = setting.total_env_steps // steps_per_window
+    eval_every = max(1, num_windows // setting.num_evaluations)
+
+    init_key, loop_key, eval_key = jax.random.split(key, 3)
+    state = jax.jit(es.init)(init_key, theta, params)
+    curve = _Curve()
+    curve.add(0, 0, evaluate(es.get_mean(state), eval_key))
+    for window, window_key in enumerate(jax.random.split(loop_key, num_windows), start=1):
+        ask_key, unroll_key, tell_key = jax.random.split(window_key, 3)
+        population, state = ask(ask_key, state, params)
+        inner, losses, dones = unroll(task.step, population, state.inner_state, unroll_key, setting.window)
+        state, metrics = tell(tell_key, population, losses, state, params, inner_state=inner, dones=dones)
+        if window % eval_every == 0 or window == num_windows:
+            curve.add(int(metrics["total_steps"]), int(metrics["sequential_steps"]),
+                      evaluate(es.get_mean(state), eval_key))
+    return curve.asdict()
+
+
+def train_full(setting: Setting, env, policy, theta, evaluate, key) -> dict:
+    """FullES: antithetic whole episodes, fitness = time-average loss (minus return / T)."""
+    num_pairs, horizon = setting.full_pairs, setting.horizon
+    es = evopes.FullES(2 * num_pairs, theta, optimizer=setting.optax_optimizer("FullES"))
+    params = es.default_params.replace(std_init=jnp.float32(setting.std))
+    # Partners share their rollout's randomness (common random numbers), pairs differ.
+    fitness = envs.EpisodicFitness(env, policy, num_steps=horizon, common_random_numbers="pairs")
+
+    @jax.jit
+    def generation(state, key):
+        ask_key, eval_key, tell_key = jax.random.split(key, 3)
+        population, state = es.ask(ask_key, state, params)
+        state, _ = es.tell(tell_key, population, fitness(population, eval_key) / horizon, state, params)
+        return state
+
+    steps_per_generation = 2 * num_pairs * horizon
+    num_generations = setting.total_env_steps // steps_per_generation
+    eval_every = max(1, num_generations // setting.num_evaluations)
+    init_key, loop_key, eval_key = jax.random.split(key, 3)
+    state = jax.jit(es.init)(init_key, theta, params)
+    curve = _Curve()
+    curve.add(0, 0, evaluate(es.get_mean(state), eval_key))
+    for g, generation_key in enumerate(jax.random.split(loop_key, num_generations), start=1):
+        state = generation(state, generation_key)
+        if g % eval_every == 0 or g == num_generations:
+            curve.add(g * steps_per_generation, g * horizon, evaluate(es.get_mean(state), eval_key))
+    return curve.asdict()
+
+
+class _Curve:
+    def __init__(self):
+        self.total_steps, self.sequential_steps, self.returns = [], [], []
+
+    def add(self, total_steps, sequential_steps, mean_return):
+        self.total_steps.append(total_steps)
+        self.sequential_steps.append(sequential_steps)
+        self.returns.append(mean_return)
+
+    def asdict(self) -> dict:
+        return {k: np.asarray(v) for k, v in vars(self).items()}
+
+
+def compare(setting: Setting, seed: int = 0, methods=("NRES", "PES", "TES", "FullES")) -> dict:
+    """Runs every method on the same setting; returns {method: curve} and timings."""
+    env = make_env(setting)
+    policy, theta = make_policy(setting, env)
+    evaluate = Evaluator(setting, env, policy)
+    task = envs.OnlineRollout(env, policy)  # one task object: compiled unrolls are shared
+    unroll = jax.jit(evopes.unroll, static_argnums=(0, 4))
+    curves = {}
+    for method in methods:
+        start = time.perf_counter()
+        key = jax.random.key(seed)
+        if method == "FullES":
+            curves[method] = train_full(setting, env, policy, theta, evaluate, key)
+        else:
+            curves[method] = train_online(method, setting, task, theta, evaluate, key, unroll)
+        curves[method]["wall_s"] = time.perf_counter() - start
+        print(f"{method:7s} final return {curves[method]['returns'][-1]:9.2f}  "
+              f"env steps {curves[method]['total_steps'][-1]:>10d}  "
+              f"sequential {curves[method]['sequential_steps'][-1]:>8d}  "
+              f"({curves[method]['wall_s']:.0f} s)", flush=True)
+    return curves
+
+
+QUICK = Setting(total_env_steps=600_000, num_evaluations=5, eval_rollouts=4)
+
+
+def main(quick: bool = False, seed: int = 0) -> dict:
+    return compare(QUICK if quick else Setting(), seed)
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--quick", action="store_true")
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args()
+    main(quick=args.quick, seed=args.seed)

@@ -1,0 +1,178 @@
+"""Separable CMA-ES: a diagonal covariance matrix, O(n) time and memory per member.
+
+Ros and Hansen, "A Simple Modification in CMA-ES Achieving Linear Time and
+Space Complexity" (PPSN 2008). The search distribution is N(m, sigma^2 diag(c))
+and every update of :mod:`evopes.strategies.cma_es` is kept, restricted to the
+diagonal:
+
+    y_k = (x_k - m) / sigma,  C^{-1/2} y = y / sqrt(c)
+    c <- (1 + c_1 delta(h_sigma) - c_1 - c_mu sum_j w_j) c
+         + c_1 p_c^2 + c_mu sum_i w°_i y_{i:lambda}^2              (elementwise squares)
+
+A diagonal matrix has n instead of n (n + 1) / 2 degrees of freedom, so the
+learning rates are raised by (n + 2) / 3 (Ros and Hansen, section 2):
+c_1^sep = c_1 (n + 2) / 3 and c_mu^sep = min(1 - c_1^sep, c_mu (n + 2) / 3),
+with c_1 and c_mu of the full CMA-ES. Following the paper, the default
+recombination weights are the mu positive weights of Eq. (49) of Hansen's
+tutorial (no active update); negative weights passed in ``params.weights``
+are used with the rescaling of Eq. (46).
+
+No eigendecomposition is needed: D = sqrt(c) is exact every generation. The
+same guards as :class:`~evopes.strategies.cma_es.CMAES` apply (variance floor
+relative to the largest, sigma clipping, Mahalanobis step clipping, non-finite
+members weighted 0) and the same termination indicators are reported, with
+B = I.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import struct
+
+from evopes.spec import PyTree, SolutionSpec
+from evopes.strategies.cma_es import (
+    TINY,
+    CMAESParams,
+    cma_constants,
+    default_population_size,
+    make_params,
+    record_best,
+    selected_steps,
+    stall_indicator,
+    termination_indicators,
+    tolfun_history_length,
+    tree_all_finite,
+    update_std,
+)
+from evopes.strategy import State, Strategy, check_positive
+
+
+def sep_constants(num_dims: int, population_size: int) -> dict[str, np.ndarray | float]:
+    """Defaults of sep-CMA-ES: full CMA-ES constants, positive weights, rates x (n + 2) / 3."""
+    constants = cma_constants(num_dims, population_size)
+    scale = (num_dims + 2) / 3
+    c_1 = min(1.0, constants["c_1"] * scale)
+    c_mu = min(1.0 - c_1, constants["c_mu"] * scale)
+    weights = np.maximum(constants["weights"], 0.0)
+    return {**constants, "weights": weights, "c_1": c_1, "c_mu": c_mu, "lazy_gap": 1.0}
+
+
+@struct.dataclass
+class SepCMAESState(State):
+    """State of :class:`SepCMAES`.
+
+    Attributes:
+      std: the step size sigma.
+      p_sigma, p_c: evolution paths.
+      variances: diag(C), shape (n,).
+      fitness_history: best finite fitness of recent generations (for TolFun).
+    """
+
+    std: jax.Array
+    p_sigma: jax.Array
+    p_c: jax.Array
+    variances: jax.Array
+    fitness_history: jax.Array
+
+
+class SepCMAES(Strategy):
+    """Separable (diagonal) CMA-ES for large n.
+
+    Args:
+      population_size: lambda; default 4 + floor(3 ln n).
+      solution: template pytree of one solution.
+      maximize: maximise fitness instead of minimising it.
+
+    Hyperparameters are a :class:`~evopes.strategies.cma_es.CMAESParams`
+    (``lazy_gap`` is unused: there is nothing to decompose).
+    """
+
+    def __init__(self, population_size: int | None = None, solution: PyTree = None, *,
+                 maximize: bool = False):
+        if solution is None:
+            raise ValueError("solution: expected a template pytree, got None")
+        if population_size is None:
+            population_size = default_population_size(SolutionSpec.from_template(solution).num_dims)
+        super().__init__(population_size, solution, maximize=maximize)
+
+    @property
+    def history_length(self) -> int:
+        return tolfun_history_length(self.num_dims, self.population_size)
+
+    @property
+    def default_params(self) -> CMAESParams:
+        return make_params(self.num_dims, sep_constants(self.num_dims, self.population_size))
+
+    def validate_params(self, params: CMAESParams) -> None:
+        check_positive(params, "std_init", "std_min", "std_max", "d_sigma", "chi_n", "mu_eff",
+                       "max_step_norm")
+        if tuple(np.shape(params.weights)) != (self.population_size,):
+            raise ValueError(
+                f"params.weights: expected shape ({self.population_size},), "
+                f"got {tuple(np.shape(params.weights))}"
+            )
+
+    def _init(self, key, mean, params: CMAESParams) -> SepCMAESState:
+        zero = jnp.zeros(self.num_dims, jnp.float32)
+        return SepCMAESState(
+            mean=mean,
+            best_solution=mean,
+            best_fitness=jnp.array(jnp.inf, jnp.float32),
+            generation_counter=jnp.array(0, jnp.int32),
+            std=jnp.asarray(params.std_init, jnp.float32),
+            p_sigma=zero,
+            p_c=zero,
+            variances=jnp.ones(self.num_dims, jnp.float32),
+            fitness_history=jnp.full(self.history_length, jnp.inf, jnp.float32),
+        )
+
+    def _ask(self, key, state: SepCMAESState, params: CMAESParams):
+        z = jax.random.normal(key, (self.population_size, self.num_dims), jnp.float32)
+        return state.mean + (state.std * jnp.sqrt(state.variances)) * z, state
+
+    def _tell(self, key, population, fitness, state: SepCMAESState, params: CMAESParams):
+        n = self.num_dims
+        D = jnp.sqrt(state.variances)
+        y, whitened, weights = selected_steps(population, fitness, state.mean, state.std,
+                                              None, D, params)
+        positive = jnp.maximum(weights, 0.0)
+        y_w = positive @ y
+        mean = state.mean + params.c_mean * state.std * y_w
+        p_sigma = (1 - params.c_sigma) * state.p_sigma + jnp.sqrt(
+            params.c_sigma * (2 - params.c_sigma) * params.mu_eff
+        ) * (positive @ whitened)
+        std = update_std(state.std, p_sigma, params)
+        h_sigma = stall_indicator(p_sigma, state.generation_counter, n, params)
+        p_c = (1 - params.c_c) * state.p_c + h_sigma * jnp.sqrt(
+            params.c_c * (2 - params.c_c) * params.mu_eff
+        ) * y_w
+
+        squared_norms = jnp.maximum(jnp.sum(whitened**2, axis=1), TINY)
+        weights_circ = jnp.where(weights >= 0, weights, weights * n / squared_norms)
+        delta_h = (1 - h_sigma) * params.c_c * (2 - params.c_c)
+        decay = 1 + params.c_1 * delta_h - params.c_1 - params.c_mu * jnp.sum(weights)
+        variances = (
+            decay * state.variances + params.c_1 * p_c**2 + params.c_mu * (weights_circ @ y**2)
+        )
+        floor = jnp.maximum(jnp.max(variances) * params.min_eigenvalue_ratio, TINY)
+        variances = jnp.maximum(variances, floor)
+
+        new_state = state.replace(mean=mean, std=std, p_sigma=p_sigma, p_c=p_c, variances=variances)
+        usable = jnp.any(weights != 0) & tree_all_finite((mean, std, p_sigma, p_c, variances))
+        new_state = jax.tree_util.tree_map(
+            lambda new, old: jnp.where(usable, new, old), new_state, state
+        )
+        history = record_best(state.fitness_history, fitness, state.generation_counter)
+        new_state = new_state.replace(fitness_history=history)
+        metrics = termination_indicators(
+            new_state.mean, new_state.std, new_state.p_c, new_state.variances, None,
+            jnp.sqrt(new_state.variances), history, fitness, state.generation_counter + 1, params,
+        )
+        metrics["h_sigma"] = h_sigma
+        return new_state, metrics
+
+
+#: evosax's name, so that code ports by changing an import.
+Sep_CMA_ES = SepCMAES
