@@ -73,7 +73,9 @@ def _evopes_sep_cma(num_dims, population_size):
 
 def _evopes_open_es(noise):
     def make(num_dims, population_size):
-        return OpenES(population_size, jnp.zeros(num_dims), optimizer=optax.adam(LEARNING_RATE), noise=noise)
+        return OpenES(
+            population_size, jnp.zeros(num_dims), optimizer=optax.adam(LEARNING_RATE), noise=noise
+        )
 
     return make
 
@@ -130,7 +132,9 @@ def _runner(strategy, num_dims, generations, seed):
 
     @jax.jit
     def run(state, key):
-        return jax.lax.scan(lambda s, k: (step(s, k), None), state, jax.random.split(key, generations))[0]
+        return jax.lax.scan(
+            lambda s, k: (step(s, k), None), state, jax.random.split(key, generations)
+        )[0]
 
     return run, block(state)
 
@@ -173,13 +177,31 @@ def _configs(quick: bool) -> list[Config]:
         configs.append(Config("CMAES d=2000", 2000, 64, 4, _evopes_cma, _evosax_cma))
     configs += [
         Config("SepCMAES d=1e5", 100_000, 64, 10, _evopes_sep_cma, _evosax_sep_cma),
-        Config("OpenES d=1e5 (noise table)", 100_000, 256, 5, _evopes_open_es(table), _evosax_open_es),
-        Config("OpenES d=1e5 (gaussian)", 100_000, 256, 5, _evopes_open_es(gaussian), _evosax_open_es),
+        Config(
+            "OpenES d=1e5 (noise table)", 100_000, 256, 5, _evopes_open_es(table), _evosax_open_es
+        ),
+        Config(
+            "OpenES d=1e5 (gaussian)", 100_000, 256, 5, _evopes_open_es(gaussian), _evosax_open_es
+        ),
     ]
     if not quick:
         configs += [
-            Config("OpenES d=1e6 (noise table)", 1_000_000, 256, 2, _evopes_open_es(table), _evosax_open_es),
-            Config("OpenES d=1e6 (gaussian)", 1_000_000, 256, 2, _evopes_open_es(gaussian), _evosax_open_es),
+            Config(
+                "OpenES d=1e6 (noise table)",
+                1_000_000,
+                256,
+                2,
+                _evopes_open_es(table),
+                _evosax_open_es,
+            ),
+            Config(
+                "OpenES d=1e6 (gaussian)",
+                1_000_000,
+                256,
+                2,
+                _evopes_open_es(gaussian),
+                _evosax_open_es,
+            ),
         ]
     return configs
 
@@ -198,53 +220,103 @@ def main(quick: bool, seed: int, out_dir: Path) -> list[dict]:
             skipped.append(config.name)
             continue
         runs = [
-            _runner(make(config.num_dims, config.population_size), config.num_dims, config.generations, seed)
+            _runner(
+                make(config.num_dims, config.population_size),
+                config.num_dims,
+                config.generations,
+                seed,
+            )
             for make in (config.make_evopes, config.make_evosax)
         ]
         evopes_s, evosax_s = (t / config.generations for t in _time_pair(runs, repeats))
-        rows.append({"config": config.name, "evopes_s": evopes_s, "evosax_s": evosax_s,
-                     "ratio": evopes_s / evosax_s})
+        rows.append(
+            {
+                "config": config.name,
+                "evopes_s": evopes_s,
+                "evosax_s": evosax_s,
+                "ratio": evopes_s / evosax_s,
+            }
+        )
         print(rows[-1])
         del runs
 
     compile_rows = []
-    compile_configs = [("CMAES d=100", _evopes_cma, _evosax_cma, 100, 64),
-                       ("OpenES d=1e5", _evopes_open_es(evopes.NoiseTable()), _evosax_open_es, 100_000, 256)]
-    jax.jit(lambda x: x + 1).lower(1.0).compile()  # pay XLA's one-off start-up cost outside the timings
+    compile_configs = [
+        ("CMAES d=100", _evopes_cma, _evosax_cma, 100, 64),
+        ("OpenES d=1e5", _evopes_open_es(evopes.NoiseTable()), _evosax_open_es, 100_000, 256),
+    ]
+    jax.jit(lambda x: x + 1).lower(
+        1.0
+    ).compile()  # pay XLA's one-off start-up cost outside the timings
     for name, make_evopes, make_evosax, num_dims, population_size in compile_configs:
         if make_evopes is _evopes_cma and _evopes_class("CMAES") is None:
             skipped.append(f"compile {name}")
             continue
         evopes_c = _compile_seconds(make_evopes, num_dims, population_size, seed)
         evosax_c = _compile_seconds(make_evosax, num_dims, population_size, seed)
-        compile_rows.append({"strategy": name, "evopes_compile_s": evopes_c, "evosax_compile_s": evosax_c,
-                             "ratio": evopes_c / evosax_c})
+        compile_rows.append(
+            {
+                "strategy": name,
+                "evopes_compile_s": evopes_c,
+                "evosax_compile_s": evosax_c,
+                "ratio": evopes_c / evosax_c,
+            }
+        )
         print(compile_rows[-1])
 
-    write_results(NAME, rows, out_dir, quick=quick, seed=seed,
-                  extra={"compile_rows": compile_rows, "skipped": skipped})
+    write_results(
+        NAME,
+        rows,
+        out_dir,
+        quick=quick,
+        seed=seed,
+        extra={"compile_rows": compile_rows, "skipped": skipped},
+    )
     save_figure(_plot(rows, compile_rows), NAME, out_dir)
     return rows
 
 
 def _plot(rows, compile_rows):
     fig, (ax_time, ax_compile) = plt.subplots(
-        1, 2, figsize=(12, 4.5), gridspec_kw={"width_ratios": [max(len(rows), 1), max(len(compile_rows), 1)]}
+        1,
+        2,
+        figsize=(12, 4.5),
+        gridspec_kw={"width_ratios": [max(len(rows), 1), max(len(compile_rows), 1)]},
     )
     width = 0.38
     for ax, records, label_key, keys, title in [
         (ax_time, rows, "config", ("evopes_s", "evosax_s"), "seconds per generation (ask + tell)"),
-        (ax_compile, compile_rows, "strategy", ("evopes_compile_s", "evosax_compile_s"),
-         "compile time of one ask + tell (s)"),
+        (
+            ax_compile,
+            compile_rows,
+            "strategy",
+            ("evopes_compile_s", "evosax_compile_s"),
+            "compile time of one ask + tell (s)",
+        ),
     ]:
         positions = range(len(records))
-        for offset, key, colour, name in [(-width / 2, keys[0], "tab:blue", "evopes"),
-                                          (width / 2, keys[1], "tab:grey", "evosax")]:
-            ax.bar([p + offset for p in positions], [r[key] for r in records], width, label=name, color=colour)
+        for offset, key, colour, name in [
+            (-width / 2, keys[0], "tab:blue", "evopes"),
+            (width / 2, keys[1], "tab:grey", "evosax"),
+        ]:
+            ax.bar(
+                [p + offset for p in positions],
+                [r[key] for r in records],
+                width,
+                label=name,
+                color=colour,
+            )
         for p, record in zip(positions, records, strict=True):
-            ax.annotate(f"x{record[keys[0]] / record[keys[1]]:.2f}", (p, max(record[keys[0]], record[keys[1]])),
-                        ha="center", va="bottom", fontsize=8)
-        ax.set_xticks(list(positions), [r[label_key] for r in records], rotation=25, ha="right", fontsize=8)
+            ax.annotate(
+                f"x{record[keys[0]] / record[keys[1]]:.2f}",
+                (p, max(record[keys[0]], record[keys[1]])),
+                ha="center",
+                va="bottom",
+                fontsize=8,
+            )
+        ax.set_xticks(
+            list(positions), [r[label_key] for r in records], rotation=25, ha="right", fontsize=8
+        )
         ax.set_yscale("log")
         ax.set_title(title, fontsize=10)
         ax.legend(fontsize=8)

@@ -23,15 +23,21 @@ def test_ranks_put_nonfinite_last_and_break_ties_by_position():
 def test_centered_rank_by_hand():
     # r / (n - 1) - 0.5 with ranks [2, 0, 3, 1]
     np.testing.assert_allclose(
-        shaping.centered_rank(jnp.array([3.0, 1.0, NAN, 2.0])), [1 / 6, -0.5, 0.5, -1 / 6], rtol=1e-6
+        shaping.centered_rank(jnp.array([3.0, 1.0, NAN, 2.0])),
+        [1 / 6, -0.5, 0.5, -1 / 6],
+        rtol=1e-6,
     )
 
 
 def test_identity_and_z_score_by_hand():
-    np.testing.assert_array_equal(shaping.identity(jnp.array([1.0, NAN, INF, -2.0])), [1.0, 0.0, 0.0, -2.0])
+    np.testing.assert_array_equal(
+        shaping.identity(jnp.array([1.0, NAN, INF, -2.0])), [1.0, 0.0, 0.0, -2.0]
+    )
     # finite [1, 2, 3]: mean 2, population std sqrt(2/3); the NaN gets the worst z
     z = np.sqrt(1.5)
-    np.testing.assert_allclose(shaping.z_score(jnp.array([1.0, 2.0, 3.0, NAN])), [-z, 0.0, z, z], rtol=1e-5)
+    np.testing.assert_allclose(
+        shaping.z_score(jnp.array([1.0, 2.0, 3.0, NAN])), [-z, 0.0, z, z], rtol=1e-5
+    )
     np.testing.assert_array_equal(shaping.z_score(jnp.array([NAN, INF])), [0.0, 0.0])
 
 
@@ -41,7 +47,9 @@ def test_cma_weights_and_weighted_rank_by_hand():
     np.testing.assert_allclose(shaping.cma_weights(4), [*(raw / raw.sum()), 0.0, 0.0], rtol=1e-6)
     # fitness [5, 1, NAN, 3]: ranks [2, 0, 3, 1]; the best (index 1) gets -w_1
     shaped = shaping.weighted_rank(jnp.array([5.0, 1.0, NAN, 3.0]))
-    np.testing.assert_allclose(shaped, [0.0, -raw[0] / raw.sum(), 0.0, -raw[1] / raw.sum()], rtol=1e-6)
+    np.testing.assert_allclose(
+        shaped, [0.0, -raw[0] / raw.sum(), 0.0, -raw[1] / raw.sum()], rtol=1e-6
+    )
 
 
 def test_shapings_jit_and_vmap():
@@ -54,20 +62,32 @@ def test_shapings_jit_and_vmap():
 
 
 # -- SolutionSpec -------------------------------------------------------------------------------
-TEMPLATE = {"a": jnp.zeros((2, 3)), "b": [jnp.zeros(()), jnp.zeros(4, jnp.bfloat16)], "c": jnp.zeros(2, jnp.int32)}
+TEMPLATE = {
+    "a": jnp.zeros((2, 3)),
+    "b": [jnp.zeros(()), jnp.zeros(4, jnp.bfloat16)],
+    "c": jnp.zeros(2, jnp.int32),
+}
 
 
 def test_spec_round_trips_single_and_population():
     spec = SolutionSpec.from_template(TEMPLATE)
     assert spec.num_dims == 6 + 1 + 4 + 2
-    tree = {"a": jnp.arange(6.0).reshape(2, 3), "b": [jnp.array(7.0), jnp.arange(4, dtype=jnp.bfloat16)],
-            "c": jnp.array([3.0, 4.0])}
+    tree = {
+        "a": jnp.arange(6.0).reshape(2, 3),
+        "b": [jnp.array(7.0), jnp.arange(4, dtype=jnp.bfloat16)],
+        "c": jnp.array([3.0, 4.0]),
+    }
     flat = spec.ravel(tree)
     # leaf order is jax.tree.leaves order, each leaf row-major
     np.testing.assert_array_equal(flat, [0, 1, 2, 3, 4, 5, 7, 0, 1, 2, 3, 3, 4])
     back = spec.unravel(flat)
     assert jax.tree.structure(back) == jax.tree.structure(TEMPLATE)
-    assert [leaf.dtype for leaf in jax.tree.leaves(back)] == [jnp.float32, jnp.float32, jnp.bfloat16, jnp.float32]
+    assert [leaf.dtype for leaf in jax.tree.leaves(back)] == [
+        jnp.float32,
+        jnp.float32,
+        jnp.bfloat16,
+        jnp.float32,
+    ]
     for got, want in zip(jax.tree.leaves(back), jax.tree.leaves(tree), strict=True):
         np.testing.assert_array_equal(np.asarray(got, np.float32), np.asarray(want, np.float32))
     population = jax.tree.map(lambda leaf: jnp.stack([leaf, leaf + 1]), back)
@@ -81,7 +101,9 @@ def test_spec_round_trips_single_and_population():
 
 def test_spec_is_hashable_by_value():
     from_arrays = SolutionSpec.from_template(TEMPLATE)
-    from_structs = SolutionSpec.from_template(jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), TEMPLATE))
+    from_structs = SolutionSpec.from_template(
+        jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), TEMPLATE)
+    )
     assert from_arrays == from_structs and hash(from_arrays) == hash(from_structs)
     assert from_arrays != SolutionSpec.from_template({"a": jnp.zeros((3, 2))})
 
@@ -92,7 +114,9 @@ def test_spec_errors_name_expected_and_received():
         spec.ravel({"y": jnp.zeros(3)})
     with pytest.raises(ValueError, match=r"solution: leaf 0 expected shape \(3,\), got \(4,\)"):
         spec.ravel({"x": jnp.zeros(4)})
-    with pytest.raises(ValueError, match=r"population: leaf 0 expected shape \(5, 3\), got \(4, 3\)"):
+    with pytest.raises(
+        ValueError, match=r"population: leaf 0 expected shape \(5, 3\), got \(4, 3\)"
+    ):
         spec.ravel_population({"x": jnp.zeros((4, 3))}, 5)
     with pytest.raises(ValueError, match="expected last axis 3, got 2"):
         spec.unravel(jnp.zeros(2))
@@ -101,7 +125,9 @@ def test_spec_errors_name_expected_and_received():
 
 
 # -- noise ------------------------------------------------------------------------------------
-@pytest.mark.parametrize("noise", [GaussianNoise(), NoiseTable(size=2**16)], ids=["gaussian", "table"])
+@pytest.mark.parametrize(
+    "noise", [GaussianNoise(), NoiseTable(size=2**16)], ids=["gaussian", "table"]
+)
 def test_noise_is_deterministic_and_standard_normal(noise):
     num, dims = 64, 256
     state = noise.init(jax.random.key(0), dims)
@@ -130,7 +156,9 @@ def test_noise_table_slices_are_table_segments():
     noise = NoiseTable(size=1000)
     table = noise.init(jax.random.key(0), 10)
     assert table.shape == (1000,)
-    assert abs(float(table.mean())) < 5 / np.sqrt(1000) and abs(float(table.var()) - 1) < 5 * np.sqrt(2 / 1000)
+    assert abs(float(table.mean())) < 5 / np.sqrt(1000) and abs(
+        float(table.var()) - 1
+    ) < 5 * np.sqrt(2 / 1000)
     ids = noise.draw_ids(jax.random.key(1), 500, 10)
     assert ids.shape == (500, 1) and int(ids.min()) >= 0 and int(ids.max()) <= 1000 - 10
     z = noise.sample(table, ids[:3], 10)
@@ -145,7 +173,9 @@ def test_gaussian_ids_are_key_data():
     ids = noise.draw_ids(jax.random.key(0), 3, 5)
     assert ids.shape == (3, 2) and ids.dtype == jnp.uint32
     key = jax.random.wrap_key_data(ids[1], impl="threefry2x32")
-    np.testing.assert_array_equal(noise.sample(noise.init(None, 5), ids[1], 5), jax.random.normal(key, (5,)))
+    np.testing.assert_array_equal(
+        noise.sample(noise.init(None, 5), ids[1], 5), jax.random.normal(key, (5,))
+    )
 
 
 # -- the Strategy template, through a minimal strategy -------------------------------------------
@@ -179,7 +209,9 @@ def test_template_tracks_best_with_nonfinite_fitness_and_metrics_use_raw_values(
     state = es.init(jax.random.key(0), {"x": jnp.ones(2)}, params)
     population, state = es.ask(jax.random.key(0), state, params)
     np.testing.assert_allclose(population["x"][:, 0], [0.8, 0.9, 1.0, 1.1], rtol=1e-6)
-    state, metrics = es.tell(jax.random.key(0), population, jnp.array([NAN, 3.0, 1.0, -INF]), state, params)
+    state, metrics = es.tell(
+        jax.random.key(0), population, jnp.array([NAN, 3.0, 1.0, -INF]), state, params
+    )
     assert float(metrics["best_fitness"]) == 1.0 and int(metrics["num_nonfinite"]) == 2
     np.testing.assert_allclose(metrics["best_solution"]["x"], [1.0, 1.0])
     assert float(metrics["mean_fitness"]) == 2.0  # over the finite values only
@@ -194,7 +226,9 @@ def test_template_maximize_flips_the_sign_of_reported_fitness():
     es = _Walk(4, jnp.zeros(1), maximize=True)
     state = es.init(jax.random.key(0), jnp.zeros(1), es.default_params)
     population, state = es.ask(jax.random.key(0), state, es.default_params)
-    state, metrics = es.tell(jax.random.key(0), population, jnp.array([1.0, 5.0, 3.0, 2.0]), state, es.default_params)
+    state, metrics = es.tell(
+        jax.random.key(0), population, jnp.array([1.0, 5.0, 3.0, 2.0]), state, es.default_params
+    )
     assert float(metrics["best_fitness"]) == 5.0
     np.testing.assert_allclose(state.mean, population[1], rtol=1e-6)
 

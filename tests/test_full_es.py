@@ -52,7 +52,9 @@ def test_estimator_is_the_stein_formula_exactly(estimates):
     # the members are theta +- sigma z_i (halves layout), with z_i the documented draw
     z = (population[:NUM_PAIRS] - population[NUM_PAIRS:]) / (2 * STD)
     ask_key = jax.random.split(jax.random.split(jax.random.key(0), REPEATS)[0])[1]
-    np.testing.assert_array_equal(state.noise_ids, _ESTIMATOR.noise.draw_ids(ask_key, NUM_PAIRS, DIMS))
+    np.testing.assert_array_equal(
+        state.noise_ids, _ESTIMATOR.noise.draw_ids(ask_key, NUM_PAIRS, DIMS)
+    )
     expected = jnp.mean(z * (z @ true_gradient(THETA))[:, None], axis=0)
     # (the estimate regenerates z from the stored ids: equality also checks it is the same z)
     np.testing.assert_allclose(gradient, expected, rtol=1e-4, atol=1e-5)
@@ -82,12 +84,21 @@ def test_estimate_matches_analytic_gradient_within_its_variance(estimates):
 
 # A small FullES on a two-leaf pytree (7 numbers), plain SGD with learning rate 1 so that
 # new mean = mean - gradient; a small noise table keeps it cheap.
-_TREE_ES = FullES(8, {"a": jnp.zeros(3), "b": jnp.zeros((2, 2))}, noise=NoiseTable(size=4096),
-                  optimizer=optax.sgd(1.0))
+_TREE_ES = FullES(
+    8,
+    {"a": jnp.zeros(3), "b": jnp.zeros((2, 2))},
+    noise=NoiseTable(size=4096),
+    optimizer=optax.sgd(1.0),
+)
 _TREE_MEAN = {"a": jnp.arange(3.0), "b": -jnp.ones((2, 2))}
-_init_and_ask = jax.jit(lambda es, init_key, ask_key, mean, params: es.ask(
-    ask_key, es.init(init_key, mean, params), params))
-_tell = jax.jit(lambda es, fitness, state, params: es.tell(jax.random.key(0), None, fitness, state, params))
+_init_and_ask = jax.jit(
+    lambda es, init_key, ask_key, mean, params: es.ask(
+        ask_key, es.init(init_key, mean, params), params
+    )
+)
+_tell = jax.jit(
+    lambda es, fitness, state, params: es.tell(jax.random.key(0), None, fitness, state, params)
+)
 
 
 def test_nonfinite_pairs_are_masked_and_counted():
@@ -166,7 +177,9 @@ def _train(key, params):
 def trained():
     params = _QUAD_ES.default_params
     batch = jax.tree.map(lambda leaf: jnp.full((4,), leaf, jnp.float32), params)
-    batch = batch.replace(std_init=jnp.array([0.1, 0.3, 0.1, 0.3]), weight_decay=jnp.array([0.0, 0.0, 1.0, 1.0]))
+    batch = batch.replace(
+        std_init=jnp.array([0.1, 0.3, 0.1, 0.3]), weight_decay=jnp.array([0.0, 0.0, 1.0, 1.0])
+    )
     keys = jax.random.split(jax.random.key(42), 4)
     return keys, batch, _train(keys, batch)
 

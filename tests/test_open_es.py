@@ -17,7 +17,10 @@ TREE_MEAN = {"w": jnp.array([[0.5, -1.0], [2.0, 0.0]]), "b": {"c": jnp.array([1.
 
 
 def tree_sphere(population):
-    return sum(jnp.sum(jnp.reshape(leaf, (leaf.shape[0], -1)) ** 2, axis=1) for leaf in jax.tree.leaves(population))
+    return sum(
+        jnp.sum(jnp.reshape(leaf, (leaf.shape[0], -1)) ** 2, axis=1)
+        for leaf in jax.tree.leaves(population)
+    )
 
 
 @jax.jit
@@ -30,7 +33,9 @@ def one_generation(es, key, params):
     return population, fitness, state, new_state, metrics
 
 
-@pytest.mark.parametrize("noise", [NoiseTable(size=4096), GaussianNoise()], ids=["table", "gaussian"])
+@pytest.mark.parametrize(
+    "noise", [NoiseTable(size=4096), GaussianNoise()], ids=["table", "gaussian"]
+)
 def test_one_generation_is_the_papers_update(noise):
     es = OpenES(10, TREE, optimizer=optax.sgd(1.0), noise=noise)
     params = es.default_params.replace(std_init=0.3, weight_decay=0.5)
@@ -46,7 +51,9 @@ def test_one_generation_is_the_papers_update(noise):
     np.testing.assert_allclose(new_state.mean, mean - (gradient + 0.5 * mean), rtol=1e-4, atol=1e-5)
     # best member: rebuilt from its noise id, equal to the population's argmin
     best = int(jnp.argmin(fitness))
-    np.testing.assert_allclose(es.spec.ravel(metrics["best_solution"]), flat[best], rtol=1e-6, atol=1e-6)
+    np.testing.assert_allclose(
+        es.spec.ravel(metrics["best_solution"]), flat[best], rtol=1e-6, atol=1e-6
+    )
     assert float(metrics["best_fitness"]) == float(fitness[best])
     # the state holds ids, not perturbations
     assert state.noise_ids.shape[0] == 5 and state.noise_ids.size <= 10
@@ -57,7 +64,9 @@ def test_weight_decay_adds_lambda_times_mean():
     params = es.default_params.replace(std_init=0.3)
     without = one_generation(es, jax.random.key(1), params.replace(weight_decay=0.0))[3].mean
     with_decay = one_generation(es, jax.random.key(1), params.replace(weight_decay=0.25))[3].mean
-    np.testing.assert_allclose(without - with_decay, 0.25 * es.spec.ravel(TREE_MEAN), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(
+        without - with_decay, 0.25 * es.spec.ravel(TREE_MEAN), rtol=1e-5, atol=1e-6
+    )
 
 
 @jax.jit
@@ -136,7 +145,9 @@ def _train(key, params, corrupt_rate):
         population, state = es.ask(ask_key, state, params)
         fitness = jnp.sum((population - 1.0) ** 2, axis=1)
         corrupt = jax.random.uniform(corrupt_key, fitness.shape) < corrupt_rate
-        bad = jnp.array([jnp.nan, jnp.inf, -jnp.inf])[jax.random.randint(kind_key, fitness.shape, 0, 3)]
+        bad = jnp.array([jnp.nan, jnp.inf, -jnp.inf])[
+            jax.random.randint(kind_key, fitness.shape, 0, 3)
+        ]
         state, metrics = es.tell(key, None, jnp.where(corrupt, bad, fitness), state, params)
         return state, metrics["num_nonfinite"]
 
@@ -147,7 +158,9 @@ def _train(key, params, corrupt_rate):
 def trained():
     params = _SPHERE_ES.default_params
     batch = jax.tree.map(lambda leaf: jnp.full((4,), leaf, jnp.float32), params)
-    batch = batch.replace(std_init=jnp.array([0.1, 0.2, 0.1, 0.1]), weight_decay=jnp.array([0.0, 0.0, 0.5, 0.0]))
+    batch = batch.replace(
+        std_init=jnp.array([0.1, 0.2, 0.1, 0.1]), weight_decay=jnp.array([0.0, 0.0, 0.5, 0.0])
+    )
     corrupt_rate = jnp.array([0.0, 0.0, 0.0, 0.1])
     keys = jax.random.split(jax.random.key(7), 4)
     return keys, batch, corrupt_rate, _train(keys, batch, corrupt_rate)
@@ -213,8 +226,13 @@ def test_validation_errors_name_expected_and_received():
         OpenES(8, jnp.zeros(3), optimizer=0.1)
     es = OpenES(8, jnp.zeros(3), noise=NoiseTable(size=64))
     key = jax.random.key(0)
-    for field, value in [("std_init", 0.0), ("std_init", -1.0), ("std_decay", 0.0), ("std_min", -0.1),
-                         ("weight_decay", -1.0)]:
+    for field, value in [
+        ("std_init", 0.0),
+        ("std_init", -1.0),
+        ("std_decay", 0.0),
+        ("std_min", -0.1),
+        ("weight_decay", -1.0),
+    ]:
         with pytest.raises(ValueError, match=f"params.{field}: expected"):
             es.init(key, jnp.zeros(3), es.default_params.replace(**{field: value}))
     with pytest.raises(ValueError, match=r"solution: expected pytree structure"):
@@ -223,7 +241,9 @@ def test_validation_errors_name_expected_and_received():
     with pytest.raises(ValueError, match=r"fitness: expected shape \(8,\), got \(8, 1\)"):
         es.tell(key, None, jnp.zeros((8, 1)), state, es.default_params)
     with pytest.raises(ValueError, match="NoiseTable.size"):
-        OpenES(8, jnp.zeros(100), noise=NoiseTable(size=64)).init(key, jnp.zeros(100), es.default_params)
+        OpenES(8, jnp.zeros(100), noise=NoiseTable(size=64)).init(
+            key, jnp.zeros(100), es.default_params
+        )
 
 
 def test_aliases_and_exports():
@@ -231,3 +251,23 @@ def test_aliases_and_exports():
     assert evopes.strategies.OpenES is OpenES
     assert isinstance(OpenES(4, jnp.zeros(2)).noise, NoiseTable)
     assert OpenES(4, jnp.zeros(2)).default_params.std_init == 0.1
+
+
+# -- the documentation's examples run and do what they say -----------------------------------
+def _python_blocks(page):
+    from pathlib import Path
+
+    text = (Path(__file__).resolve().parent.parent / "docs" / "strategies" / page).read_text()
+    return [block.split("```", 1)[0] for block in text.split("```python\n")[1:]]
+
+
+@pytest.mark.parametrize("page", ["open_es.md", "full_es.md"])
+def test_docs_examples(page):
+    namespace = {}
+    for block in _python_blocks(page):
+        exec(compile(block, page, "exec"), namespace)
+    state = namespace["state"]
+    if page == "open_es.md":
+        assert float(namespace["sphere"](state.mean)) < 1e-2  # the page says "about 1e-4"
+    else:
+        assert float(namespace["loss"](state.mean)) < 1e-6  # the page says "below 1e-9"

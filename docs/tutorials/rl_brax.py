@@ -77,9 +77,11 @@ def make_policy(setting: Setting, env):
         action_dim, output = env.action_size, "clip"  # brax actions live in [-1, 1]
     else:
         action_dim, output = env.env.action_space(env.params).shape[0], "identity"
+    linear = not setting.hidden_sizes  # the papers' linear policies: no bias, zero init
     policy = envs.MLPPolicy(
-        action_dim=action_dim, hidden_sizes=setting.hidden_sizes, use_bias=bool(setting.hidden_sizes),
-        activation=jnp.tanh, output=output, kernel_init=jax.nn.initializers.zeros,
+        action_dim=action_dim, hidden_sizes=setting.hidden_sizes, use_bias=not linear,
+        activation=jnp.tanh, output=output,
+        kernel_init=jax.nn.initializers.zeros if linear else jax.nn.initializers.lecun_normal(),
     )
     obs = envs.observation_shape(env)
     theta = policy.init(jax.random.key(0), jnp.zeros(obs.shape, obs.dtype))

@@ -44,7 +44,7 @@ from flax import struct
 
 from evopes.noise import GaussianNoise, NoiseSource, NoiseTable
 from evopes.spec import PyTree
-from evopes.strategy import Metrics, Params, State, Strategy, check_positive
+from evopes.strategy import Params, State, Strategy, check_positive
 
 #: Floats regenerated per block when summing Gaussian perturbations in ``tell``:
 #: blocks keep the random-bit generation vectorised while the memory stays
@@ -127,12 +127,21 @@ class AntitheticES(Strategy):
                 f"got {population_size!r}"
             )
         super().__init__(population_size, solution, maximize=maximize)
-        if not (callable(getattr(optimizer, "init", None)) and callable(getattr(optimizer, "update", None))):
-            raise ValueError(f"optimizer: expected an optax GradientTransformation, got {optimizer!r}")
+        if not (
+            callable(getattr(optimizer, "init", None))
+            and callable(getattr(optimizer, "update", None))
+        ):
+            raise ValueError(
+                f"optimizer: expected an optax GradientTransformation, got {optimizer!r}"
+            )
         if not callable(fitness_shaping):
-            raise ValueError(f"fitness_shaping: expected a function of the fitness, got {fitness_shaping!r}")
+            raise ValueError(
+                f"fitness_shaping: expected a function of the fitness, got {fitness_shaping!r}"
+            )
         if not isinstance(noise, GaussianNoise | NoiseTable):
-            raise ValueError(f"noise: expected evopes.NoiseTable or evopes.GaussianNoise, got {noise!r}")
+            raise ValueError(
+                f"noise: expected evopes.NoiseTable or evopes.GaussianNoise, got {noise!r}"
+            )
         self.optimizer = optimizer
         self.fitness_shaping = fitness_shaping
         self.noise = noise
@@ -157,7 +166,9 @@ class AntitheticES(Strategy):
 
     # -- the algorithm ----------------------------------------------------------
     def _init(self, key: jax.Array, mean: jax.Array, params: AntitheticParams) -> AntitheticState:
-        ids = jax.eval_shape(lambda: self.noise.draw_ids(jax.random.key(0), self.num_pairs, self.num_dims))
+        ids = jax.eval_shape(
+            lambda: self.noise.draw_ids(jax.random.key(0), self.num_pairs, self.num_dims)
+        )
         return AntitheticState(
             mean=mean,
             best_solution=mean,
@@ -182,7 +193,9 @@ class AntitheticES(Strategy):
         pair = index % self.num_pairs
         z = self.noise.sample(state.noise_state, state.noise_ids[pair], self.num_dims)
         perturbation = state.std * z
-        return jnp.where(index < self.num_pairs, state.mean + perturbation, state.mean - perturbation)
+        return jnp.where(
+            index < self.num_pairs, state.mean + perturbation, state.mean - perturbation
+        )
 
     def _tell(self, key, population, fitness, state: AntitheticState, params: AntitheticParams):
         del key, population  # the perturbations are rebuilt from state.noise_ids
@@ -213,14 +226,18 @@ class AntitheticES(Strategy):
             finite = jnp.isfinite(fitness)
             valid &= finite[:num_pairs] & finite[num_pairs:]
         num_valid = valid.sum()
-        coefficients = jnp.where(valid, difference, 0.0) / (2.0 * jnp.maximum(num_valid, 1) * state.std)
+        coefficients = jnp.where(valid, difference, 0.0) / (
+            2.0 * jnp.maximum(num_valid, 1) * state.std
+        )
         gradient = weighted_noise_sum(
             self.noise, state.noise_state, state.noise_ids, coefficients, self.num_dims
         )
         return gradient, num_valid
 
     # -- public extras ----------------------------------------------------------
-    def estimate_gradient(self, fitness: jax.Array, state: AntitheticState, params: AntitheticParams) -> PyTree:
+    def estimate_gradient(
+        self, fitness: jax.Array, state: AntitheticState, params: AntitheticParams
+    ) -> PyTree:
         """Gradient estimate (1) of the minimised objective for the last ``ask``, without
         weight decay and without updating anything (e.g. for variance studies)."""
         del params
@@ -249,7 +266,11 @@ def weighted_noise_sum(
         block = 1
     else:
         block = max(
-            (size for size in range(1, num + 1) if num % size == 0 and size * num_dims <= _GAUSSIAN_BLOCK_FLOATS),
+            (
+                size
+                for size in range(1, num + 1)
+                if num % size == 0 and size * num_dims <= _GAUSSIAN_BLOCK_FLOATS
+            ),
             default=1,
         )
     blocked_ids = ids.reshape((num // block, block) + ids.shape[1:])
@@ -259,7 +280,9 @@ def weighted_noise_sum(
         block_ids, block_weights = block_ids_weights
         return total + block_weights @ noise.sample(noise_state, block_ids, num_dims), None
 
-    total, _ = jax.lax.scan(add_block, jnp.zeros((num_dims,), jnp.float32), (blocked_ids, blocked_weights))
+    total, _ = jax.lax.scan(
+        add_block, jnp.zeros((num_dims,), jnp.float32), (blocked_ids, blocked_weights)
+    )
     return total
 
 
@@ -276,8 +299,12 @@ def static_key(value: Any, _active: frozenset = frozenset()) -> Any:
         return ("cycle", getattr(value, "__qualname__", type(value).__name__))
     active = _active | {id(value)}
     if isinstance(value, functools.partial):
-        return ("partial", static_key(value.func, active), static_key(value.args, active),
-                static_key(value.keywords, active))
+        return (
+            "partial",
+            static_key(value.func, active),
+            static_key(value.args, active),
+            static_key(value.keywords, active),
+        )
     if inspect.ismethod(value):
         return ("method", static_key(value.__func__, active), static_key(value.__self__, active))
     if inspect.isfunction(value):
@@ -287,8 +314,15 @@ def static_key(value: Any, _active: frozenset = frozenset()) -> Any:
                 captured.append(static_key(cell.cell_contents, active))
             except ValueError:  # an empty cell
                 captured.append(("empty",))
-        return ("function", value.__module__, value.__qualname__, value.__code__, tuple(captured),
-                static_key(value.__defaults__, active), static_key(value.__kwdefaults__, active))
+        return (
+            "function",
+            value.__module__,
+            value.__qualname__,
+            value.__code__,
+            tuple(captured),
+            static_key(value.__defaults__, active),
+            static_key(value.__kwdefaults__, active),
+        )
     if isinstance(value, tuple | list):
         return (type(value).__name__, tuple(static_key(item, active) for item in value))
     if isinstance(value, dict):

@@ -32,6 +32,10 @@ from evopes.noise import GaussianNoise, NoiseSource
 from evopes.spec import PyTree
 from evopes.strategies.antithetic import AntitheticES
 
+#: Defaults (static configuration; equal whichever instance is passed).
+DEFAULT_OPTIMIZER = optax.sgd(learning_rate=1e-2)
+DEFAULT_NOISE = GaussianNoise()
+
 
 class FullES(AntitheticES):
     """Antithetic whole-episode ES with the unbiased estimator.
@@ -54,9 +58,9 @@ class FullES(AntitheticES):
         population_size: int,
         solution: PyTree,
         *,
-        optimizer: optax.GradientTransformation = optax.sgd(learning_rate=1e-2),
+        optimizer: optax.GradientTransformation = DEFAULT_OPTIMIZER,
         fitness_shaping: Callable[[jax.Array], jax.Array] = shaping.identity,
-        noise: NoiseSource = GaussianNoise(),
+        noise: NoiseSource = DEFAULT_NOISE,
         maximize: bool = False,
     ):
         super().__init__(

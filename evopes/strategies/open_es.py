@@ -28,6 +28,10 @@ from evopes.noise import NoiseSource, NoiseTable
 from evopes.spec import PyTree
 from evopes.strategies.antithetic import AntitheticES
 
+#: Defaults (static configuration; equal whichever instance is passed).
+DEFAULT_OPTIMIZER = optax.adam(learning_rate=1e-2)
+DEFAULT_NOISE = NoiseTable()
+
 
 class OpenES(AntitheticES):
     """OpenAI evolution strategy (OpenAI-ES).
@@ -52,9 +56,9 @@ class OpenES(AntitheticES):
         population_size: int,
         solution: PyTree,
         *,
-        optimizer: optax.GradientTransformation = optax.adam(learning_rate=1e-2),
+        optimizer: optax.GradientTransformation = DEFAULT_OPTIMIZER,
         fitness_shaping: Callable[[jax.Array], jax.Array] = shaping.centered_rank,
-        noise: NoiseSource = NoiseTable(),
+        noise: NoiseSource = DEFAULT_NOISE,
         maximize: bool = False,
     ):
         super().__init__(
