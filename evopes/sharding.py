@@ -113,20 +113,34 @@ def shard_state(es: Strategy, state: PyTree, mesh: Mesh) -> PyTree:
 
 
 # -- jitted, sharded entry points -----------------------------------------------------
+def constrain_state(es: Strategy, state: PyTree, mesh: Mesh) -> PyTree:
+    """Inside ``jit``: lays ``state`` out by :func:`state_sharding` (a sharding constraint)."""
+    return jax.lax.with_sharding_constraint(state, state_sharding(es, state, mesh))
+
+
 def sharded_init(es: Strategy, mesh: Mesh) -> Callable:
-    """``jit(es.init)`` whose output state is laid out by :func:`state_sharding`.
+    """``jit(es.init)`` whose state comes out laid out by :func:`state_sharding`.
 
-    Creating the state inside ``jit`` builds it directly as global arrays, which
-    is what several processes need (no host array is ever sent to a device
-    another process owns).
+    The state is created inside ``jit`` directly as global arrays, which is
+    what several processes need: no host array is ever sent to a device that
+    another process owns.
     """
+
     def init(key, mean, params):
-        return es.init(key, mean, params)
+        return constrain_state(es, es.init(key, mean, params), mesh)
 
-    def out_shardings(key, mean, params):
-        return state_sharding(es, jax.eval_shape(init, key, mean, params), mesh)
+    return jax.jit(init)
 
-    return _LazyJit(init, out_shardings, mesh)
+
+def sharded_ask(es: Strategy, mesh: Mesh) -> Callable:
+    """``jit(es.ask)`` with the population split over the mesh and the state laid out."""
+    _check_divisible(es.population_size, mesh)
+
+    def ask(key, state, params):
+        population, state = es.ask(key, state, params)
+        return _constrain(population, population_sharding(mesh)), constrain_state(es, state, mesh)
+
+    return jax.jit(ask)
 
 
 def sharded_step(es: Strategy, evaluate: Callable, mesh: Mesh, *, donate_state: bool = False) -> Callable:
@@ -135,97 +149,55 @@ def sharded_step(es: Strategy, evaluate: Callable, mesh: Mesh, *, donate_state: 
     Args:
       es: any evopes strategy.
       evaluate: for a classic strategy, ``fitness_fn(population, key) ->
-        fitness`` of shape ``(population_size,)`` (it sees the population split
-        over the mesh; write it with ``vmap`` or batched ``jnp`` code and it
-        runs where its members live). For an online strategy, the per-particle
-        ``step_fn(inner_one, theta_one, key_one) -> (inner_one, loss, done)``
-        of :func:`evopes.unroll`; the window is unrolled for ``W`` steps.
+        fitness`` of shape ``(population_size,)``; it receives the population
+        split over the mesh, so batched ``jnp`` code (or a ``vmap`` over
+        members) runs where the members live. For an online strategy, the
+        per-particle ``step_fn(inner_one, theta_one, key_one) -> (inner_one,
+        loss, done)`` of :func:`evopes.unroll`, run for the ``W`` steps of a
+        window.
       mesh: a one-axis mesh (:func:`population_mesh`).
-      donate_state: donate the input state's buffers to the output (saves
-        one copy of large states such as PES accumulators; the input state
-        must not be used again).
+      donate_state: let XLA reuse the input state's buffers for the output
+        (saves a copy of large states such as PES accumulators; the state
+        passed in must not be used again).
 
-    The population and the fitness (online: the losses and the inner states)
-    are constrained to the population sharding inside the step, the state
-    follows :func:`state_sharding`, and the metrics are replicated.
+    Returns:
+      A ``jax.jit`` function; ``step.lower(state, key, params).compile()``
+      gives the compiled program (``.as_text()`` shows its collectives).
+      The population, fitness, losses and inner states are constrained to the
+      population sharding, the state to :func:`state_sharding`, and the
+      metrics are replicated.
     """
     _check_divisible(es.population_size, mesh)
     split = population_sharding(mesh)
-    constrain = lambda tree: jax.lax.with_sharding_constraint(tree, split)  # noqa: E731
 
     if isinstance(es, OnlineES):
+        # Losses and dones are (W, 2P): their second axis is the population.
+        by_particle = NamedSharding(mesh, PartitionSpec(None, mesh.axis_names[0]))
 
-        def step(state: OnlineState, key, params):
-            ask_key, unroll_key, tell_key = jax.random.split(key, 3)
-            population, state = es.ask(ask_key, state, params)
-            population = constrain(population)
-            inner, losses, dones = unroll(evaluate, population, state.inner_state, unroll_key, es.truncation_length)
-            # losses and dones are (W, 2P): their second axis is the population.
-            by_particle = NamedSharding(mesh, PartitionSpec(None, mesh.axis_names[0]))
-            losses = jax.lax.with_sharding_constraint(losses, by_particle)
-            dones = jax.lax.with_sharding_constraint(dones, by_particle)
-            return es.tell(tell_key, population, losses, state, params, inner_state=constrain(inner), dones=dones)
+        def evaluate_and_tell(population, state, key, tell_key, params):
+            inner, losses, dones = unroll(evaluate, population, state.inner_state, key, es.truncation_length)
+            losses, dones = _constrain(losses, by_particle), _constrain(dones, by_particle)
+            return es.tell(tell_key, population, losses, state, params,
+                           inner_state=_constrain(inner, split), dones=dones)
 
     else:
 
-        def step(state, key, params):
-            ask_key, eval_key, tell_key = jax.random.split(key, 3)
-            population, state = es.ask(ask_key, state, params)
-            population = constrain(population)
-            fitness = constrain(evaluate(population, eval_key))
+        def evaluate_and_tell(population, state, key, tell_key, params):
+            fitness = _constrain(evaluate(population, key), split)
             return es.tell(tell_key, population, fitness, state, params)
 
-    def out_shardings(state, key, params):
-        state_shardings = state_sharding(es, state, mesh)
-        metrics = jax.eval_shape(step, state, key, params)[1]
-        return state_shardings, jax.tree_util.tree_map(lambda _: replicated_sharding(mesh), metrics)
+    def step(state, key, params):
+        ask_key, evaluate_key, tell_key = jax.random.split(key, 3)
+        population, state = es.ask(ask_key, state, params)
+        population = _constrain(population, split)
+        state, metrics = evaluate_and_tell(population, state, evaluate_key, tell_key, params)
+        return constrain_state(es, state, mesh), _constrain(metrics, replicated_sharding(mesh))
 
-    return _LazyJit(step, out_shardings, mesh, donate_argnums=(0,) if donate_state else ())
-
-
-def sharded_ask(es: Strategy, mesh: Mesh) -> Callable:
-    """``jit(es.ask)`` returning the population split over the mesh and the state as laid out."""
-    _check_divisible(es.population_size, mesh)
-
-    def ask(key, state, params):
-        return es.ask(key, state, params)
-
-    def out_shardings(key, state, params):
-        population = jax.eval_shape(ask, key, state, params)[0]
-        return (jax.tree_util.tree_map(lambda _: population_sharding(mesh), population),
-                state_sharding(es, state, mesh))
-
-    return _LazyJit(ask, out_shardings, mesh)
+    return jax.jit(step, donate_argnums=(0,) if donate_state else ())
 
 
-class _LazyJit:
-    """``jax.jit(fn, out_shardings=...)`` where the shardings depend on the argument shapes.
-
-    The state's pytree structure (its optimizer state, its inner state) is
-    only known once the arguments are seen, so the jitted function is built
-    on the first call for each argument structure and cached.
-    """
-
-    def __init__(self, fn: Callable, out_shardings: Callable, mesh: Mesh, donate_argnums: tuple = ()):
-        self.fn, self.out_shardings, self.mesh, self.donate_argnums = fn, out_shardings, mesh, donate_argnums
-        self._cache: dict = {}
-
-    def jitted(self, *args) -> Callable:
-        """The ``jax.jit`` object for these arguments (for ``.lower(*args).compile()``)."""
-        signature = jax.tree_util.tree_structure(args), tuple(
-            (np.shape(x), str(getattr(x, "dtype", type(x)))) for x in jax.tree_util.tree_leaves(args)
-        )
-        if signature not in self._cache:
-            self._cache[signature] = jax.jit(
-                self.fn, out_shardings=self.out_shardings(*args), donate_argnums=self.donate_argnums
-            )
-        return self._cache[signature]
-
-    def lower(self, *args):
-        return self.jitted(*args).lower(*args)
-
-    def __call__(self, *args):
-        return self.jitted(*args)(*args)
+def _constrain(tree: PyTree, sharding: NamedSharding) -> PyTree:
+    return jax.tree_util.tree_map(lambda x: jax.lax.with_sharding_constraint(x, sharding), tree)
 
 
 def _check_divisible(population_size: int, mesh: Mesh) -> None:

@@ -9,6 +9,7 @@ strategies, a per-particle "walk to one" system for online ones.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -98,29 +99,45 @@ CASES: list[Case] = _classic_cases() + [
 CASE_IDS = [case.name for case in CASES]
 
 
+#: Injection codes: 0 keeps the value, 1 NaN, 2 +inf, 3 -inf.
+INJECTED = jnp.array([0.0, jnp.nan, jnp.inf, -jnp.inf], jnp.float32)
+
+
+def inject(values, codes):
+    """Replaces ``values`` by NaN / +inf / -inf where ``codes`` is 1 / 2 / 3."""
+    if codes is None:
+        return values
+    return jnp.where(codes == 0, values, INJECTED[codes])
+
+
 @dataclass(frozen=True)
 class ClassicGeneration:
+    """ask -> sphere fitness (with injected non-finite values) -> tell."""
+
     es: object
     fitness_fn: Callable = sphere
 
-    def __call__(self, state, key, params):
+    def __call__(self, state, key, params, codes=None):
         ask_key, eval_key, tell_key = jax.random.split(key, 3)
         population, state = self.es.ask(ask_key, state, params)
-        fitness = self.fitness_fn(population, eval_key)
+        fitness = inject(self.fitness_fn(population, eval_key), codes)
         return self.es.tell(tell_key, population, fitness, state, params)
 
 
 @dataclass(frozen=True)
 class OnlineWindow:
+    """ask -> unroll one window of ``walk_step`` (losses with injections) -> tell."""
+
     es: object
     step_fn: Callable = walk_step
 
-    def __call__(self, state, key, params):
+    def __call__(self, state, key, params, codes=None):
         ask_key, unroll_key, tell_key = jax.random.split(key, 3)
         population, state = self.es.ask(ask_key, state, params)
         inner, losses, dones = evopes.unroll(
             self.step_fn, population, state.inner_state, unroll_key, self.es.truncation_length
         )
+        losses = inject(losses, codes)
         return self.es.tell(tell_key, population, losses, state, params, inner_state=inner, dones=dones)
 
 
@@ -128,9 +145,48 @@ def generation(case: Case, es) -> Callable:
     return OnlineWindow(es) if case.online else ClassicGeneration(es)
 
 
-def objective(case: Case) -> Callable:
-    """What the run driver takes: a fitness function or an online step function."""
-    return walk_step if case.online else sphere
+def code_shape(case: Case, es) -> tuple[int, ...]:
+    """Shape of one generation's injection codes: fitness (P,) or losses (W, P)."""
+    return (es.truncation_length, es.population_size) if case.online else (es.population_size,)
+
+
+#: State fields that may legitimately hold +inf ("nothing finite seen yet").
+MAY_BE_INFINITE = ("best_fitness", "fitness_history")
+
+
+def state_is_sound(state) -> jax.Array:
+    """True when no float leaf is NaN and every leaf but MAY_BE_INFINITE is finite."""
+    checks = [jnp.array(True)]
+    for path, leaf in jax.tree_util.tree_flatten_with_path(state)[0]:
+        if not jnp.issubdtype(leaf.dtype, jnp.inexact):
+            continue
+        name = jax.tree_util.keystr(path)
+        if any(allowed in name for allowed in MAY_BE_INFINITE):
+            checks.append(~jnp.any(jnp.isnan(leaf)))
+        else:
+            checks.append(jnp.all(jnp.isfinite(leaf)))
+    return jnp.all(jnp.stack(checks))
+
+
+@functools.partial(jax.jit, static_argnums=0)
+def init(es, key, mean, params):
+    return es.init(key, mean, params)
+
+
+@functools.partial(jax.jit, static_argnums=0)
+def advance(step, state, key, params, codes):
+    """Runs ``codes.shape[0]`` generations with lax.scan (one compile per strategy).
+
+    Returns the final state and, per generation, whether the state was sound
+    and the ``num_nonfinite`` metric.
+    """
+
+    def body(state, inputs):
+        index, generation_codes = inputs
+        state, metrics = step(state, jax.random.fold_in(key, index), params, generation_codes)
+        return state, (state_is_sound(state), metrics["num_nonfinite"])
+
+    return jax.lax.scan(body, state, (jnp.arange(codes.shape[0]), codes))
 
 
 def tree_bytes(tree) -> list[tuple[str, str, tuple, bytes]]:

@@ -1,13 +1,11 @@
 """Checkpoints: exact round trips of every strategy's state, checks, versions, atomicity."""
 
-import functools
-
 import jax
 import jax.numpy as jnp
 import msgpack
 import numpy as np
 import pytest
-from strategy_zoo import CASE_IDS, CASES, MEAN, SOLUTION, generation, tree_bytes
+from strategy_zoo import CASE_IDS, CASES, MEAN, SOLUTION, advance, code_shape, generation, init, tree_bytes
 
 from evopes import checkpoint
 from evopes.checkpoint import (
@@ -19,22 +17,18 @@ from evopes.checkpoint import (
 )
 
 
-@functools.partial(jax.jit, static_argnums=0)
-def _init(es, key, params):
-    return es.init(key, MEAN, params)
-
-
 @pytest.mark.parametrize("case", CASES, ids=CASE_IDS)
 def test_every_strategy_state_round_trips_exactly(case, tmp_path):
     es = case.make(SOLUTION, 8)
     params = es.default_params
-    step = jax.jit(generation(case, es))
-    state = _init(es, jax.random.key(1), params)
-    for index in range(3):
-        state, _ = step(state, jax.random.key(index), params)
-    loop = {"state": state, "key": jax.random.split(jax.random.key(2), 3), "generation": 3, "losses": [0.5, 1.5]}
+    step = generation(case, es)
+    # Four generations, the second with a NaN and an inf: the state carries all kinds of values.
+    codes = jnp.zeros((4,) + code_shape(case, es), jnp.int32).at[1, ..., :2].set(jnp.array([1, 2]))
+    state, (sound, _) = advance(step, init(es, jax.random.key(1), MEAN, params), jax.random.key(2), params, codes)
+    assert bool(jnp.all(sound))
+    loop = {"state": state, "key": jax.random.split(jax.random.key(2), 3), "generation": 4, "losses": [0.5, 1.5]}
 
-    save_checkpoint(tmp_path, 3, loop)
+    save_checkpoint(tmp_path, 4, loop)
     # The template comes from jax.eval_shape: restoring needs no real state.
     shapes = jax.eval_shape(lambda: (loop["state"], loop["key"]))
     template = {"state": shapes[0], "key": shapes[1], "generation": 0, "losses": [0.0, 0.0]}
@@ -42,10 +36,12 @@ def test_every_strategy_state_round_trips_exactly(case, tmp_path):
 
     assert tree_bytes(restored) == tree_bytes(loop)
     assert jax.tree_util.tree_structure(restored) == jax.tree_util.tree_structure(loop)
-    assert type(restored["generation"]) is int and restored["generation"] == 3
-    # The restored state keeps working, and identically: one more generation matches.
+    assert type(restored["generation"]) is int and restored["generation"] == 4
+    # The restored state keeps working, and identically: four more generations match.
     key = jax.random.key(9)
-    assert tree_bytes(step(restored["state"], key, params)) == tree_bytes(step(state, key, params))
+    assert tree_bytes(advance(step, restored["state"], key, params, codes)) == tree_bytes(
+        advance(step, state, key, params, codes)
+    )
 
 
 def test_exotic_leaves_round_trip(tmp_path):

@@ -204,6 +204,27 @@ def test_online_step_matches_episodic_rollout_and_auto_resets():
     np.testing.assert_array_equal(observations[first_end], expected_obs)
 
 
+def test_absorbing_online_loss_is_the_episodic_return():
+    # With absorbing ends, the summed losses of a horizon are minus the episodic
+    # return (rewards up to the first done), whatever follows the fall.
+    task = envs.OnlineRollout(CARTPOLE, always_right, absorbing=True)
+    key = jax.random.key(4)
+    reset_key, steps_key = jax.random.split(key)
+
+    def run(inner, step_key):
+        inner, loss, done = task.step(inner, None, step_key)
+        return inner, (loss, done)
+
+    final, (losses, dones) = jax.jit(
+        lambda k: jax.lax.scan(run, task.init_inner(k), jax.random.split(steps_key, 40))
+    )(reset_key)
+    episodic = envs.EpisodicFitness(CARTPOLE, always_right, num_steps=40).episode_return(None, key)[0]
+    assert float(episodic) < 15  # the pole fell early in the 40 steps
+    np.testing.assert_allclose(-losses.sum(), episodic)
+    assert np.all(np.asarray(losses)[int(episodic):] == 0.0) and not np.any(dones)
+    assert not bool(final.alive)
+
+
 def test_online_partners_see_identical_randomness_through_unroll():
     task = envs.OnlineRollout(CARTPOLE, bang_bang)
     num_pairs = 2

@@ -47,6 +47,7 @@ class Setting:
     env_name: str = "inverted_double_pendulum"
     library: str = "brax"  # "brax" (spring backend) or "gymnax"
     hidden_sizes: tuple[int, ...] = ()  # () = linear policy, as in the ES papers
+    absorbing: bool = False  # True: a fall ends the episode's rewards (no auto-reset)
     horizon: int = 1000  # T
     window: int = 100  # W
     num_pairs: int = 30  # P for the online methods; FullES gets P * W / T pairs
@@ -177,7 +178,8 @@ def compare(setting: Setting, seed: int = 0, methods=("NRES", "PES", "TES", "Ful
     env = make_env(setting)
     policy, theta = make_policy(setting, env)
     evaluate = Evaluator(setting, env, policy)
-    task = envs.OnlineRollout(env, policy)  # one task object: compiled unrolls are shared
+    # One task object for every online method, so that they share the compiled unroll.
+    task = envs.OnlineRollout(env, policy, absorbing=setting.absorbing)
     unroll = jax.jit(evopes.unroll, static_argnums=(0, 4))
     curves = {}
     for method in methods:

@@ -17,6 +17,25 @@ with the same keys (``evopes.pair_keys``, ``evopes.unroll``) see identical
 environment randomness (common random numbers); ``init_inner`` is likewise a
 function of its key only.
 
+Two ways to treat an episode end of the environment (termination, or its
+own time limit):
+
+* ``absorbing=False`` (default): auto-reset, as above. The objective is the
+  average reward per step over however many episodes fit in the horizon.
+* ``absorbing=True``: the particle stays in an absorbing state — loss 0,
+  ``done`` false — until the strategy's horizon ``T`` restarts it with
+  ``init_inner``. The time-average loss over the horizon is then exactly
+  ``-G / T`` with ``G`` the return up to the first end, the objective of
+  :class:`~evopes.envs.EpisodicFitness`. Use it for environments that pay a
+  bonus for staying alive (with auto-reset a fall would cost nothing). It
+  needs a strategy with a ``horizon``.
+
+Let the strategy's horizon end episodes: switch the environment's own time
+limit off (gymnax: ``env_params.replace(max_steps_in_episode=...)`` larger than
+the horizon; :class:`~evopes.envs.BraxEnv`: ``max_episode_steps=None``).
+Otherwise a step-unlocked particle, whose episode clock the strategy starts at
+a random offset, would meet the environment's limit at a different time.
+
 With a normalizer, each particle carries its own running statistics, updated
 with every observation before the policy sees it. They survive the
 environment's own resets and restart (from ``initial_obs_stats``, default
@@ -29,6 +48,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import jax
+import jax.numpy as jnp
 from flax import struct
 
 from evopes.envs.environment import Environment, observation_shape
@@ -40,11 +60,15 @@ PyTree = Any
 
 @struct.dataclass
 class OnlineInnerState:
-    """One particle's system: environment state, current observation, statistics."""
+    """One particle's system: environment state, current observation, statistics.
+
+    ``alive`` is false once an absorbing particle's episode has ended.
+    """
 
     env_state: Any
     obs: jax.Array
     obs_stats: NormalizerState | None = None
+    alive: jax.Array | None = None
 
 
 @dataclass(frozen=True, eq=False)
@@ -58,6 +82,8 @@ class OnlineRollout:
       normalizer: an :class:`~evopes.envs.ObservationNormalizer`, or ``None``.
       initial_obs_stats: statistics a fresh particle starts from (``None``:
         empty).
+      absorbing: after an episode end, stay in an absorbing state (loss 0)
+        until ``init_inner`` instead of auto-resetting (module docstring).
 
     Example (one window of W steps for every particle)::
 
@@ -71,6 +97,7 @@ class OnlineRollout:
     policy: Any
     normalizer: ObservationNormalizer | None = None
     initial_obs_stats: NormalizerState | None = None
+    absorbing: bool = False
 
     def __post_init__(self):
         as_apply_fn(self.policy)
@@ -86,7 +113,8 @@ class OnlineRollout:
             obs_stats = self.initial_obs_stats
             if obs_stats is None:
                 obs_stats = self.normalizer.init(observation_shape(self.env))
-        return OnlineInnerState(env_state, obs, obs_stats)
+        alive = jnp.array(True) if self.absorbing else None
+        return OnlineInnerState(env_state, obs, obs_stats, alive)
 
     def step(
         self, inner: OnlineInnerState, theta: PyTree, key: jax.Array
@@ -97,7 +125,16 @@ class OnlineRollout:
             policy_obs = self.normalizer.normalize(obs_stats, inner.obs)
         action = self.apply(theta, policy_obs)
         env_state, obs, reward, done = self.env.step(key, inner.env_state, action)
-        return OnlineInnerState(env_state, obs, obs_stats), -reward, done
+        loss = -reward
+        if not self.absorbing:
+            return OnlineInnerState(env_state, obs, obs_stats), loss, done
+        # Absorbing: an ended particle keeps its last state and earns nothing; the
+        # step that ends the episode still pays its reward. No done is reported,
+        # so the strategy keeps the episode's noise until its horizon.
+        alive = inner.alive
+        stepped = OnlineInnerState(env_state, obs, obs_stats, jnp.logical_and(alive, jnp.logical_not(done)))
+        inner = jax.tree.map(lambda new, old: jnp.where(alive, new, old), stepped, inner)
+        return inner, jnp.where(alive, loss, 0.0), jnp.array(False)
 
 
 jax.tree_util.register_static(OnlineRollout)

@@ -5,9 +5,13 @@ Noise-Reuse in Online Evolution Strategies", section 5.3): a classifier MLP
 64 -> 32 -> 32 -> 32 -> 10 (gelu) is trained on the ``digits`` images for
 ``horizon = T = 1000`` steps by a *learned optimizer* with parameters theta.
 The per-step loss is the validation cross-entropy of the classifier after the
-step, on a random validation batch; the meta-loss is its mean over the T steps
+step, on a random validation batch, clipped at ``max_loss`` (NaN counts as
+``max_loss``) so that a learned optimizer that makes the classifier diverge
+gets a bad but bounded loss instead of one that swamps the ES estimate; the
+meta-loss is its mean over the T steps
 
-    L(theta) = E[ 1/T sum_{t=1..T} CE_valid(phi_t(theta)) ].
+    l_t = min(CE_valid(phi_t(theta)), max_loss),
+    L(theta) = E[ 1/T sum_{t=1..T} l_t ].
 
 The learned optimizer is a small per-parameter MLP in the style of Metz et al.
 (2022, "Practical tradeoffs between memory, compute, and performance in
@@ -84,6 +88,7 @@ class LearnedOptimizerTask:
       step_mult: scale of the update (keeps early updates small).
       exp_mult: scale of the log-magnitude output.
       linear_mult: scale of the linear head on the raw gradient and momenta.
+      max_loss: per-step losses are clipped to this value (NaN counts as it).
     """
 
     horizon: int = 1000
@@ -96,6 +101,7 @@ class LearnedOptimizerTask:
     step_mult: float = 1e-3
     exp_mult: float = 1e-3
     linear_mult: float = 100.0
+    max_loss: float = 5.0
 
     # -- the learned optimizer ------------------------------------------------
     @property
@@ -157,6 +163,9 @@ class LearnedOptimizerTask:
         update = self.step_mult * direction * jnp.exp(self.exp_mult * out[:, 1])
         return InnerState(unravel(flat_params + update), momenta, second, inner.step + 1)
 
+    def _clip(self, loss: jax.Array) -> jax.Array:
+        return jnp.where(jnp.isnan(loss), self.max_loss, jnp.minimum(loss, self.max_loss))
+
     # -- the online-ES contract -------------------------------------------------
     def init_inner(self, key: jax.Array) -> InnerState:
         """A fresh episode: new classifier parameters, zero accumulators, step 0."""
@@ -180,12 +189,11 @@ class LearnedOptimizerTask:
         grads = jax.grad(cross_entropy)(inner.params, images, labels)
         inner = self.apply_lopt(theta, inner, grads)
         images, labels = sample_batch(valid_key, data.valid_images, data.valid_labels, self.batch_size)
-        loss = cross_entropy(inner.params, images, labels)
-        return inner, loss, jnp.array(False)
+        return inner, self._clip(cross_entropy(inner.params, images, labels)), jnp.array(False)
 
     # -- evaluation ---------------------------------------------------------------
     def _train_curve(self, init_state, update, key, num_steps):
-        """Full-validation-set loss after each of ``num_steps`` training steps."""
+        """Full-validation-set loss (clipped) after each of ``num_steps`` training steps."""
         data = load_digits()
 
         def one_step(carry, step_key):
@@ -195,7 +203,7 @@ class LearnedOptimizerTask:
             )
             grads = jax.grad(cross_entropy)(params, images, labels)
             params, opt_state = update(params, opt_state, grads)
-            return (params, opt_state), cross_entropy(params, data.valid_images, data.valid_labels)
+            return (params, opt_state), self._clip(cross_entropy(params, data.valid_images, data.valid_labels))
 
         init_key, run_key = jax.random.split(key)
         params = init_mlp(init_key, self.layer_sizes)
