@@ -210,7 +210,11 @@ class Strategy:
         self, population: jax.Array | None, index: jax.Array, state: State, params: Params
     ) -> jax.Array:
         """Flat member ``index`` of the last population; override to rebuild it from the state."""
-        return population[index]
+        # A masked sum, not population[index]: when the population is sharded
+        # over devices, indexing gathers all of it onto every device, while
+        # the sum is a local select plus an all-reduce of num_dims numbers.
+        is_member = jnp.arange(population.shape[0]) == index
+        return jnp.sum(jnp.where(is_member[:, None], population, 0.0), axis=0)
 
 
 def check_positive(params: Params, *names: str) -> None:

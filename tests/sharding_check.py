@@ -1,0 +1,152 @@
+"""Sharded against unsharded runs of every strategy, on 8 host CPU devices.
+
+Run by ``tests/test_sharding.py`` in ONE subprocess (the pytest process has
+already initialised JAX with a single device)::
+
+    XLA_FLAGS=--xla_force_host_platform_device_count=8 JAX_PLATFORMS=cpu python tests/sharding_check.py
+
+For every strategy it runs ``NUM_GENERATIONS`` steps of
+:func:`evopes.sharding.sharded_step` on a one-device mesh and on the 8-device
+mesh from the same key, and prints one JSON object with, per strategy:
+
+* ``max_rel_diff``: largest ``|sharded - unsharded| / (1 + |unsharded|)`` over
+  every float leaf of the final state;
+* ``population_spec`` and ``shard_rows``: the partition spec of the population
+  returned by :func:`evopes.sharding.sharded_ask`, and the rows each device holds;
+* ``propagated_spec``: the population's spec from a plain ``jax.jit(es.ask)``
+  given the sharded state (online strategies: the sharding follows the state);
+* ``population_gathers``: all-gathers in the compiled 8-device step whose result
+  holds more members than one device's shard (``(k, num_dims)`` with
+  ``k > population_size / 8``);
+* ``flops_ratio``: per-device flops of the compiled 8-device step over those of
+  the one-device step (XLA's cost analysis); 1/8 is a perfect split.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import sys
+
+os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=8")
+os.environ.setdefault("JAX_PLATFORMS", "cpu")
+
+import jax  # noqa: E402
+import jax.numpy as jnp  # noqa: E402
+import numpy as np  # noqa: E402
+import optax  # noqa: E402
+
+import evopes  # noqa: E402
+from evopes import sharding  # noqa: E402
+from evopes.online.engine import OnlineES  # noqa: E402
+from evopes.strategies.cma_es import CMAES  # noqa: E402
+from evopes.strategies.full_es import FullES  # noqa: E402
+from evopes.strategies.open_es import OpenES  # noqa: E402
+from evopes.strategies.sep_cma_es import SepCMAES  # noqa: E402
+
+NUM_DEVICES = 8
+NUM_GENERATIONS = 20
+POPULATION_SIZE = 16
+#: Two leaves, 1000 numbers: big enough that noise generation dominates a step,
+#: so the flops ratio shows whether the work is divided.
+SOLUTION = {"w": jnp.zeros((40, 24)), "b": jnp.zeros(40)}
+MEAN = {"w": jnp.full((40, 24), 0.5), "b": jnp.full(40, -0.5)}
+NUM_DIMS = 1000
+
+
+def sphere(population, key):
+    del key
+    return sum(jnp.sum(jnp.reshape(x, (x.shape[0], -1)) ** 2, axis=1) for x in jax.tree_util.tree_leaves(population))
+
+
+def init_inner(key):
+    del key
+    return {"position": jnp.zeros(3), "count": jnp.zeros((), jnp.int32)}
+
+
+def walk_step(inner, theta, key):
+    """The inner position drifts by theta's leaf means plus pair-shared noise; loss = distance to 1."""
+    drift = jnp.resize(jnp.stack([jnp.mean(x) for x in jax.tree_util.tree_leaves(theta)]), (3,))
+    position = 0.9 * inner["position"] + drift + 0.01 * jax.random.normal(key, (3,))
+    return {"position": position, "count": inner["count"] + 1}, jnp.sum((position - 1.0) ** 2), False
+
+
+def online(cls, **kwargs):
+    return cls(population_size=POPULATION_SIZE, solution=SOLUTION, truncation_length=2, horizon=8,
+               init_inner=init_inner, optimizer=optax.sgd(1e-2), **kwargs)
+
+
+def strategies() -> dict:
+    return {
+        "CMAES": CMAES(population_size=POPULATION_SIZE, solution=SOLUTION),
+        "SepCMAES": SepCMAES(population_size=POPULATION_SIZE, solution=SOLUTION),
+        "OpenES": OpenES(POPULATION_SIZE, SOLUTION, noise=evopes.NoiseTable(size=2**16)),
+        "FullES": FullES(POPULATION_SIZE, SOLUTION),
+        "TES": online(evopes.TES),
+        "PES": online(evopes.PES),
+        "GPES": online(evopes.GPES, noise_period=4),
+        "NRES": online(evopes.NRES),
+    }
+
+
+def run(es, mesh, key, params):
+    """``NUM_GENERATIONS`` sharded steps; returns (final state, compiled step)."""
+    evaluate = walk_step if isinstance(es, OnlineES) else sphere
+    state = sharding.sharded_init(es, mesh)(key, MEAN, params)
+    compiled = sharding.sharded_step(es, evaluate, mesh).lower(state, key, params).compile()
+    for generation in range(NUM_GENERATIONS):
+        state, _ = compiled(state, jax.random.fold_in(key, generation), params)
+    return state, compiled
+
+
+def float_leaves(state) -> list[np.ndarray]:
+    leaves = [np.asarray(x) for x in jax.tree_util.tree_leaves(state)]
+    return [x.astype(np.float64) for x in leaves if np.issubdtype(x.dtype, np.floating)]
+
+
+def population_gathers(hlo: str, rows_per_device: int) -> list[str]:
+    shapes = re.findall(r"= (\w+\[(\d+),%d\])\S* all-gather" % NUM_DIMS, hlo)
+    return [shape for shape, rows in shapes if int(rows) > rows_per_device]
+
+
+def spec_of(tree) -> list:
+    return sorted({str(leaf.sharding.spec) for leaf in jax.tree_util.tree_leaves(tree)})
+
+
+def check(name, es) -> dict:
+    key = jax.random.key(0)
+    params = es.default_params
+    one = sharding.population_mesh(jax.devices()[:1])
+    many = sharding.population_mesh(jax.devices()[:NUM_DEVICES])
+    reference, compiled_one = run(es, one, key, params)
+    sharded, compiled_many = run(es, many, key, params)
+
+    diffs = [np.max(np.abs(a - b) / (1.0 + np.abs(b)), initial=0.0)
+             for a, b in zip(float_leaves(sharded), float_leaves(reference), strict=True)]
+    population, _ = sharding.sharded_ask(es, many)(key, sharded, params)
+    propagated, _ = jax.jit(es.ask)(key, sharded, params)
+    flops = [c.cost_analysis().get("flops", float("nan")) for c in (compiled_many, compiled_one)]
+    return {
+        "max_rel_diff": float(max(diffs)),
+        "all_finite": bool(all(np.all(np.isfinite(x)) for x in float_leaves(sharded))),
+        "population_spec": spec_of(population),
+        "shard_rows": sorted({s.data.shape[0] for leaf in jax.tree_util.tree_leaves(population)
+                              for s in leaf.addressable_shards}),
+        "propagated_spec": spec_of(propagated),
+        "population_gathers": population_gathers(compiled_many.as_text(), POPULATION_SIZE // NUM_DEVICES),
+        "flops_ratio": float(flops[0] / flops[1]),
+    }
+
+
+def main() -> None:
+    if jax.device_count() < NUM_DEVICES:
+        raise SystemExit(f"expected {NUM_DEVICES} devices, got {jax.device_count()} (set XLA_FLAGS)")
+    names = sys.argv[1:] or list(strategies())
+    cases = strategies()
+    results = {name: check(name, cases[name]) for name in names}
+    print(json.dumps(results))
+
+
+if __name__ == "__main__":
+    main()

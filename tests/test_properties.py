@@ -1,0 +1,217 @@
+"""Property-based tests of every strategy's init/ask/tell (hypothesis).
+
+The property: whatever a user hands in — hyperparameter values, NaN/inf
+fitness or losses, pytree structures, leaf shapes and dtypes, wrong shapes —
+a strategy either works and keeps a sound state (no NaN anywhere; nothing
+infinite except "best so far" bookkeeping) or raises a ValueError that names
+the offending argument. Never a NaN state, never an obscure XLA or type error.
+
+Compilation dominates the cost, so the tests are split by what recompiles:
+
+* values (hyperparameters, injected non-finite values) are runtime inputs of
+  one compiled 8-generation scan per strategy (shared with the checkpoint
+  tests), so they get many examples;
+* structures, shapes and dtypes recompile for every example, so they get few;
+* wrong inputs fail while tracing, before any compilation, so they are cheap.
+
+Examples are derandomized (a fixed seed, no example database) so that CI is
+reproducible.
+"""
+
+import dataclasses
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from hypothesis.extra import numpy as hnp
+from strategy_zoo import CASE_IDS, CASES, MEAN, SOLUTION, advance, code_shape, generation, init
+
+NUM_GENERATIONS = 8
+
+
+def _settings(max_examples: int):
+    return settings(
+        max_examples=max_examples,
+        deadline=None,
+        derandomize=True,
+        database=None,
+        suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
+    )
+
+
+#: Hyperparameter values tried: signs, zero, tiny, huge and non-finite.
+VALUES = [0.0, -1.0, 1e-30, 1e-3, 0.5, 1.0, 2.0, 1e3, 1e30, float("nan"), float("inf"), float("-inf")]
+
+
+def _scalar_fields(params) -> list[str]:
+    return [f.name for f in dataclasses.fields(params) if np.ndim(getattr(params, f.name)) == 0]
+
+
+def _override(params, changes: dict):
+    current = {name: getattr(params, name) for name in changes}
+    return params.replace(**{name: jnp.asarray(v, jnp.asarray(current[name]).dtype) for name, v in changes.items()})
+
+
+# -- values: hyperparameters and non-finite fitness / losses ---------------------------
+@pytest.mark.parametrize("case", CASES, ids=CASE_IDS)
+def test_hyperparameters_and_nonfinite_values_keep_the_state_sound(case):
+    es = case.make(SOLUTION, 8)
+    step = generation(case, es)
+    fields = _scalar_fields(es.default_params)
+    shape = (NUM_GENERATIONS,) + code_shape(case, es)
+
+    @_settings(max_examples=20)
+    @given(
+        changes=st.dictionaries(st.sampled_from(fields), st.sampled_from(VALUES), max_size=3),
+        # Mostly finite values, with NaN / +inf / -inf sprinkled in (whole generations included).
+        codes=hnp.arrays(np.int32, shape, elements=st.sampled_from([0, 0, 0, 0, 1, 2, 3])),
+        seed=st.integers(0, 2**16),
+    )
+    def check(changes, codes, seed):
+        params = _override(es.default_params, changes)
+        try:
+            state = es.init(jax.random.key(seed), MEAN, params)
+        except ValueError as error:
+            assert any(f"params.{name}" in str(error) for name in changes), str(error)
+            return
+        state, (sound, num_nonfinite) = advance(step, state, jax.random.key(seed + 1), params, jnp.asarray(codes))
+        first_bad = int(np.argmin(np.asarray(sound))) if not np.all(sound) else None
+        assert first_bad is None, f"unsound state after generation {first_bad + 1} with params {changes}"
+        injected = (codes != 0).reshape(NUM_GENERATIONS, -1).sum(axis=1)
+        assert np.all(np.asarray(num_nonfinite) >= injected)  # every injected value is counted
+
+    check()
+
+
+def test_non_finite_values_are_counted_exactly():
+    """With default hyperparameters nothing overflows, so the count is exact."""
+    for case in CASES:
+        es = case.make(SOLUTION, 8)
+        params = es.default_params
+        shape = (NUM_GENERATIONS,) + code_shape(case, es)
+        codes = jax.random.choice(jax.random.key(0), jnp.array([0, 0, 0, 1, 2, 3]), shape)
+        state = init(es, jax.random.key(0), MEAN, params)
+        _, (sound, num_nonfinite) = advance(generation(case, es), state, jax.random.key(1), params, codes)
+        assert bool(jnp.all(sound)), case.name
+        expected = np.asarray((codes != 0).reshape(NUM_GENERATIONS, -1).sum(axis=1))
+        np.testing.assert_array_equal(np.asarray(num_nonfinite), expected, err_msg=case.name)
+
+
+# -- structures, shapes and dtypes of the solution -------------------------------------
+LEAF_SHAPES = [(), (1,), (3,), (2, 1)]
+LEAF_DTYPES = [jnp.float32, jnp.bfloat16, jnp.float16, jnp.int32]
+
+
+@st.composite
+def solution_templates(draw):
+    leaves = draw(
+        st.lists(st.tuples(st.sampled_from(LEAF_SHAPES), st.sampled_from(LEAF_DTYPES)), min_size=1, max_size=3)
+    )
+    arrays = [jnp.zeros(shape, dtype) for shape, dtype in leaves]
+    container = draw(st.sampled_from(["dict", "tuple", "list", "nested"]))
+    if container == "dict":
+        return {f"leaf{i}": a for i, a in enumerate(arrays)}
+    if container == "tuple":
+        return tuple(arrays)
+    if container == "list":
+        return list(arrays)
+    return {"outer": {"inner": arrays[:1]}, "rest": tuple(arrays[1:])}
+
+
+@pytest.mark.parametrize("case", CASES, ids=CASE_IDS)
+def test_any_solution_structure_round_trips(case):
+    @_settings(max_examples=3)
+    @given(template=solution_templates(), population_size=st.sampled_from([2, 3, 4, 6]))
+    def check(template, population_size):
+        antithetic = case.online or case.name in ("OpenES", "FullES")
+        if antithetic and population_size % 2:
+            with pytest.raises(ValueError, match="population_size: expected an even"):
+                case.make(template, population_size)
+            return
+        es = case.make(template, population_size)
+        params = es.default_params
+        mean = jax.tree.map(lambda leaf: jnp.full(leaf.shape, 0.5, leaf.dtype), template)
+        state = init(es, jax.random.key(0), mean, params)
+        codes = jnp.zeros((2,) + code_shape(case, es), jnp.int32).at[0, ..., 0].set(1)
+        state, (sound, _) = advance(generation(case, es), state, jax.random.key(1), params, codes)
+        assert bool(jnp.all(sound))
+
+        # Pytrees out, with the template's structure, shapes and (floating) dtypes.
+        expected_dtype = lambda leaf: leaf.dtype if jnp.issubdtype(leaf.dtype, jnp.floating) else jnp.float32
+        got = es.get_mean(state)
+        assert jax.tree_util.tree_structure(got) == jax.tree_util.tree_structure(template)
+        for leaf, reference in zip(jax.tree.leaves(got), jax.tree.leaves(template), strict=True):
+            assert leaf.shape == reference.shape and leaf.dtype == expected_dtype(reference)
+        population, _ = jax.eval_shape(es.ask, jax.random.key(2), state, params)
+        for leaf, reference in zip(jax.tree.leaves(population), jax.tree.leaves(template), strict=True):
+            assert leaf.shape == (population_size,) + reference.shape
+
+    check()
+
+
+# -- wrong inputs: a ValueError naming the argument, raised while tracing ----------------
+@pytest.mark.parametrize("case", CASES, ids=CASE_IDS)
+def test_wrong_inputs_raise_value_error(case):
+    es = case.make(SOLUTION, 8)
+    params = es.default_params
+    state = init(es, jax.random.key(0), MEAN, params)
+    population, asked = jax.eval_shape(es.ask, jax.random.key(1), state, params)
+    population = jax.tree.map(lambda leaf: jnp.zeros(leaf.shape, leaf.dtype), population)
+    window = code_shape(case, es)
+
+    def tell(**changes):
+        arguments = {"population": population, "values": jnp.zeros(window), "state": state}
+        if case.online:
+            arguments["inner_state"] = state.inner_state
+        arguments.update(changes)
+        extra = {"inner_state": arguments["inner_state"]} if case.online else {}
+        if "dones" in arguments:
+            extra["dones"] = arguments["dones"]
+        return jax.eval_shape(
+            lambda: es.tell(jax.random.key(2), arguments["population"], arguments["values"], state, params, **extra)
+        )
+
+    values_name = "losses" if case.online else "fitness"
+
+    @_settings(max_examples=15)
+    @given(
+        corruption=st.sampled_from(["values_shape", "values_dtype", "population", "mean", "leaf_shape", "inner"]),
+        shape=hnp.array_shapes(min_dims=0, max_dims=3, max_side=9),
+    )
+    def check(corruption, shape):
+        if corruption == "values_shape":
+            if tuple(shape) == window:
+                return
+            with pytest.raises(ValueError, match=f"{values_name}: expected shape"):
+                tell(values=jnp.zeros(shape))
+        elif corruption == "values_dtype":
+            with pytest.raises(ValueError, match=f"{values_name}: expected a real dtype"):
+                tell(values=jnp.zeros(window, jnp.complex64))
+        elif corruption == "population":
+            with pytest.raises(ValueError, match="population: expected pytree structure"):
+                tell(population=tuple(jax.tree.leaves(population)))
+        elif corruption == "mean":
+            if tuple(shape) == (2, 2):
+                return
+            with pytest.raises(ValueError, match="solution: leaf 0 expected shape|solution: expected pytree"):
+                es.init(jax.random.key(0), {"w": jnp.zeros(shape), "b": jnp.zeros(3)}, params)
+        elif corruption == "leaf_shape":
+            bad = {**population, "b": jnp.zeros((es.population_size,) + tuple(shape))}
+            if tuple(shape) == (3,):
+                return
+            with pytest.raises(ValueError, match="population: leaf . expected shape"):
+                tell(population=bad)
+        elif corruption == "inner":
+            if not case.online:
+                with pytest.raises(ValueError, match="fitness: expected shape"):
+                    tell(values=jnp.zeros((es.population_size, 1)))
+                return
+            with pytest.raises(ValueError, match="inner_state: "):
+                tell(inner_state={"position": jnp.zeros((es.population_size,) + tuple(shape))})
+            with pytest.raises(ValueError, match="dones: expected shape"):
+                tell(dones=jnp.zeros(tuple(shape) + (1,), bool))
+
+    check()
