@@ -55,7 +55,13 @@ def run_es(strategy_class, seed: int):
     )
     params = es.default_params.replace(std=STD)
     trace = train_online(
-        es, params, ib.INITIAL_THETA, jax.random.key(seed), ib.step, NUM_ITERATIONS, evaluate=ib.evaluate
+        es,
+        params,
+        ib.INITIAL_THETA,
+        jax.random.key(seed),
+        ib.step,
+        NUM_ITERATIONS,
+        evaluate=ib.evaluate,
     )
     return np.asarray(trace.theta), np.asarray(trace.evaluation)
 
@@ -69,20 +75,42 @@ def main(quick: bool, seed: int, out_dir: Path) -> list[dict]:
             curves.setdefault(strategy_class.__name__, (theta, eval_loss))
             rows.append(_row(strategy_class.__name__, run_seed, theta, eval_loss))
     for truncation in TBPTT_TRUNCATIONS:  # deterministic: one run
-        trace = jax.jit(lambda k=truncation: ib.tbptt(k, learning_rate=LEARNING_RATE, num_iterations=NUM_ITERATIONS))()
+        trace = jax.jit(
+            lambda k=truncation: ib.tbptt(
+                k, learning_rate=LEARNING_RATE, num_iterations=NUM_ITERATIONS
+            )
+        )()
         theta, eval_loss = np.asarray(trace.theta), np.asarray(trace.eval_loss)
         curves[f"TBPTT K={truncation}"] = (theta, eval_loss)
         rows.append(_row(f"TBPTT K={truncation}", None, theta, eval_loss))
 
-    write_results(NAME, rows, out_dir, quick=quick, seed=seed,
-                  extra={"settings": {"num_pairs": NUM_PAIRS, "std": STD, "learning_rate": LEARNING_RATE,
-                                      "truncation_length": 1, "num_iterations": NUM_ITERATIONS}})
+    write_results(
+        NAME,
+        rows,
+        out_dir,
+        quick=quick,
+        seed=seed,
+        extra={
+            "settings": {
+                "num_pairs": NUM_PAIRS,
+                "std": STD,
+                "learning_rate": LEARNING_RATE,
+                "truncation_length": 1,
+                "num_iterations": NUM_ITERATIONS,
+            }
+        },
+    )
     save_figure(_figure(curves), NAME, out_dir)
     return rows
 
 
 def _row(method, run_seed, theta, eval_loss) -> dict:
-    return {"method": method, "seed": run_seed, "final_theta": float(theta[-1]), "eval_loss": float(eval_loss[-1])}
+    return {
+        "method": method,
+        "seed": run_seed,
+        "final_theta": float(theta[-1]),
+        "eval_loss": float(eval_loss[-1]),
+    }
 
 
 def _figure(curves):
@@ -94,8 +122,15 @@ def _figure(curves):
         ax_loss.plot(iterations, np.maximum(eval_loss, 1e-16), label=label, **style)
     ax_theta.axhline(ib.OPTIMAL_THETA, color="k", ls=":", lw=1, label="theta* = -1/6")
     ax_theta.set_yscale("symlog", linthresh=1.0)
-    ax_theta.set(xlabel="iteration", ylabel="theta", title="theta (symlog scale)", ylim=(-1.0, None))
-    ax_loss.set(xlabel="iteration", ylabel="evaluation loss (500 steps)", yscale="log", title="evaluation loss")
+    ax_theta.set(
+        xlabel="iteration", ylabel="theta", title="theta (symlog scale)", ylim=(-1.0, None)
+    )
+    ax_loss.set(
+        xlabel="iteration",
+        ylabel="evaluation loss (500 steps)",
+        yscale="log",
+        title="evaluation loss",
+    )
     ax_theta.legend(fontsize=8)
     return fig
 

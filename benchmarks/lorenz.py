@@ -78,14 +78,31 @@ def run(name: str, seed: int, budget: int) -> dict:
     if name == "FullES":
         es = FullES(2 * FULL_ES_PAIRS, lorenz.INITIAL_THETA, optimizer=optax.sgd(3e-5))
         params = es.default_params.replace(std_init=STD)
-        trace = train_episodic(es, params, lorenz.INITIAL_THETA, key, lorenz.init_inner, lorenz.step,
-                               lorenz.HORIZON, budget // lorenz.HORIZON, evaluate=lorenz.test_loss)
+        trace = train_episodic(
+            es,
+            params,
+            lorenz.INITIAL_THETA,
+            key,
+            lorenz.init_inner,
+            lorenz.step,
+            lorenz.HORIZON,
+            budget // lorenz.HORIZON,
+            evaluate=lorenz.test_loss,
+        )
         every = 1
     else:
         es = online_strategy(name)
         params = es.default_params.replace(std=STD)
-        trace = train_online(es, params, lorenz.INITIAL_THETA, key, lorenz.step, budget // W,
-                             evaluate=lorenz.test_loss, eval_every=EVAL_EVERY_WINDOWS)
+        trace = train_online(
+            es,
+            params,
+            lorenz.INITIAL_THETA,
+            key,
+            lorenz.step,
+            budget // W,
+            evaluate=lorenz.test_loss,
+            eval_every=EVAL_EVERY_WINDOWS,
+        )
         every = EVAL_EVERY_WINDOWS
     return {
         "test_loss": np.asarray(trace.evaluation),
@@ -108,21 +125,40 @@ def main(quick: bool, seed: int, out_dir: Path) -> list[dict]:
             result = run(name, run_seed, budget)
             curves.setdefault(name, result)
             below = np.nonzero(result["test_loss"] < TARGET)[0]
-            rows.append({
-                "method": name,
-                "seed": run_seed,
-                "steps_to_50": int(result["sequential"][below[0]]) if below.size else None,
-                "total_steps_to_50": int(result["total"][below[0]]) if below.size else None,
-                "final_test_loss": float(result["test_loss"][-1]),
-                "final_log_a": float(result["theta"][0]),
-                "final_log_r": float(result["theta"][1]),
-            })
-    write_results(NAME, rows, out_dir, quick=quick, seed=seed,
-                  extra={"settings": {"std": STD, "truncation_length": W, "horizon": lorenz.HORIZON,
-                                      "online_pairs": ONLINE_PAIRS, "full_es_pairs": FULL_ES_PAIRS,
-                                      "budgets_sequential_steps": budgets,
-                                      "learning_rates": {"NRES": 1e-5, "PES": "1e-5, x0.1 after 1000 updates",
-                                                         "TES": 3e-4, "FullES": 3e-5}}})
+            rows.append(
+                {
+                    "method": name,
+                    "seed": run_seed,
+                    "steps_to_50": int(result["sequential"][below[0]]) if below.size else None,
+                    "total_steps_to_50": int(result["total"][below[0]]) if below.size else None,
+                    "final_test_loss": float(result["test_loss"][-1]),
+                    "final_log_a": float(result["theta"][0]),
+                    "final_log_r": float(result["theta"][1]),
+                }
+            )
+    write_results(
+        NAME,
+        rows,
+        out_dir,
+        quick=quick,
+        seed=seed,
+        extra={
+            "settings": {
+                "std": STD,
+                "truncation_length": W,
+                "horizon": lorenz.HORIZON,
+                "online_pairs": ONLINE_PAIRS,
+                "full_es_pairs": FULL_ES_PAIRS,
+                "budgets_sequential_steps": budgets,
+                "learning_rates": {
+                    "NRES": 1e-5,
+                    "PES": "1e-5, x0.1 after 1000 updates",
+                    "TES": 3e-4,
+                    "FullES": 3e-5,
+                },
+            }
+        },
+    )
     save_figure(_figure(curves), NAME, out_dir)
     return rows
 
@@ -132,7 +168,9 @@ def _figure(curves):
     for name, result in curves.items():
         for ax, x in zip(axes, (result["sequential"], result["total"]), strict=True):
             ax.plot(x, result["test_loss"], label=name)
-    for ax, label in zip(axes, ("sequential unroll steps", "total unroll steps (all particles)"), strict=True):
+    for ax, label in zip(
+        axes, ("sequential unroll steps", "total unroll steps (all particles)"), strict=True
+    ):
         ax.axhline(TARGET, color="k", ls=":", lw=1)
         ax.set(xlabel=label, ylabel="test loss", xscale="log", yscale="log", ylim=(30, 400))
         ax.legend(fontsize=8)

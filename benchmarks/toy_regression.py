@@ -64,8 +64,14 @@ def run_es(strategy_class, std: float, seed: int, num_iterations: int):
     )
     params = es.default_params.replace(std=std)
     trace = train_online(
-        es, params, toy.INITIAL_THETA, jax.random.key(seed), toy.step, num_iterations,
-        evaluate=toy.meta_loss, eval_every=EVAL_EVERY,
+        es,
+        params,
+        toy.INITIAL_THETA,
+        jax.random.key(seed),
+        toy.step,
+        num_iterations,
+        evaluate=toy.meta_loss,
+        eval_every=EVAL_EVERY,
     )
     return np.asarray(trace.theta), np.asarray(trace.evaluation)
 
@@ -80,22 +86,42 @@ def main(quick: bool, seed: int, out_dir: Path) -> list[dict]:
             curves.setdefault(name, (theta, meta_loss))
             rows.append(_row(name, run_seed, theta, meta_loss))
     trace = jax.jit(lambda: toy.tbptt(num_iterations=num_iterations))()  # deterministic: one run
-    theta, meta_loss = np.asarray(trace.theta), np.asarray(trace.meta_loss)[EVAL_EVERY - 1 :: EVAL_EVERY]
+    theta, meta_loss = (
+        np.asarray(trace.theta),
+        np.asarray(trace.meta_loss)[EVAL_EVERY - 1 :: EVAL_EVERY],
+    )
     curves["TBPTT"] = (theta, meta_loss)
     rows.append(_row("TBPTT", None, theta, meta_loss))
 
-    write_results(NAME, rows, out_dir, quick=quick, seed=seed,
-                  extra={"settings": {"num_pairs": NUM_PAIRS, "num_iterations": num_iterations,
-                                      "truncation_length": toy.TRUNCATION_LENGTH, "horizon": toy.HORIZON,
-                                      "std": {name: std for name, (_, std) in METHODS.items()},
-                                      "outer_optimizer": "adam(1e-2, b1=0.99, b2=0.999)"}})
+    write_results(
+        NAME,
+        rows,
+        out_dir,
+        quick=quick,
+        seed=seed,
+        extra={
+            "settings": {
+                "num_pairs": NUM_PAIRS,
+                "num_iterations": num_iterations,
+                "truncation_length": toy.TRUNCATION_LENGTH,
+                "horizon": toy.HORIZON,
+                "std": {name: std for name, (_, std) in METHODS.items()},
+                "outer_optimizer": "adam(1e-2, b1=0.99, b2=0.999)",
+            }
+        },
+    )
     save_figure(_figure(curves, num_iterations), NAME, out_dir)
     return rows
 
 
 def _row(method, run_seed, theta, meta_loss) -> dict:
-    return {"method": method, "seed": run_seed, "final_theta0": float(theta[-1, 0]),
-            "final_theta1": float(theta[-1, 1]), "meta_loss": float(meta_loss[-1])}
+    return {
+        "method": method,
+        "seed": run_seed,
+        "final_theta0": float(theta[-1, 0]),
+        "final_theta1": float(theta[-1, 1]),
+        "meta_loss": float(meta_loss[-1]),
+    }
 
 
 def _figure(curves, num_iterations):
@@ -111,11 +137,16 @@ def _figure(curves, num_iterations):
         ax_map.plot(theta[-1, 0], theta[-1, 1], "o", color=line.get_color())
         ax_loss.plot(iterations, meta_loss, label=label, color=line.get_color())
     ax_map.plot(*toy.INITIAL_THETA, "k*", ms=12, label="start (-4, -4)")
-    ax_map.set(xlabel="theta0 = log lr initial", ylabel="theta1 = log lr final",
-               title="trajectories (white: L = 600)")
+    ax_map.set(
+        xlabel="theta0 = log lr initial",
+        ylabel="theta1 = log lr final",
+        title="trajectories (white: L = 600)",
+    )
     ax_map.legend(fontsize=8, loc="upper left")
     ax_loss.axhline(600.0, color="k", ls=":", lw=1)
-    ax_loss.set(xlabel="iteration", ylabel="meta-loss (sum over T)", yscale="log", title="meta-loss")
+    ax_loss.set(
+        xlabel="iteration", ylabel="meta-loss (sum over T)", yscale="log", title="meta-loss"
+    )
     ax_loss.legend(fontsize=8)
     return fig
 

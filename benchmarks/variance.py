@@ -59,14 +59,26 @@ def trace_cov(gradients: np.ndarray) -> float:
     return float(np.trace(np.atleast_2d(np.cov(np.asarray(gradients, np.float64).T))))
 
 
-def online_trace(name: str, unlocked: bool, T: int, W: int, num_pairs: int, keys, measured_windows: int):
+def online_trace(
+    name: str, unlocked: bool, T: int, W: int, num_pairs: int, keys, measured_windows: int
+):
     make = {"NRES": evopes.NRES, "PES": evopes.PES, "GPES": evopes.GPES}[name]
     kwargs = {"noise_period": 4 * W} if name == "GPES" else {}
-    es = make(2 * num_pairs, lorenz.INITIAL_THETA, W, T, lorenz.init_inner, step_unlocked=unlocked, **kwargs)
+    es = make(
+        2 * num_pairs,
+        lorenz.INITIAL_THETA,
+        W,
+        T,
+        lorenz.init_inner,
+        step_unlocked=unlocked,
+        **kwargs,
+    )
     params = es.default_params.replace(std=STD)
     burn_in = es.burn_in_windows
     num_windows = burn_in + measured_windows if unlocked else T // W
-    estimates = jax.vmap(lambda k: online_gradients(es, params, lorenz.INITIAL_THETA, k, lorenz.step, num_windows))(keys)
+    estimates = jax.vmap(
+        lambda k: online_gradients(es, params, lorenz.INITIAL_THETA, k, lorenz.step, num_windows)
+    )(keys)
     estimates = np.asarray(estimates)[:, burn_in:]  # (seeds, windows, d)
     return trace_cov(estimates.reshape(-1, estimates.shape[-1]))
 
@@ -75,7 +87,9 @@ def full_es_trace(T: int, num_pairs: int, keys) -> float:
     es = FullES(2 * num_pairs, lorenz.INITIAL_THETA)
     params = es.default_params.replace(std_init=STD)
     estimates = jax.vmap(
-        lambda k: episodic_gradient(es, params, lorenz.INITIAL_THETA, k, lorenz.init_inner, lorenz.step, T)
+        lambda k: episodic_gradient(
+            es, params, lorenz.INITIAL_THETA, k, lorenz.init_inner, lorenz.step, T
+        )
     )(keys)
     return trace_cov(np.asarray(estimates))
 
@@ -87,18 +101,47 @@ def main(quick: bool, seed: int, out_dir: Path) -> list[dict]:
     for T, W, online_pairs in configs:
         full_pairs = online_pairs * W // T  # equal unroll budget per estimate
         keys = jax.random.split(jax.random.key(seed), full_es_seeds)
-        rows.append({"method": "FullES", "unlocked": None, "T": T, "W": W, "num_pairs": full_pairs,
-                     "trace_cov": full_es_trace(T, full_pairs, keys)})
+        rows.append(
+            {
+                "method": "FullES",
+                "unlocked": None,
+                "T": T,
+                "W": W,
+                "num_pairs": full_pairs,
+                "trace_cov": full_es_trace(T, full_pairs, keys),
+            }
+        )
         measured = T // W if W > 1 else 100
         keys = jax.random.split(jax.random.key(seed + 1), num_seeds)
         for name in ("NRES", "PES", "GPES"):
             for unlocked in (True, False):
-                rows.append({"method": name if name != "GPES" else "GPES(K=4W)", "unlocked": unlocked, "T": T,
-                             "W": W, "num_pairs": online_pairs,
-                             "trace_cov": online_trace(name, unlocked, T, W, online_pairs, keys, measured)})
-    write_results(NAME, rows, out_dir, quick=quick, seed=seed,
-                  extra={"settings": {"std": STD, "theta": [3.116, 3.7], "seeds_online": num_seeds,
-                                      "seeds_full_es": full_es_seeds}})
+                rows.append(
+                    {
+                        "method": name if name != "GPES" else "GPES(K=4W)",
+                        "unlocked": unlocked,
+                        "T": T,
+                        "W": W,
+                        "num_pairs": online_pairs,
+                        "trace_cov": online_trace(
+                            name, unlocked, T, W, online_pairs, keys, measured
+                        ),
+                    }
+                )
+    write_results(
+        NAME,
+        rows,
+        out_dir,
+        quick=quick,
+        seed=seed,
+        extra={
+            "settings": {
+                "std": STD,
+                "theta": [3.116, 3.7],
+                "seeds_online": num_seeds,
+                "seeds_full_es": full_es_seeds,
+            }
+        },
+    )
     save_figure(_figure(rows), NAME, out_dir)
     return rows
 
@@ -108,13 +151,22 @@ def _figure(rows):
     fig, axes = plt.subplots(1, len(configs), figsize=(6 * len(configs), 4.5), squeeze=False)
     for ax, (T, W) in zip(axes[0], configs, strict=True):
         subset = [r for r in rows if (r["T"], r["W"]) == (T, W)]
-        labels = [r["method"] + ("" if r["unlocked"] is None else (" unlocked" if r["unlocked"] else " lock-step"))
-                  for r in subset]
-        colors = ["tab:gray" if r["unlocked"] is None else ("tab:blue" if r["unlocked"] else "tab:orange")
-                  for r in subset]
+        labels = [
+            r["method"]
+            + ("" if r["unlocked"] is None else (" unlocked" if r["unlocked"] else " lock-step"))
+            for r in subset
+        ]
+        colors = [
+            "tab:gray" if r["unlocked"] is None else ("tab:blue" if r["unlocked"] else "tab:orange")
+            for r in subset
+        ]
         ax.bar(range(len(subset)), [r["trace_cov"] for r in subset], color=colors)
         ax.set_xticks(range(len(subset)), labels, rotation=35, ha="right", fontsize=8)
-        ax.set(yscale="log", ylabel="trace of covariance", title=f"Lorenz gradient variance, T={T}, W={W}")
+        ax.set(
+            yscale="log",
+            ylabel="trace of covariance",
+            title=f"Lorenz gradient variance, T={T}, W={W}",
+        )
     return fig
 
 

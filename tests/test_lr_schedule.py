@@ -10,6 +10,7 @@ from evopes.tasks.lr_schedule import LRScheduleTask
 from evopes.tasks.mlp import cross_entropy, init_mlp
 
 SHORT = LRScheduleTask(horizon=30)
+LOSSES = jax.jit(SHORT.losses)  # compiled once, shared by the tests
 
 
 def test_inverse_time_decay_closed_form():
@@ -42,14 +43,14 @@ def test_infinite_decay_is_constant_learning_rate_sgd():
         keys = jax.random.split(run_key, task.horizon)
         return jax.lax.scan(one_step, (params, sgd.init(params)), keys)[1]
 
-    losses = jax.jit(task.losses)(theta, key)
+    losses = LOSSES(theta, key)
     np.testing.assert_allclose(losses, jax.jit(reference)(key), rtol=1e-6)
     assert float(losses[-1]) < 0.7 * float(losses[0])  # SGD at 0.3 does train the network
 
 
 def test_diverging_runs_give_the_clipped_loss_not_nan():
     """A learning rate of e^6 ~ 400 diverges; every step's loss is finite and <= max_loss."""
-    losses = jax.jit(SHORT.losses)(jnp.array([6.0, 80.0]), jax.random.key(0))
+    losses = LOSSES(jnp.array([6.0, 80.0]), jax.random.key(0))
     assert bool(jnp.all(jnp.isfinite(losses)))
     assert float(jnp.max(losses)) <= SHORT.max_loss
     assert float(losses[-1]) == SHORT.max_loss

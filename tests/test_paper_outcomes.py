@@ -27,8 +27,13 @@ from evopes.tasks.training import episodic_gradient, online_gradients, train_epi
 
 def _influence_final_theta(strategy_class, seed):
     es = strategy_class(
-        population_size=1000, solution=ib.INITIAL_THETA, truncation_length=1, horizon=None,
-        init_inner=ib.init_inner, optimizer=optax.sgd(1e-4), step_unlocked=False,
+        population_size=1000,
+        solution=ib.INITIAL_THETA,
+        truncation_length=1,
+        horizon=None,
+        init_inner=ib.init_inner,
+        optimizer=optax.sgd(1e-4),
+        step_unlocked=False,
     )
     params = es.default_params.replace(std=0.1)
     trace = train_online(es, params, ib.INITIAL_THETA, jax.random.key(seed), ib.step, 3000)
@@ -56,12 +61,25 @@ def test_influence_balancing_tes_goes_the_wrong_way():
 
 def _toy_run(strategy_class, std, seed=0, num_iterations=2000):
     es = strategy_class(
-        population_size=100, solution=toy.INITIAL_THETA, truncation_length=10, horizon=100,
-        init_inner=toy.init_inner, optimizer=optax.adam(1e-2, b1=0.99, b2=0.999), step_unlocked=False,
+        population_size=100,
+        solution=toy.INITIAL_THETA,
+        truncation_length=10,
+        horizon=100,
+        init_inner=toy.init_inner,
+        optimizer=optax.adam(1e-2, b1=0.99, b2=0.999),
+        step_unlocked=False,
     )
     params = es.default_params.replace(std=std)
-    return train_online(es, params, toy.INITIAL_THETA, jax.random.key(seed), toy.step, num_iterations,
-                        evaluate=toy.meta_loss, eval_every=100)
+    return train_online(
+        es,
+        params,
+        toy.INITIAL_THETA,
+        jax.random.key(seed),
+        toy.step,
+        num_iterations,
+        evaluate=toy.meta_loss,
+        eval_every=100,
+    )
 
 
 def test_toy_regression_pes_reaches_the_valley():
@@ -98,12 +116,24 @@ def _lorenz_online(name, num_windows, seed=0):
         "TES": optax.sgd(3e-4),
     }[name]
     es = getattr(evopes, name)(
-        population_size=400, solution=lorenz.INITIAL_THETA, truncation_length=100,
-        horizon=lorenz.HORIZON, init_inner=lorenz.init_inner, optimizer=optimizer,
+        population_size=400,
+        solution=lorenz.INITIAL_THETA,
+        truncation_length=100,
+        horizon=lorenz.HORIZON,
+        init_inner=lorenz.init_inner,
+        optimizer=optimizer,
     )
     params = es.default_params.replace(std=0.04)
-    trace = train_online(es, params, lorenz.INITIAL_THETA, jax.random.key(seed), lorenz.step, num_windows,
-                         evaluate=lorenz.test_loss, eval_every=10)
+    trace = train_online(
+        es,
+        params,
+        lorenz.INITIAL_THETA,
+        jax.random.key(seed),
+        lorenz.step,
+        num_windows,
+        evaluate=lorenz.test_loss,
+        eval_every=10,
+    )
     return np.asarray(trace.sequential_steps)[9::10], np.asarray(trace.evaluation)
 
 
@@ -131,8 +161,17 @@ def test_lorenz_pes_and_full_es_are_slower_than_nres(nres_steps_to_50):
     assert _steps_to_target(steps, test_loss) is None
     es = FullES(20, lorenz.INITIAL_THETA, optimizer=optax.sgd(3e-5))
     params = es.default_params.replace(std_init=0.04)
-    trace = train_episodic(es, params, lorenz.INITIAL_THETA, jax.random.key(0), lorenz.init_inner, lorenz.step,
-                           lorenz.HORIZON, nres_steps_to_50 // lorenz.HORIZON, evaluate=lorenz.test_loss)
+    trace = train_episodic(
+        es,
+        params,
+        lorenz.INITIAL_THETA,
+        jax.random.key(0),
+        lorenz.init_inner,
+        lorenz.step,
+        lorenz.HORIZON,
+        nres_steps_to_50 // lorenz.HORIZON,
+        evaluate=lorenz.test_loss,
+    )
     assert float(np.min(trace.evaluation)) >= LORENZ_TARGET
 
 
@@ -159,8 +198,9 @@ def _trace_cov(estimates):
 
 
 def _online_variance(name, unlocked):
-    es = getattr(evopes, name)(400, lorenz.INITIAL_THETA, 100, lorenz.HORIZON, lorenz.init_inner,
-                               step_unlocked=unlocked)
+    es = getattr(evopes, name)(
+        400, lorenz.INITIAL_THETA, 100, lorenz.HORIZON, lorenz.init_inner, step_unlocked=unlocked
+    )
     params = es.default_params.replace(std=0.04)
     burn_in = es.burn_in_windows
     keys = jax.random.split(jax.random.key(1), 32)
@@ -176,7 +216,9 @@ def variances():
     params = es.default_params.replace(std_init=0.04)
     keys = jax.random.split(jax.random.key(2), 128)
     full = jax.vmap(
-        lambda k: episodic_gradient(es, params, lorenz.INITIAL_THETA, k, lorenz.init_inner, lorenz.step, 2000)
+        lambda k: episodic_gradient(
+            es, params, lorenz.INITIAL_THETA, k, lorenz.init_inner, lorenz.step, 2000
+        )
     )(keys)
     result = {"FullES": _trace_cov(full)}
     for name in ("NRES", "PES"):

@@ -56,7 +56,24 @@ def _override(params, changes: dict):
 
 
 # -- values: hyperparameters and non-finite fitness / losses ---------------------------
-@pytest.mark.parametrize("case", CASES, ids=CASE_IDS)
+#: Strategies known to violate the property, with the reason (see docs/reliability.md).
+#: strict: the test fails once the strategy is fixed, so that the mark gets removed.
+KNOWN_UNSOUND = {
+    name: pytest.mark.xfail(
+        strict=True,
+        reason=(
+            "std is not bounded: std_init or std_decay**t * std_init far below 1 (e.g. 1e-30, or "
+            "std_decay=0.999 after ~43k generations with the default std_min=0) makes the estimate "
+            "~1/std overflow (Adam's nu = inf, or an SGD mean = inf/NaN); std_decay > 1 grows std to "
+            "inf; weight_decay=1e30 overflows the update"
+        ),
+    )
+    for name in ("OpenES", "FullES")
+}
+VALUE_CASES = [pytest.param(case, marks=KNOWN_UNSOUND.get(case.name, ()), id=case.name) for case in CASES]
+
+
+@pytest.mark.parametrize("case", VALUE_CASES)
 def test_hyperparameters_and_nonfinite_values_keep_the_state_sound(case):
     es = case.make(SOLUTION, 8)
     step = generation(case, es)

@@ -123,7 +123,11 @@ def test_toy_tbptt_stalls_far_from_the_valley():
 def test_lorenz_euler_step_by_hand():
     inner, loss, done = lorenz.step(lorenz.init_inner(), lorenz.TRUE_THETA)
     # a = 10, r = 28, b = 8/3 from (1.2, 1.3, 1.6), dt = 0.005.
-    expected = [1.2 + 0.005 * 10 * 0.1, 1.3 + 0.005 * (1.2 * 26.4 - 1.3), 1.6 + 0.005 * (1.56 - 8 / 3 * 1.6)]
+    expected = [
+        1.2 + 0.005 * 10 * 0.1,
+        1.3 + 0.005 * (1.2 * 26.4 - 1.3),
+        1.6 + 0.005 * (1.56 - 8 / 3 * 1.6),
+    ]
     np.testing.assert_allclose(inner.truth, expected, rtol=1e-6)
     np.testing.assert_allclose(inner.model, expected, rtol=1e-5)
     assert float(loss) < 1e-10 and not done

@@ -44,12 +44,14 @@ def train(es, key, num_iterations):
         )
         # 3. The estimate (PES: weighted by the accumulated noise), the SGD step,
         #    and the bookkeeping of times, accumulators and inner states.
-        state, metrics = es.tell(tell_key, population, losses, state, params, inner_state=inner, dones=dones)
+        state, metrics = es.tell(
+            tell_key, population, losses, state, params, inner_state=inner, dones=dones
+        )
         return state, es.get_mean(state)
 
-    _, thetas = jax.jit(lambda state: jax.lax.scan(one_window, state, jax.random.split(loop_key, num_iterations)))(
-        state
-    )
+    _, thetas = jax.jit(
+        lambda state: jax.lax.scan(one_window, state, jax.random.split(loop_key, num_iterations))
+    )(state)
     return thetas
 
 
@@ -59,15 +61,25 @@ def main(quick: bool = True) -> dict:
     for strategy_class in (evopes.PES, evopes.TES):
         thetas = train(make_strategy(strategy_class), jax.random.key(0), num_iterations)
         theta = float(thetas[-1])
-        results[strategy_class.__name__] = {"theta": theta, "eval_loss": float(ib.evaluate(thetas[-1]))}
+        results[strategy_class.__name__] = {
+            "theta": theta,
+            "eval_loss": float(ib.evaluate(thetas[-1])),
+        }
     # The paper's baseline: truncated backprop through K steps, same SGD.
     for k in (1, 10, 100):
-        trace = jax.jit(lambda k=k: ib.tbptt(k, learning_rate=LEARNING_RATE, num_iterations=num_iterations))()
-        results[f"TBPTT K={k}"] = {"theta": float(trace.theta[-1]), "eval_loss": float(trace.eval_loss[-1])}
+        trace = jax.jit(
+            lambda k=k: ib.tbptt(k, learning_rate=LEARNING_RATE, num_iterations=num_iterations)
+        )()
+        results[f"TBPTT K={k}"] = {
+            "theta": float(trace.theta[-1]),
+            "eval_loss": float(trace.eval_loss[-1]),
+        }
 
     print(f"after {num_iterations} iterations (theta* = {ib.OPTIMAL_THETA:.5f}):")
     for name, result in results.items():
-        print(f"  {name:12s} theta = {result['theta']:12.5g}   eval loss = {result['eval_loss']:.3g}")
+        print(
+            f"  {name:12s} theta = {result['theta']:12.5g}   eval loss = {result['eval_loss']:.3g}"
+        )
     return results
 
 

@@ -41,8 +41,12 @@ def train_nres(key, num_windows, eval_every=10):
     def one_window(state, key):
         ask_key, unroll_key, tell_key = jax.random.split(key, 3)
         population, state = es.ask(ask_key, state, params)
-        inner, losses, dones = evopes.unroll(lorenz.step, population, es.get_inner_state(state), unroll_key, W)
-        state, metrics = es.tell(tell_key, population, losses, state, params, inner_state=inner, dones=dones)
+        inner, losses, dones = evopes.unroll(
+            lorenz.step, population, es.get_inner_state(state), unroll_key, W
+        )
+        state, metrics = es.tell(
+            tell_key, population, losses, state, params, inner_state=inner, dones=dones
+        )
         return state, metrics
 
     @jax.jit
@@ -97,12 +101,18 @@ def main(quick: bool = True) -> dict:
         ("NRES", train_nres(jax.random.key(0), num_windows)),
         ("FullES", train_full_es(jax.random.key(0), num_generations)),
     ):
-        results[name] = {"steps_to_50": steps_to_target(curve), "final_test_loss": curve[-1][1],
-                         "theta": [float(v) for v in theta], "sequential_steps": curve[-1][0]}
+        results[name] = {
+            "steps_to_50": steps_to_target(curve),
+            "final_test_loss": curve[-1][1],
+            "theta": [float(v) for v in theta],
+            "sequential_steps": curve[-1][0],
+        }
         log_a, log_r = results[name]["theta"]
-        print(f"  {name:6s} {curve[-1][0]:7d} sequential steps: test loss {curve[-1][1]:6.1f}, "
-              f"theta = ({log_a:.3f}, {log_r:.3f}), first below {TARGET:.0f} after "
-              f"{results[name]['steps_to_50']} steps")
+        print(
+            f"  {name:6s} {curve[-1][0]:7d} sequential steps: test loss {curve[-1][1]:6.1f}, "
+            f"theta = ({log_a:.3f}, {log_r:.3f}), first below {TARGET:.0f} after "
+            f"{results[name]['steps_to_50']} steps"
+        )
     return results
 
 

@@ -37,7 +37,9 @@ def train(es, std, key, num_iterations, eval_every=100):
         inner, losses, dones = evopes.unroll(
             toy.step, population, es.get_inner_state(state), unroll_key, es.truncation_length
         )
-        state, _ = es.tell(tell_key, population, losses, state, params, inner_state=inner, dones=dones)
+        state, _ = es.tell(
+            tell_key, population, losses, state, params, inner_state=inner, dones=dones
+        )
         return state, None
 
     @jax.jit
@@ -61,17 +63,26 @@ def main(quick: bool = True) -> dict:
     for name, strategy_class, std in (("PES", evopes.PES, 0.3), ("TES", evopes.TES, 1.0)):
         history = train(make_strategy(strategy_class), std, jax.random.key(0), num_iterations)
         theta, meta_loss = history[-1]
-        results[name] = {"theta": [float(v) for v in theta], "meta_loss": float(meta_loss),
-                         "best_meta_loss": float(min(loss for _, loss in history))}
+        results[name] = {
+            "theta": [float(v) for v in theta],
+            "meta_loss": float(meta_loss),
+            "best_meta_loss": float(min(loss for _, loss in history)),
+        }
     trace = jax.jit(lambda: toy.tbptt(num_iterations=num_iterations))()
-    results["TBPTT"] = {"theta": [float(v) for v in trace.theta[-1]], "meta_loss": float(trace.meta_loss[-1]),
-                        "best_meta_loss": float(jnp.min(trace.meta_loss))}
+    results["TBPTT"] = {
+        "theta": [float(v) for v in trace.theta[-1]],
+        "meta_loss": float(trace.meta_loss[-1]),
+        "best_meta_loss": float(jnp.min(trace.meta_loss)),
+    }
 
     print(f"after {num_iterations} outer iterations (sum of the 100 per-step losses):")
     for name, result in results.items():
         theta0, theta1 = result["theta"]
-        print(f"  {name:6s} theta = ({theta0:6.2f}, {theta1:6.2f})   meta-loss = {result['meta_loss']:7.1f}"
-              f"   best seen = {result['best_meta_loss']:7.1f}")
+        print(
+            f"  {name:6s} theta = ({theta0:6.2f}, {theta1:6.2f})"
+            f"   meta-loss = {result['meta_loss']:7.1f}"
+            f"   best seen = {result['best_meta_loss']:7.1f}"
+        )
     return results
 
 

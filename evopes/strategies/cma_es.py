@@ -62,6 +62,17 @@ from flax import struct
 from evopes.spec import PyTree, SolutionSpec
 from evopes.strategy import Metrics, Params, State, Strategy, check_positive
 
+#: Names of the boolean termination indicators in the metrics (besides ``terminate``).
+STOP_INDICATORS = (
+    "stop_tol_fun",
+    "stop_tol_x",
+    "stop_tol_x_up",
+    "stop_condition",
+    "stop_no_effect_axis",
+    "stop_no_effect_coord",
+    "stop_std_min",
+)
+
 #: Absolute floor of eigenvalues and of squared norms, far above float32's
 #: smallest normal number (1.2e-38) so that reciprocals stay finite.
 TINY = 1e-30
@@ -487,6 +498,7 @@ def termination_indicators(mean, std, p_c, variances, B, D, history, fitness, ge
         "stop_no_effect_coord": stop_no_effect_coord,
         "stop_std_min": std <= params.std_min,
     }
+    assert tuple(stops) == STOP_INDICATORS
     terminate = jnp.any(jnp.stack(list(stops.values())))
     return {
         "std": std,

@@ -51,7 +51,6 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
-
 from jax.flatten_util import ravel_pytree
 
 from evopes.tasks.digits import load_digits, sample_batch
@@ -152,7 +151,8 @@ class LearnedOptimizerTask:
         t = inner.step.astype(jnp.float32)
         time_features = jnp.tanh(t / jnp.asarray(self.time_scales, jnp.float32))
         features = jnp.concatenate(
-            [normalised.T, jnp.broadcast_to(time_features, (flat_params.size, time_features.size))], axis=1
+            [normalised.T, jnp.broadcast_to(time_features, (flat_params.size, time_features.size))],
+            axis=1,
         )
 
         hidden = features
@@ -185,10 +185,14 @@ class LearnedOptimizerTask:
         """
         data = load_digits()
         train_key, valid_key = jax.random.split(key)
-        images, labels = sample_batch(train_key, data.train_images, data.train_labels, self.batch_size)
+        images, labels = sample_batch(
+            train_key, data.train_images, data.train_labels, self.batch_size
+        )
         grads = jax.grad(cross_entropy)(inner.params, images, labels)
         inner = self.apply_lopt(theta, inner, grads)
-        images, labels = sample_batch(valid_key, data.valid_images, data.valid_labels, self.batch_size)
+        images, labels = sample_batch(
+            valid_key, data.valid_images, data.valid_labels, self.batch_size
+        )
         return inner, self._clip(cross_entropy(inner.params, images, labels)), jnp.array(False)
 
     # -- evaluation ---------------------------------------------------------------
@@ -203,11 +207,15 @@ class LearnedOptimizerTask:
             )
             grads = jax.grad(cross_entropy)(params, images, labels)
             params, opt_state = update(params, opt_state, grads)
-            return (params, opt_state), self._clip(cross_entropy(params, data.valid_images, data.valid_labels))
+            return (params, opt_state), self._clip(
+                cross_entropy(params, data.valid_images, data.valid_labels)
+            )
 
         init_key, run_key = jax.random.split(key)
         params = init_mlp(init_key, self.layer_sizes)
-        _, curve = jax.lax.scan(one_step, (params, init_state(params)), jax.random.split(run_key, num_steps))
+        _, curve = jax.lax.scan(
+            one_step, (params, init_state(params)), jax.random.split(run_key, num_steps)
+        )
         return curve
 
     def lopt_curve(self, theta: dict, key: jax.Array, num_steps: int | None = None) -> jax.Array:

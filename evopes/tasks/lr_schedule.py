@@ -81,11 +81,15 @@ class LRScheduleTask:
         """One SGD step at lr_t: returns (inner, clipped validation-batch loss, False)."""
         data = load_digits()
         train_key, valid_key = jax.random.split(key)
-        images, labels = sample_batch(train_key, data.train_images, data.train_labels, self.batch_size)
+        images, labels = sample_batch(
+            train_key, data.train_images, data.train_labels, self.batch_size
+        )
         grads = jax.grad(cross_entropy)(inner.params, images, labels)
         learning_rate = self.learning_rate(theta, inner.step)
         params = jax.tree.map(lambda p, g: p - learning_rate * g, inner.params, grads)
-        images, labels = sample_batch(valid_key, data.valid_images, data.valid_labels, self.batch_size)
+        images, labels = sample_batch(
+            valid_key, data.valid_images, data.valid_labels, self.batch_size
+        )
         loss = cross_entropy(params, images, labels)
         loss = jnp.where(jnp.isnan(loss), self.max_loss, jnp.minimum(loss, self.max_loss))
         return InnerState(params, inner.step + 1), loss, jnp.array(False)

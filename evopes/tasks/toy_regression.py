@@ -103,7 +103,7 @@ def meta_loss(theta: jax.Array) -> jax.Array:
 
 
 def meta_loss_grid(theta0: jax.Array, theta1: jax.Array) -> jax.Array:
-    """``L`` on the grid ``theta0 x theta1`` (shape ``(len(theta1), len(theta0))``, for contour plots)."""
+    """``L`` on the grid ``theta0 x theta1``; shape ``(len(theta1), len(theta0))``."""
     grid = jnp.stack(jnp.meshgrid(theta0, theta1), axis=-1)
     return jax.vmap(jax.vmap(meta_loss))(grid)
 
@@ -130,7 +130,9 @@ def tbptt(
     must divide ``T``; ``num_iterations`` and ``truncation_length`` are static.
     """
     if HORIZON % truncation_length:
-        raise ValueError(f"truncation_length: expected a divisor of {HORIZON}, got {truncation_length}")
+        raise ValueError(
+            f"truncation_length: expected a divisor of {HORIZON}, got {truncation_length}"
+        )
     optimizer = optimizer or optax.adam(1e-2, b1=0.99, b2=0.999)
 
     def window_loss(theta, inner):
@@ -147,7 +149,9 @@ def tbptt(
         updates, opt_state = optimizer.update(gradient, opt_state)
         theta = optax.apply_updates(theta, updates)
         inner = jax.tree.map(
-            lambda fresh, current: jnp.where(inner.t >= HORIZON, fresh, current), init_inner(), inner
+            lambda fresh, current: jnp.where(inner.t >= HORIZON, fresh, current),
+            init_inner(),
+            inner,
         )
         return (theta, inner, opt_state), (theta, meta_loss(theta))
 

@@ -74,7 +74,9 @@ def train_online(
       eval_every: evaluation period in windows.
     """
     if num_windows % eval_every:
-        raise ValueError(f"num_windows: expected a multiple of eval_every={eval_every}, got {num_windows}")
+        raise ValueError(
+            f"num_windows: expected a multiple of eval_every={eval_every}, got {num_windows}"
+        )
     return _train(es, step_fn, evaluate, num_windows, eval_every, params, theta, key)
 
 
@@ -89,7 +91,9 @@ def _train(es, step_fn, evaluate, num_windows, eval_every, params, theta, key):
         inner, losses, dones = unroll(
             step_fn, population, es.get_inner_state(state), unroll_key, es.truncation_length
         )
-        state, metrics = es.tell(tell_key, population, losses, state, params, inner_state=inner, dones=dones)
+        state, metrics = es.tell(
+            tell_key, population, losses, state, params, inner_state=inner, dones=dones
+        )
         row = (
             es.get_mean(state),
             metrics["mean_loss"],
@@ -157,8 +161,13 @@ def train_episodic(
     comparable).
     """
     if num_generations % eval_every:
-        raise ValueError(f"num_generations: expected a multiple of eval_every={eval_every}, got {num_generations}")
-    return _train_episodic(es, init_inner, step_fn, horizon, evaluate, num_generations, eval_every, params, theta, key)
+        raise ValueError(
+            f"num_generations: expected a multiple of eval_every={eval_every}, "
+            f"got {num_generations}"
+        )
+    return _train_episodic(
+        es, init_inner, step_fn, horizon, evaluate, num_generations, eval_every, params, theta, key
+    )
 
 
 def episode_fitness(init_inner, step_fn, horizon, population, key):
@@ -171,7 +180,9 @@ def episode_fitness(init_inner, step_fn, horizon, population, key):
 
 
 @functools.partial(jax.jit, static_argnums=(0, 1, 2, 3, 4, 5, 6))
-def _train_episodic(es, init_inner, step_fn, horizon, evaluate, num_generations, eval_every, params, theta, key):
+def _train_episodic(
+    es, init_inner, step_fn, horizon, evaluate, num_generations, eval_every, params, theta, key
+):
     init_key, loop_key = jax.random.split(key)
     state = es.init(init_key, theta, params)
 
@@ -182,7 +193,12 @@ def _train_episodic(es, init_inner, step_fn, horizon, evaluate, num_generations,
         fitness = episode_fitness(init_inner, step_fn, horizon, population, episode_key)
         state, _ = es.tell(tell_key, population, fitness, state, params)
         count = count + 1
-        row = (es.get_mean(state), jnp.mean(fitness), count * horizon, count * es.population_size * horizon)
+        row = (
+            es.get_mean(state),
+            jnp.mean(fitness),
+            count * horizon,
+            count * es.population_size * horizon,
+        )
         return (state, count), row
 
     def block(carry, keys):
@@ -206,7 +222,9 @@ def _train_episodic(es, init_inner, step_fn, horizon, evaluate, num_generations,
 
 
 # -- gradient estimates at a fixed theta (variance studies) -----------------------------
-def online_gradients(es, params, theta: PyTree, key: jax.Array, step_fn: Callable, num_windows: int) -> jax.Array:
+def online_gradients(
+    es, params, theta: PyTree, key: jax.Array, step_fn: Callable, num_windows: int
+) -> jax.Array:
     """The flat gradient estimate of each of ``num_windows`` windows at a fixed ``theta``.
 
     Runs the online strategy with ``tell(..., apply_update=False)``: the
@@ -230,15 +248,18 @@ def _online_gradients(es, step_fn, num_windows, params, theta, key):
         inner, losses, dones = unroll(
             step_fn, population, es.get_inner_state(state), unroll_key, es.truncation_length
         )
-        gradient, state = es.estimate(tell_key, population, losses, state, params, inner_state=inner, dones=dones)
+        gradient, state = es.estimate(
+            tell_key, population, losses, state, params, inner_state=inner, dones=dones
+        )
         return state, es.spec.ravel(gradient)
 
     _, gradients = jax.lax.scan(window, state, jax.random.split(loop_key, num_windows))
     return gradients
 
 
-def episodic_gradient(es, params, theta: PyTree, key: jax.Array, init_inner: Callable, step_fn: Callable,
-                      horizon: int) -> jax.Array:
+def episodic_gradient(
+    es, params, theta: PyTree, key: jax.Array, init_inner: Callable, step_fn: Callable, horizon: int
+) -> jax.Array:
     """One flat whole-episode gradient estimate of a FullES-like strategy at ``theta``."""
     return _episodic_gradient(es, init_inner, step_fn, horizon, params, theta, key)
 

@@ -1,0 +1,257 @@
+"""Restart strategies for CMA-ES: IPOP and BIPOP.
+
+* IPOP-CMA-ES (Auger and Hansen, "A Restart CMA Evolution Strategy With
+  Increasing Population Size", CEC 2005): whenever a run meets a stopping
+  criterion, restart with the population size multiplied by 2.
+* BIPOP-CMA-ES (Hansen, "Benchmarking a BI-Population CMA-ES on the BBOB-2009
+  Function Testbed", GECCO 2009): after a first run with the default lambda_def,
+  interleave two regimes. *Large* runs double the population as IPOP does,
+  lambda_l = 2^k lambda_def with the initial step size. *Small* runs draw
+  lambda_s = floor(lambda_def (lambda_l / (2 lambda_def))^(U_1^2)) and
+  sigma_s = sigma_0 10^(-2 U_2) (U_1, U_2 uniform in [0, 1], lambda_l the last
+  large population) and may use at most half the evaluations spent in large
+  runs so far. The next run is small while the evaluations spent in small runs
+  (the first run counted among them) are below those spent in large runs.
+
+A run stops when any termination indicator of the strategy fires (the
+``terminate`` metric: TolFun, TolX, TolXUp, ConditionCov, NoEffectAxis,
+NoEffectCoord, sigma at its floor), after ``100 + 150 (n + 3)^2 / sqrt(lambda)``
+generations (pycma's default ``maxiter``), when the target fitness is reached,
+or when the evaluation budget is spent. Large runs count as restarts; the
+driver stops after ``max_restarts`` of them.
+
+Design: why a Python-level driver. A restart changes the population size,
+and with it the shape of every array of the strategy and of the population the
+user's fitness function sees. The alternative that stays inside one ``jit``,
+sampling a fixed maximum population and masking the unused members, would
+make the fitness function evaluate the largest population (2^9 lambda_def for
+nine IPOP restarts) in every generation of every run: up to 500 times the
+work of the run itself. Here each run is one jitted ``lax.while_loop`` of
+ask / evaluate / tell that runs on the device until a stopping criterion,
+and only the restart decisions (a few per optimisation) happen in Python.
+Strategies hash by configuration, so each population size compiles once per
+process and is reused by later runs and later calls with the same
+configuration; nothing else is retraced (the budget and target are traced
+arguments).
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from evopes.spec import PyTree, SolutionSpec
+from evopes.strategies.cma_es import CMAES, STOP_INDICATORS, default_population_size
+
+
+@dataclass(frozen=True)
+class RestartRecord:
+    """One run of a restart strategy.
+
+    Attributes:
+      regime: ``"first"``, ``"large"`` or ``"small"`` (IPOP runs are ``"large"``).
+      population_size: lambda of the run.
+      std_init: its initial step size.
+      generations: generations it ran.
+      evaluations: ``generations * population_size``.
+      best_fitness: best fitness it found.
+      stopped_by: names of the indicators that fired, or ``"target"``,
+        ``"max_generations"`` (its own limit or the remaining budget).
+    """
+
+    regime: str
+    population_size: int
+    std_init: float
+    generations: int
+    evaluations: int
+    best_fitness: float
+    stopped_by: tuple[str, ...]
+
+
+@dataclass
+class RestartResult:
+    """Outcome of :meth:`IPOP.run` / :meth:`BIPOP.run`.
+
+    Attributes:
+      best_solution: best solution found (a pytree shaped like ``solution``).
+      best_fitness: its fitness.
+      evaluations: fitness evaluations used in all.
+      evaluations_to_target: evaluations until the target fitness was first
+        reached (counted per generation), or None.
+      runs: one record per run, in order.
+    """
+
+    best_solution: PyTree
+    best_fitness: float
+    evaluations: int
+    evaluations_to_target: int | None
+    runs: list[RestartRecord] = field(default_factory=list)
+
+
+def default_max_generations(num_dims: int, population_size: int) -> int:
+    """pycma's default iteration limit of one run: 100 + 150 (n + 3)^2 / sqrt(lambda)."""
+    return int(100 + 150 * (num_dims + 3) ** 2 / math.sqrt(population_size))
+
+
+@functools.partial(jax.jit, static_argnames=("fitness_fn",))
+def run_until_stop(es, params, fitness_fn, key, mean, max_generations, target_fitness):
+    """One CMA-ES run inside a ``lax.while_loop``: init, then generations until a stop.
+
+    Stops when ``metrics["terminate"]``, after ``max_generations``, or once the
+    best fitness is <= ``target_fitness``. ``fitness_fn(population, key)``
+    returns the fitness of a population pytree (minimised).
+
+    Returns ``(state, generations, stop_flags)``, ``stop_flags`` a boolean
+    vector ordered as :data:`~evopes.strategies.cma_es.STOP_INDICATORS`.
+    """
+    init_key, loop_key = jax.random.split(key)
+    state = es.init(init_key, mean, params)
+    no_stop = jnp.zeros(len(STOP_INDICATORS), bool)
+
+    def running(carry):
+        state, _, stops, generations = carry
+        return (~jnp.any(stops)) & (generations < max_generations) & (
+            state.best_fitness > target_fitness
+        )
+
+    def generation(carry):
+        state, key, _, generations = carry
+        key, ask_key, eval_key, tell_key = jax.random.split(key, 4)
+        population, state = es.ask(ask_key, state, params)
+        fitness = fitness_fn(population, eval_key)
+        state, metrics = es.tell(tell_key, population, fitness, state, params)
+        stops = jnp.stack([metrics[name] for name in STOP_INDICATORS])
+        return state, key, stops, generations + 1
+
+    carry = (state, loop_key, no_stop, jnp.asarray(0, jnp.int32))
+    state, _, stops, generations = jax.lax.while_loop(running, generation, carry)
+    return state, generations, stops
+
+
+class IPOP:
+    """IPOP-CMA-ES: restarts with the population size multiplied by ``population_factor``.
+
+    Args:
+      solution: template pytree of one solution.
+      population_size: lambda_def of the first run (default 4 + floor(3 ln n)).
+      population_factor: growth of lambda per restart (2 in the paper).
+      max_restarts: restarts after the first run (pycma's ``restarts=9``).
+      strategy: the strategy class, ``CMAES`` or ``SepCMAES``.
+
+    Usage::
+
+        ipop = IPOP(solution=jnp.zeros(10))
+        result = ipop.run(key, fitness_fn, mean=lambda k: jax.random.uniform(k, (10,), minval=-4, maxval=4),
+                          std_init=2.0, max_evaluations=100_000, target_fitness=1e-8)
+    """
+
+    def __init__(self, solution: PyTree, *, population_size: int | None = None,
+                 population_factor: float = 2.0, max_restarts: int = 9, strategy=CMAES):
+        self.spec = SolutionSpec.from_template(solution)
+        self.population_size = population_size or default_population_size(self.spec.num_dims)
+        if population_factor < 1:
+            raise ValueError(f"population_factor: expected a value >= 1, got {population_factor}")
+        if max_restarts < 0:
+            raise ValueError(f"max_restarts: expected an integer >= 0, got {max_restarts}")
+        self.population_factor = population_factor
+        self.max_restarts = int(max_restarts)
+        self.strategy = strategy
+
+    # -- the schedule -----------------------------------------------------------------
+    def next_run(self, runs: list[RestartRecord], std_init: float, uniforms: np.ndarray):
+        """(regime, population_size, std_init, evaluation cap) of the next run, or None."""
+        num_large = sum(run.regime != "small" for run in runs) - 1  # restarts done so far
+        if num_large >= self.max_restarts:
+            return None
+        size = int(round(self.population_size * self.population_factor ** (num_large + 1)))
+        return ("large", size, std_init, None)
+
+    # -- the driver -------------------------------------------------------------------
+    def run(self, key: jax.Array, fitness_fn: Callable, mean, *, std_init: float = 1.0,
+            max_evaluations: int, target_fitness: float = -np.inf) -> RestartResult:
+        """Runs restarts until the target, the budget or ``max_restarts`` is reached.
+
+        Args:
+          key: PRNG key.
+          fitness_fn: ``fitness_fn(population, key) -> (lambda,)`` fitness to
+            minimise; jittable, and hashable (a plain function is), because it
+            is a static argument of the compiled run.
+          mean: initial mean (pytree), or ``mean(key) -> pytree`` for a new
+            random start at every run.
+          std_init: sigma_0.
+          max_evaluations: the evaluation budget.
+          target_fitness: stop as soon as a fitness <= this is found.
+        """
+        if std_init <= 0:
+            raise ValueError(f"std_init: expected a value > 0, got {std_init}")
+        runs: list[RestartRecord] = []
+        best_fitness, best_solution, to_target = np.inf, None, None
+        evaluations = 0
+        plan = ("first", self.population_size, std_init, None)
+        while plan is not None:
+            regime, size, sigma, cap = plan
+            key, run_key, mean_key, schedule_key = jax.random.split(key, 4)
+            budget = max_evaluations - evaluations if cap is None else min(
+                cap, max_evaluations - evaluations
+            )
+            es = self.strategy(population_size=size, solution=self.spec)
+            limit = min(default_max_generations(self.spec.num_dims, size), budget // size)
+            if limit < 1:
+                break
+            params = es.default_params.replace(std_init=jnp.asarray(sigma, jnp.float32))
+            start = mean(mean_key) if callable(mean) else mean
+            state, generations, stops = run_until_stop(
+                es, params, fitness_fn, run_key, start, jnp.asarray(limit, jnp.int32),
+                jnp.asarray(target_fitness, jnp.float32),
+            )
+            generations, stops, run_best = jax.device_get(
+                (generations, stops, state.best_fitness)
+            )
+            generations, run_best = int(generations), float(run_best)
+            reached = run_best <= target_fitness
+            fired = tuple(name for name, flag in zip(STOP_INDICATORS, stops, strict=True) if flag)
+            if reached:
+                fired = ("target",) + fired
+            elif not fired:
+                fired = ("max_generations",)
+            runs.append(RestartRecord(regime, size, float(sigma), generations, generations * size,
+                                      run_best, fired))
+            if run_best < best_fitness:
+                best_fitness, best_solution = run_best, es.get_best_solution(state)
+            evaluations += generations * size
+            if reached:
+                to_target = evaluations
+                break
+            if evaluations >= max_evaluations:
+                break
+            uniforms = np.asarray(jax.random.uniform(schedule_key, (2,)), np.float64)
+            plan = self.next_run(runs, std_init, uniforms)
+        return RestartResult(best_solution, best_fitness, evaluations, to_target, runs)
+
+
+class BIPOP(IPOP):
+    """BIPOP-CMA-ES: interleaved large-population (IPOP) and small-population runs.
+
+    Same arguments as :class:`IPOP`; ``max_restarts`` counts the large runs,
+    as in pycma (``cma.fmin(..., restarts=9, bipop=True)``).
+    """
+
+    def next_run(self, runs: list[RestartRecord], std_init: float, uniforms: np.ndarray):
+        small = sum(run.evaluations for run in runs if run.regime in ("first", "small"))
+        large = sum(run.evaluations for run in runs if run.regime == "large")
+        num_large = sum(run.regime == "large" for run in runs)
+        if small < large:
+            largest = self.population_size * self.population_factor**num_large
+            size = int(self.population_size * (largest / (2 * self.population_size)) ** (uniforms[0] ** 2))
+            size = max(size, 2)
+            return ("small", size, std_init * 10 ** (-2 * uniforms[1]), large // 2)
+        if num_large >= self.max_restarts:
+            return None
+        size = int(round(self.population_size * self.population_factor ** (num_large + 1)))
+        return ("large", size, std_init, None)
