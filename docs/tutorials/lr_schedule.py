@@ -22,7 +22,8 @@ def tune(strategy_class, task, truncation_length, key, num_pairs, num_windows):
         truncation_length=truncation_length,  # K inner SGD steps per ask/tell window
         horizon=task.horizon,  # T: a fresh training run every T steps
         init_inner=task.init_inner,
-        optimizer=optax.adam(0.03),
+        # Adam, its step size decaying from 0.05 to 0.005: travel fast, then settle.
+        optimizer=optax.adam(optax.cosine_decay_schedule(0.05, num_windows, alpha=0.1)),
     )
     params = es.default_params.replace(std=0.3)
     init_key, loop_key = jax.random.split(key)
@@ -43,7 +44,7 @@ def tune(strategy_class, task, truncation_length, key, num_pairs, num_windows):
 
 def main(quick: bool = True) -> dict:
     task = LRScheduleTask(horizon=1000)
-    num_pairs, num_windows = (8, 300) if quick else (16, 900)
+    num_pairs, num_windows = (16, 300) if quick else (16, 1000)
     meta_objective = jax.jit(lambda theta: task.meta_objective(theta, jax.random.key(99), 4))
     results = {}
     # "ES" at K = 10 is truncated ES: each window's gradient ignores how theta shaped the state
