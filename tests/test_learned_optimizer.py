@@ -4,7 +4,6 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
-import pytest
 
 import evopes
 from evopes.tasks import digits
@@ -28,7 +27,9 @@ def test_digits_split_is_deterministic_disjoint_and_covering():
     assert data.train_images.shape == (1438, 64) and data.valid_images.shape == (359, 64)
     assert float(jnp.min(data.train_images)) == 0.0 and float(jnp.max(data.train_images)) == 1.0
     # Every class is present on both sides of the split.
-    assert set(np.asarray(data.train_labels)) == set(range(10)) == set(np.asarray(data.valid_labels))
+    assert (
+        set(np.asarray(data.train_labels)) == set(range(10)) == set(np.asarray(data.valid_labels))
+    )
 
 
 def test_theta_has_about_1_5k_parameters():
@@ -56,10 +57,14 @@ def test_sgd_theta_reproduces_sgd():
 
         def sgd_step(params, step_key):
             train_key, valid_key = jax.random.split(step_key)
-            images, labels = digits.sample_batch(train_key, data.train_images, data.train_labels, 32)
+            images, labels = digits.sample_batch(
+                train_key, data.train_images, data.train_labels, 32
+            )
             grads = jax.grad(cross_entropy)(params, images, labels)
             params = jax.tree.map(lambda p, g: p - learning_rate * g, params, grads)
-            images, labels = digits.sample_batch(valid_key, data.valid_images, data.valid_labels, 32)
+            images, labels = digits.sample_batch(
+                valid_key, data.valid_images, data.valid_labels, 32
+            )
             return params, cross_entropy(params, images, labels)
 
         params, sgd_losses = jax.lax.scan(sgd_step, init_mlp(key, task.layer_sizes), step_keys)
@@ -68,12 +73,16 @@ def test_sgd_theta_reproduces_sgd():
     inner, lopt_losses, dones, params, sgd_losses = run_both(key, step_keys)
     # Equal up to float32 rounding: step_mult * linear_mult * (-lr / (step_mult * linear_mult))
     # differs from lr in the last bits, and 30 SGD steps amplify that to ~1e-6.
-    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5), inner.params, params)
+    jax.tree.map(
+        lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5), inner.params, params
+    )
     np.testing.assert_allclose(lopt_losses, sgd_losses, rtol=1e-4)
     assert int(inner.step) == num_steps and not bool(jnp.any(dones))
     # The parameters really moved (the comparison is not between two frozen nets):
     # by far more than the tolerance above.
-    moved = jax.tree.map(lambda a, b: float(jnp.max(jnp.abs(a - b))), params, init_mlp(key, task.layer_sizes))
+    moved = jax.tree.map(
+        lambda a, b: float(jnp.max(jnp.abs(a - b))), params, init_mlp(key, task.layer_sizes)
+    )
     assert max(jax.tree.leaves(moved)) > 1e-2
 
 
@@ -103,13 +112,19 @@ def test_nres_meta_training_lowers_the_meta_loss():
     task = SHORT
     theta = task.init_theta(jax.random.key(1))
     es = evopes.NRES(
-        population_size=16, solution=theta, truncation_length=1, horizon=task.horizon,
-        init_inner=task.init_inner, optimizer=optax.adam(3e-3),
+        population_size=16,
+        solution=theta,
+        truncation_length=1,
+        horizon=task.horizon,
+        init_inner=task.init_inner,
+        optimizer=optax.adam(3e-3),
     )
     params = es.default_params.replace(std=0.01)
     keys = jax.random.split(jax.random.key(5), 2)
     evaluate = lambda th: jnp.mean(jax.vmap(lambda k: task.meta_loss(th, k))(keys))
-    trace = train_online(es, params, theta, jax.random.key(0), task.step, 300, evaluate=evaluate, eval_every=300)
+    trace = train_online(
+        es, params, theta, jax.random.key(0), task.step, 300, evaluate=evaluate, eval_every=300
+    )
     initial, final = float(evaluate(theta)), float(trace.evaluation[-1])
     assert 2.0 < initial < 2.6
     assert final < 0.8 * initial, (initial, final)

@@ -32,10 +32,16 @@ def test_infinite_decay_is_constant_learning_rate_sgd():
         def one_step(carry, step_key):
             params, opt_state = carry
             train_key, valid_key = jax.random.split(step_key)
-            images, labels = digits.sample_batch(train_key, data.train_images, data.train_labels, task.batch_size)
-            updates, opt_state = sgd.update(jax.grad(cross_entropy)(params, images, labels), opt_state)
+            images, labels = digits.sample_batch(
+                train_key, data.train_images, data.train_labels, task.batch_size
+            )
+            updates, opt_state = sgd.update(
+                jax.grad(cross_entropy)(params, images, labels), opt_state
+            )
             params = optax.apply_updates(params, updates)
-            images, labels = digits.sample_batch(valid_key, data.valid_images, data.valid_labels, task.batch_size)
+            images, labels = digits.sample_batch(
+                valid_key, data.valid_images, data.valid_labels, task.batch_size
+            )
             return (params, opt_state), cross_entropy(params, images, labels)
 
         init_key, run_key = jax.random.split(key)

@@ -53,8 +53,16 @@ def probe_weights(es, state, params, dones):
     one_hots = jnp.eye(W * n).reshape(W * n, W, n)
 
     def gradient(losses):
-        _, metrics = es.tell(jax.random.key(0), None, losses, state, params, inner_state=state.inner_state,
-                             dones=dones, apply_update=False)
+        _, metrics = es.tell(
+            jax.random.key(0),
+            None,
+            losses,
+            state,
+            params,
+            inner_state=state.inner_state,
+            dones=dones,
+            apply_update=False,
+        )
         return es.spec.ravel(metrics["gradient"])
 
     sign = jnp.repeat(jnp.array([1.0, -1.0]), n // 2)
@@ -65,7 +73,9 @@ def probe_weights(es, state, params, dones):
 def _window(es, key, state, params, losses, dones, inner_after):
     population, asked = es.ask(key, state, params)
     weights = probe_weights(es, asked, params, dones)
-    new_state, metrics = es.tell(key, None, losses, asked, params, inner_state=inner_after, dones=dones)
+    new_state, metrics = es.tell(
+        key, None, losses, asked, params, inner_state=inner_after, dones=dones
+    )
     return population, asked, weights, new_state, metrics
 
 
@@ -110,9 +120,12 @@ def integrator_step(s, theta, key):
 @jax.jit
 def integrator_window(es, key, state, params):
     population, state = es.ask(key, state, params)
-    inner, losses, dones = evopes.unroll(integrator_step, population, state.inner_state, key, es.truncation_length)
-    state, metrics = es.tell(key, population, losses, state, params, inner_state=inner, dones=dones,
-                             apply_update=False)
+    inner, losses, dones = evopes.unroll(
+        integrator_step, population, state.inner_state, key, es.truncation_length
+    )
+    state, metrics = es.tell(
+        key, population, losses, state, params, inner_state=inner, dones=dones, apply_update=False
+    )
     return population, state, metrics["gradient"]
 
 
@@ -132,13 +145,17 @@ def test_pes_hand_example_linear_system():
     np.testing.assert_array_equal(state.time, [0, 0])  # lock-step
     gradients, perturbations = [], []
     for window in range(3):
-        population, state, gradient = integrator_window(es, jax.random.key(10 + window), state, params)
+        population, state, gradient = integrator_window(
+            es, jax.random.key(10 + window), state, params
+        )
         perturbations.append(float(population[0, 0] - theta[0]))
         np.testing.assert_allclose(population[1, 0] - theta[0], -perturbations[-1], rtol=1e-6)
         gradients.append(float(gradient[0]))
         if window == 0:
             np.testing.assert_array_equal(state.time, [2, 2])
-            np.testing.assert_allclose(state.accumulator[:, 0], [perturbations[0] / sigma**2] * 2, rtol=1e-5)
+            np.testing.assert_allclose(
+                state.accumulator[:, 0], [perturbations[0] / sigma**2] * 2, rtol=1e-5
+            )
         if window == 1:  # the horizon: everything restarts
             np.testing.assert_array_equal(state.time, [0, 0])
             np.testing.assert_array_equal(state.accumulator, 0.0)
@@ -146,7 +163,9 @@ def test_pes_hand_example_linear_system():
     e1, e2, e3 = perturbations
     assert len({e1, e2, e3}) == 3  # fresh noise every window
     np.testing.assert_allclose(gradients[0], 6 * e1**2 / (4 * sigma**2), rtol=1e-4)
-    np.testing.assert_allclose(gradients[1], (8 * e1 + 6 * e2) * (e1 + e2) / (4 * sigma**2), rtol=1e-4)
+    np.testing.assert_allclose(
+        gradients[1], (8 * e1 + 6 * e2) * (e1 + e2) / (4 * sigma**2), rtol=1e-4
+    )
     np.testing.assert_allclose(gradients[2], 6 * e3**2 / (4 * sigma**2), rtol=1e-4)
 
 
@@ -279,14 +298,16 @@ def test_nonfinite_loss_masks_its_pair_at_that_step():
     losses = jax.random.uniform(jax.random.key(2), (2, 4))
     losses = losses.at[0, 2].set(jnp.nan)  # pair 0 (particles 0, 2) at step 0
     w = run_window(es, state, params, 1, losses=losses)
-    l, c = np.asarray(losses), w.blocks
+    loss, c = np.asarray(losses), w.blocks
     sign = np.array([1, 1, -1, -1])
     valid = np.ones((2, 4), bool)
     valid[0, [0, 2]] = False
-    expected = sum(sign[p] * l[s, p] * c[p] for s in range(2) for p in range(4) if valid[s, p]) / (2 * 3)
+    expected = sum(
+        sign[p] * loss[s, p] * c[p] for s in range(2) for p in range(4) if valid[s, p]
+    ) / (2 * 3)
     np.testing.assert_allclose(w.metrics["gradient"], expected, rtol=1e-5)
     assert int(w.metrics["num_nonfinite"]) == 1 and int(w.metrics["num_masked"]) == 1
-    np.testing.assert_allclose(w.metrics["mean_loss"], np.nanmean(l), rtol=1e-6)
+    np.testing.assert_allclose(w.metrics["mean_loss"], np.nanmean(loss), rtol=1e-6)
 
 
 def test_all_masked_window_gives_zero_gradient_and_keeps_the_mean():
@@ -309,11 +330,15 @@ def _ask_once_and_twice(es, first_key, key, state, params, losses):
     _, once = es.ask(key, state, params)
     _, twice = es.ask(first_key, state, params)
     _, twice = es.ask(key, twice, params)
-    tell = lambda s: es.tell(key, None, losses, s, params, inner_state=s.inner_state, apply_update=False)
+    tell = lambda s: es.tell(
+        key, None, losses, s, params, inner_state=s.inner_state, apply_update=False
+    )
     return tell(once), tell(twice)
 
 
-@pytest.mark.parametrize("es", [PES_W3, make(evopes.GPES, 3, 12, noise_period=6)], ids=["PES", "GPES"])
+@pytest.mark.parametrize(
+    "es", [PES_W3, make(evopes.GPES, 3, 12, noise_period=6)], ids=["PES", "GPES"]
+)
 def test_calling_ask_twice_does_not_double_count(es):
     """ask -> ask -> tell gives the same state as ask -> tell with the second key.
 
@@ -328,7 +353,9 @@ def test_calling_ask_twice_does_not_double_count(es):
             es, jax.random.key(window), jax.random.key(100 + window), state, params, losses[window]
         )
         np.testing.assert_array_equal(metrics["gradient"], metrics_twice["gradient"])
-        for once, twice in zip(jax.tree_util.tree_leaves(state), jax.tree_util.tree_leaves(state_twice)):
+        for once, twice in zip(
+            jax.tree_util.tree_leaves(state), jax.tree_util.tree_leaves(state_twice), strict=True
+        ):
             np.testing.assert_array_equal(once, twice)
 
 
@@ -344,7 +371,9 @@ def test_std_change_keeps_held_noise_consistent():
     state = init(es, jax.random.key(0), jnp.zeros(2), small)
     w1 = run_window(es, state, small, 1)
     w2 = run_window(es, w1.state, large, 2)  # its blocks are divided by 0.5^2
-    np.testing.assert_allclose(w2.blocks * 0.5**2 / 0.1**2, w1.blocks, rtol=1e-5)  # same noise, std 0.1
+    np.testing.assert_allclose(
+        w2.blocks * 0.5**2 / 0.1**2, w1.blocks, rtol=1e-5
+    )  # same noise, std 0.1
     np.testing.assert_allclose(w2.weights, w1.weights, rtol=1e-5)  # weighted e / 0.1^2
     w3 = run_window(es, w2.state, large, 3)  # a new episode: drawn at 0.5
     np.testing.assert_allclose(w3.state.noise_std, 0.5)
@@ -371,7 +400,9 @@ def test_tes_partners_branch_from_one_shared_state():
     np.testing.assert_array_equal(state.inner_state[:2], state.inner_state[2:])
     diverged = state.inner_state + jnp.arange(4.0)[:, None]  # the branches differ after a window
     w1 = run_window(es, state, params, 1, inner_after=diverged)
-    np.testing.assert_array_equal(w1.state.inner_state[2:], diverged[:2])  # the negative takes the positive's
+    np.testing.assert_array_equal(
+        w1.state.inner_state[2:], diverged[:2]
+    )  # the negative takes the positive's
     np.testing.assert_array_equal(w1.state.inner_state[:2], diverged[:2])
     np.testing.assert_array_equal(w1.state.time[:2], w1.state.time[2:])
     w2 = run_window(es, w1.state, params, 2)
@@ -394,7 +425,9 @@ def test_step_unlocked_offsets_and_burn_in():
     time = np.asarray(state.time)
     assert np.all(time % W == 0) and np.all((0 <= time) & (time < T))
     np.testing.assert_array_equal(time[:32], time[32:])
-    assert set(time) == set(range(0, T, W))  # 32 pairs hit all 4 offsets (fails with prob ~4 * 0.75^32)
+    assert set(time) == set(
+        range(0, T, W)
+    )  # 32 pairs hit all 4 offsets (fails with prob ~4 * 0.75^32)
     losses = jax.random.uniform(jax.random.key(1), (W, 64))
     means, burn_ins = [], []
     for i in range(T // W + 1):
@@ -407,7 +440,9 @@ def test_step_unlocked_offsets_and_burn_in():
     for mean in means[: T // W]:
         np.testing.assert_array_equal(mean, 1.0)
     assert np.all(means[-1] != 1.0)
-    assert int(w.metrics["total_steps"]) == 5 * 64 * W and int(w.metrics["sequential_steps"]) == 5 * W
+    assert (
+        int(w.metrics["total_steps"]) == 5 * 64 * W and int(w.metrics["sequential_steps"]) == 5 * W
+    )
 
 
 # -- validation -----------------------------------------------------------------------------
@@ -427,9 +462,12 @@ def test_configuration_errors_name_the_argument():
     with pytest.raises(ValueError, match="std"):
         NRES_W2.validate_params(evopes.OnlineParams(std=0.0))
     state = init(NRES_W2, jax.random.key(0), theta, NRES_W2.default_params)
-    tell = lambda losses, **kwargs: NRES_W2.tell(jax.random.key(0), None, losses, state, NRES_W2.default_params,
-                                                 **kwargs)
-    with pytest.raises(ValueError, match=r"losses: expected shape \(W, 2P\) = \(2, 4\), got \(4, 2\)"):
+    tell = lambda losses, **kwargs: NRES_W2.tell(
+        jax.random.key(0), None, losses, state, NRES_W2.default_params, **kwargs
+    )
+    with pytest.raises(
+        ValueError, match=r"losses: expected shape \(W, 2P\) = \(2, 4\), got \(4, 2\)"
+    ):
         tell(jnp.zeros((4, 2)), inner_state=state.inner_state)
     with pytest.raises(ValueError, match="inner_state"):
         tell(jnp.zeros((2, 4)))

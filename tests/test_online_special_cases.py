@@ -30,7 +30,11 @@ def init_inner(key):
 
 def step_fn(inner, theta, key):
     """A small nonlinear system with shared per-step noise (common random numbers)."""
-    s = jnp.tanh(0.8 * inner["s"] + theta["a"] * theta["b"]) + theta["a"] + 0.1 * jax.random.normal(key, (2,))
+    s = (
+        jnp.tanh(0.8 * inner["s"] + theta["a"] * theta["b"])
+        + theta["a"]
+        + 0.1 * jax.random.normal(key, (2,))
+    )
     loss = jnp.sum((s - 1.0) ** 2) + theta["b"] ** 2
     return {"s": s, "count": inner["count"] + 1}, loss, False
 
@@ -43,7 +47,9 @@ def train(es, key, params):
         ask_key, unroll_key, tell_key = jax.random.split(key, 3)
         population, state = es.ask(ask_key, state, params)
         inner, losses, dones = evopes.unroll(step_fn, population, state.inner_state, unroll_key, W)
-        state, metrics = es.tell(tell_key, population, losses, state, params, inner_state=inner, dones=dones)
+        state, metrics = es.tell(
+            tell_key, population, losses, state, params, inner_state=inner, dones=dones
+        )
         return state, jax.flatten_util.ravel_pytree(metrics["gradient"])[0]
 
     init_key, loop_key = jax.random.split(key)
@@ -79,7 +85,9 @@ def test_gpes_with_period_at_least_t_is_nres(noise_period):
     assert not np.allclose(pes[0], nres[0])
 
 
-@pytest.mark.parametrize("noise", [evopes.GaussianNoise(), evopes.NoiseTable(size=1024)], ids=["gaussian", "table"])
+@pytest.mark.parametrize(
+    "noise", [evopes.GaussianNoise(), evopes.NoiseTable(size=1024)], ids=["gaussian", "table"]
+)
 def test_nres_with_one_window_per_episode_is_full_es(noise):
     """NRES(W = T, lock-step) and FullES over 3 episodes/generations with the same keys.
 
@@ -106,21 +114,38 @@ def test_nres_with_one_window_per_episode_is_full_es(noise):
             full_population, full_state = full.ask(ask_key, full_state, full_params)
             start = nres_state.inner_state  # a fresh episode start, shared within pairs
             inner, losses, dones = evopes.unroll(step_fn, nres_population, start, unroll_key, T)
-            nres_state, nres_metrics = nres.tell(tell_key, nres_population, losses, nres_state, nres_params,
-                                                 inner_state=inner, dones=dones)
+            nres_state, nres_metrics = nres.tell(
+                tell_key,
+                nres_population,
+                losses,
+                nres_state,
+                nres_params,
+                inner_state=inner,
+                dones=dones,
+            )
             _, full_losses, _ = evopes.unroll(step_fn, full_population, start, unroll_key, T)
-            full_state, full_metrics = full.tell(tell_key, full_population, full_losses.mean(axis=0), full_state,
-                                                 full_params)
+            full_state, full_metrics = full.tell(
+                tell_key, full_population, full_losses.mean(axis=0), full_state, full_params
+            )
             flat = lambda tree: jax.flatten_util.ravel_pytree(tree)[0]
-            outputs = (nres_state.noise_ids, full_state.noise_ids, flat(nres_population), flat(full_population),
-                       flat(nres_metrics["gradient"]), flat(full_metrics["gradient"]), nres_state.mean,
-                       full_state.mean)
+            outputs = (
+                nres_state.noise_ids,
+                full_state.noise_ids,
+                flat(nres_population),
+                flat(full_population),
+                flat(nres_metrics["gradient"]),
+                flat(full_metrics["gradient"]),
+                nres_state.mean,
+                full_state.mean,
+            )
             return (nres_state, full_state), outputs
 
         _, outputs = jax.lax.scan(episode, (nres_state, full_state), jax.random.split(loop_key, 3))
         return outputs
 
-    nres_ids, full_ids, nres_pop, full_pop, nres_grad, full_grad, nres_mean, full_mean = run(jax.random.key(2))
+    nres_ids, full_ids, nres_pop, full_pop, nres_grad, full_grad, nres_mean, full_mean = run(
+        jax.random.key(2)
+    )
     np.testing.assert_array_equal(nres_ids[:, :P], full_ids)  # the same noise, for both partners
     np.testing.assert_array_equal(nres_ids[:, P:], full_ids)
     assert len({tuple(np.ravel(ids)) for ids in full_ids}) == 3  # fresh noise every episode

@@ -24,7 +24,10 @@ def step_fn(s, theta, key):
 
 
 def optimum():
-    """Minimiser of the time-averaged noise-free loss: s_t = theta (1 - 0.5^t) / 0.5, per coordinate."""
+    """Minimiser of the time-averaged noise-free loss, per coordinate.
+
+    s_{t+1} = theta (1 - 0.5^(t+1)) / 0.5 = theta g_t, so theta* = sum_t g_t / sum_t g_t^2.
+    """
     growth = np.array([(1 - DECAY ** (t + 1)) / (1 - DECAY) for t in range(T)])
     return np.sum(growth) / np.sum(growth**2)
 
@@ -37,7 +40,9 @@ def train(es, key):
         ask_key, unroll_key, tell_key = jax.random.split(key, 3)
         population, state = es.ask(ask_key, state, params)
         inner, losses, dones = evopes.unroll(step_fn, population, state.inner_state, unroll_key, W)
-        state, metrics = es.tell(tell_key, population, losses, state, params, inner_state=inner, dones=dones)
+        state, metrics = es.tell(
+            tell_key, population, losses, state, params, inner_state=inner, dones=dones
+        )
         return state, metrics["mean_loss"]
 
     init_key, loop_key = jax.random.split(key)
@@ -48,7 +53,9 @@ def train(es, key):
 
 def test_training_loop_in_scan_vmapped_over_seeds_reaches_the_optimum():
     es = evopes.NRES(2 * P, jnp.zeros(2), W, T, init_inner, OPTIMIZER)
-    means, losses = jax.jit(jax.vmap(train, in_axes=(None, 0)))(es, jax.random.split(jax.random.key(0), 3))
+    means, losses = jax.jit(jax.vmap(train, in_axes=(None, 0)))(
+        es, jax.random.split(jax.random.key(0), 3)
+    )
     # theta* ~ 0.58; SGD noise at lr 0.05 leaves the mean within a few hundredths of it
     np.testing.assert_allclose(means, optimum(), atol=0.05)
     assert np.all(losses[:, -20:].mean(axis=1) < 0.2 * losses[:, :5].mean(axis=1))
@@ -103,9 +110,13 @@ def test_unroll_gives_partners_common_random_numbers():
         return count + 1, loss, count == 1
 
     population = jnp.array([[1.0], [2.0], [-1.0], [-2.0]])
-    counts, losses, dones = evopes.unroll(noisy_step, population, jnp.zeros(4, jnp.int32), jax.random.key(3), 3)
+    counts, losses, dones = evopes.unroll(
+        noisy_step, population, jnp.zeros(4, jnp.int32), jax.random.key(3), 3
+    )
     np.testing.assert_array_equal(counts, 3)
     assert losses.shape == (3, 4) and dones.dtype == bool
-    np.testing.assert_allclose(losses[:, :2] - losses[:, 2:], [[2.0, 4.0]] * 3, rtol=1e-6)  # same noise
+    np.testing.assert_allclose(
+        losses[:, :2] - losses[:, 2:], [[2.0, 4.0]] * 3, rtol=1e-6
+    )  # same noise
     assert np.all(losses[:, 0] != losses[:, 1])  # different pairs, different noise
     np.testing.assert_array_equal(dones[:, 0], [False, True, False])

@@ -75,13 +75,21 @@ def test_smoothing_is_exact_for_quadratic_losses():
     window (PES) or per K steps (GPES): the smoothed gradient is grad L.
     """
     x = jnp.broadcast_to(THETA, (T // W, 2))
-    for noise in (STD * jax.random.normal(jax.random.key(0), (T // W, 2)),  # a block per window
-                  jnp.broadcast_to(STD * jax.random.normal(jax.random.key(1), (2,)), (T // W, 2))):
+    for noise in (
+        STD * jax.random.normal(jax.random.key(0), (T // W, 2)),  # a block per window
+        jnp.broadcast_to(STD * jax.random.normal(jax.random.key(1), (2,)), (T // W, 2)),
+    ):
         grad = jax.grad(per_window_loss)
         symmetric = 0.5 * (grad(x + noise) + grad(x - noise)).sum(axis=0)  # d/dtheta of all blocks
         np.testing.assert_allclose(symmetric, TRUE_GRADIENT, rtol=1e-5)
     # and the loss is not trivially linear: the smoothing shifts its value
-    assert abs(float(per_window_loss(x + noise) + per_window_loss(x - noise)) / 2 - float(full_loss(THETA))) > 1e-3
+    assert (
+        abs(
+            float(per_window_loss(x + noise) + per_window_loss(x - noise)) / 2
+            - float(full_loss(THETA))
+        )
+        > 1e-3
+    )
 
 
 @jax.jit
@@ -96,13 +104,16 @@ def episode_estimates(es, keys):
             ask_key, tell_key = jax.random.split(key)
             population, state = es.ask(ask_key, state, params)
             inner, losses, dones = evopes.unroll(step_fn, population, state.inner_state, key, W)
-            gradient, state = es.estimate(tell_key, population, losses, state, params, inner_state=inner,
-                                          dones=dones)
+            gradient, state = es.estimate(
+                tell_key, population, losses, state, params, inner_state=inner, dones=dones
+            )
             return state, gradient
 
         num_windows = es.burn_in_windows + T // W
-        _, gradients = jax.lax.scan(window, state, jax.random.split(jax.random.fold_in(key, 1), num_windows))
-        return gradients[es.burn_in_windows:].mean(axis=0)
+        _, gradients = jax.lax.scan(
+            window, state, jax.random.split(jax.random.fold_in(key, 1), num_windows)
+        )
+        return gradients[es.burn_in_windows :].mean(axis=0)
 
     return jax.vmap(one_seed)(keys)
 
@@ -112,7 +123,9 @@ def make(cls, step_unlocked=False, **kwargs):
 
 
 def standard_errors(cls, **kwargs):
-    estimates = np.asarray(episode_estimates(make(cls, **kwargs), jax.random.split(jax.random.key(42), NUM_SEEDS)))
+    estimates = np.asarray(
+        episode_estimates(make(cls, **kwargs), jax.random.split(jax.random.key(42), NUM_SEEDS))
+    )
     standard_error = estimates.std(axis=0, ddof=1) / np.sqrt(NUM_SEEDS)
     return (estimates.mean(axis=0) - TRUE_GRADIENT) / standard_error
 

@@ -15,7 +15,8 @@ from evopes.tasks.learned_optimizer import LearnedOptimizerTask
 def meta_train(task, theta, key, num_pairs, num_windows, learning_rate):
     """NRES with W = 1: one ask / one inner step per particle / one tell per window."""
     es = evopes.NRES(
-        population_size=2 * num_pairs,  # antithetic pairs: particle i runs theta + e_i, i + P runs theta - e_i
+        population_size=2
+        * num_pairs,  # antithetic pairs: particle i runs theta + e_i, i + P runs theta - e_i
         solution=theta,  # the learned optimizer's parameters (a pytree)
         truncation_length=1,  # W = 1: an update after every inner step
         horizon=task.horizon,  # T: the strategy restarts a particle's inner training run every T steps
@@ -52,17 +53,27 @@ def main(quick: bool = True) -> dict:
     before = float(meta_loss(theta))
     theta = meta_train(task, theta, jax.random.key(2), num_pairs, num_windows, learning_rate)
     after = float(meta_loss(theta))
-    print(f"meta-loss (mean validation loss over T = {task.horizon} steps): {before:.3f} -> {after:.3f}")
+    print(
+        f"meta-loss (mean validation loss over T = {task.horizon} steps): {before:.3f} -> {after:.3f}"
+    )
 
     # The meta-trained optimizer on new networks, next to Adam at a few learning rates.
     test_keys = jax.random.split(jax.random.key(3), 4)
-    lopt_final = float(jnp.mean(jax.jit(jax.vmap(task.lopt_curve, in_axes=(None, 0)))(theta, test_keys)[:, -1]))
+    lopt_final = float(
+        jnp.mean(jax.jit(jax.vmap(task.lopt_curve, in_axes=(None, 0)))(theta, test_keys)[:, -1])
+    )
     adam = jax.jit(jax.vmap(task.adam_curve, in_axes=(None, 0)))
     adam_final = {lr: float(jnp.mean(adam(lr, test_keys)[:, -1])) for lr in (1e-3, 1e-2, 1e-1)}
-    print(f"validation loss after T steps: learned optimizer {lopt_final:.3f}; "
-          + ", ".join(f"Adam {lr:g} {loss:.3f}" for lr, loss in adam_final.items()))
-    return {"meta_loss_before": before, "meta_loss_after": after, "lopt_final_valid_loss": lopt_final,
-            "adam_final_valid_loss": adam_final}
+    print(
+        f"validation loss after T steps: learned optimizer {lopt_final:.3f}; "
+        + ", ".join(f"Adam {lr:g} {loss:.3f}" for lr, loss in adam_final.items())
+    )
+    return {
+        "meta_loss_before": before,
+        "meta_loss_after": after,
+        "lopt_final_valid_loss": lopt_final,
+        "adam_final_valid_loss": adam_final,
+    }
 
 
 if __name__ == "__main__":

@@ -32,9 +32,12 @@ def tune(strategy_class, task, truncation_length, key, num_pairs, num_windows):
     def window(state, key):
         ask_key, unroll_key, tell_key = jax.random.split(key, 3)
         population, state = es.ask(ask_key, state, params)
-        inner, losses, dones = evopes.unroll(task.step, population, es.get_inner_state(state), unroll_key,
-                                             es.truncation_length)
-        state, metrics = es.tell(tell_key, population, losses, state, params, inner_state=inner, dones=dones)
+        inner, losses, dones = evopes.unroll(
+            task.step, population, es.get_inner_state(state), unroll_key, es.truncation_length
+        )
+        state, metrics = es.tell(
+            tell_key, population, losses, state, params, inner_state=inner, dones=dones
+        )
         return state, metrics["mean_loss"]
 
     keys = jax.random.split(loop_key, es.burn_in_windows + num_windows)
@@ -51,10 +54,15 @@ def main(quick: bool = True) -> dict:
     # the window starts from. PES accumulates the noise of the whole run and is unbiased.
     for name, strategy_class in (("truncated ES", evopes.TES), ("PES", evopes.PES)):
         theta = tune(strategy_class, task, 10, jax.random.key(0), num_pairs, num_windows)
-        results[name] = {"theta": [float(v) for v in theta], "meta_objective": float(meta_objective(theta))}
+        results[name] = {
+            "theta": [float(v) for v in theta],
+            "meta_objective": float(meta_objective(theta)),
+        }
         lr0, decay = jnp.exp(theta)
-        print(f"{name:12s} K=10: lr0 = {lr0:.3f}, decay = {decay:7.1f} steps, "
-              f"meta-objective = {results[name]['meta_objective']:.3f}")
+        print(
+            f"{name:12s} K=10: lr0 = {lr0:.3f}, decay = {decay:7.1f} steps, "
+            f"meta-objective = {results[name]['meta_objective']:.3f}"
+        )
     return results
 
 

@@ -13,4 +13,14 @@ from evopes.online.pes import PES
 from evopes.online.tes import TES
 from evopes.online.unroll import unroll
 
-__all__ = ["GPES", "NRES", "OnlineES", "OnlineParams", "OnlineState", "PES", "TES", "pair_keys", "unroll"]
+__all__ = [
+    "GPES",
+    "NRES",
+    "OnlineES",
+    "OnlineParams",
+    "OnlineState",
+    "PES",
+    "TES",
+    "pair_keys",
+    "unroll",
+]

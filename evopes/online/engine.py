@@ -15,9 +15,9 @@ round is one *truncation window* of ``W`` steps:
    accumulators).
 
 **Estimator** (Vicol et al. 2021, "Unbiased Gradient Estimation in Unrolled
-Computation Graphs with Persistent Evolution Strategies", Eq. 7 and Alg. 2;
-Li et al. 2023, "Variance-Reduced Gradient Estimation via Noise-Reuse in Online
-Evolution Strategies", Eq. 4-6). With the mean-over-steps convention,
+Computation Graphs with Persistent Evolution Strategies", ICML 2021; Li et al.
+2023, "Variance-Reduced Gradient Estimation via Noise-Reuse in Online Evolution
+Strategies", NeurIPS 2023). With the mean-over-steps convention,
 
     g = 1 / (2 N_valid) * sum_{particles p} sum_{steps s} sign_p * l_{p,s} * w_{p,s},
 
@@ -31,7 +31,7 @@ weighting every block at the ``sigma_j`` it was drawn at keeps the estimator
 exact when the user changes ``params.std`` while a particle still holds older
 noise. For synchronised partners the formula is
 ``1 / (P W) * sum_i sum_s (l+_{i,s} - l-_{i,s}) xi_{i,s} / (2 sigma^2)``
-(REFERENCE section 1); written per particle it stays right when an environment
+(the papers' form); written per particle it stays right when an environment
 ends the two partners' episodes at different steps.
 
 The schedules differ only in WHEN a particle draws fresh noise (``_redraw``)
@@ -106,6 +106,7 @@ InitInner = Callable[[jax.Array], PyTree]
 
 #: The optimizer used when none is given: plain SGD, learning rate 0.01.
 DEFAULT_OPTIMIZER = optax.sgd(learning_rate=1e-2)
+DEFAULT_NOISE = GaussianNoise()
 
 
 @struct.dataclass
@@ -215,38 +216,49 @@ class OnlineES(Strategy):
         init_inner: InitInner | None = None,
         optimizer: optax.GradientTransformation | None = None,
         step_unlocked: bool | None = None,
-        noise: NoiseSource = GaussianNoise(),
+        noise: NoiseSource = DEFAULT_NOISE,
         *,
         maximize: bool = False,
     ):
         super().__init__(population_size, solution, maximize=maximize)
         if self.population_size % 2:
             raise ValueError(
-                f"population_size: expected an even number (antithetic pairs), got {population_size}"
+                "population_size: expected an even number (antithetic pairs), "
+                f"got {population_size}"
             )
         if int(truncation_length) != truncation_length or truncation_length < 1:
-            raise ValueError(f"truncation_length: expected an integer >= 1, got {truncation_length!r}")
+            raise ValueError(
+                f"truncation_length: expected an integer >= 1, got {truncation_length!r}"
+            )
         self.truncation_length = int(truncation_length)
         if horizon is not None:
             if int(horizon) != horizon or horizon < 1:
                 raise ValueError(f"horizon: expected None or an integer >= 1, got {horizon!r}")
             if horizon % self.truncation_length:
                 raise ValueError(
-                    f"horizon: expected a multiple of truncation_length={self.truncation_length}, got {horizon}"
+                    "horizon: expected a multiple of "
+                    f"truncation_length={self.truncation_length}, got {horizon}"
                 )
             horizon = int(horizon)
         self.horizon = horizon
         if step_unlocked is None:
             step_unlocked = horizon is not None
         if step_unlocked and horizon is None:
-            raise ValueError("step_unlocked: expected False when horizon is None (no horizon to unlock over), got True")
+            raise ValueError(
+                "step_unlocked: expected False when horizon is None "
+                "(no horizon to unlock over), got True"
+            )
         self.step_unlocked = bool(step_unlocked)
         if init_inner is not None and not callable(init_inner):
-            raise ValueError(f"init_inner: expected a function key -> inner state or None, got {init_inner!r}")
+            raise ValueError(
+                f"init_inner: expected a function key -> inner state or None, got {init_inner!r}"
+            )
         self.init_inner = init_inner
         optimizer = DEFAULT_OPTIMIZER if optimizer is None else optimizer
         if not (hasattr(optimizer, "init") and hasattr(optimizer, "update")):
-            raise ValueError(f"optimizer: expected an optax GradientTransformation, got {optimizer!r}")
+            raise ValueError(
+                f"optimizer: expected an optax GradientTransformation, got {optimizer!r}"
+            )
         self.optimizer = optimizer
         if not (hasattr(noise, "draw_ids") and hasattr(noise, "sample")):
             raise ValueError(f"noise: expected GaussianNoise() or NoiseTable(), got {noise!r}")
@@ -254,7 +266,8 @@ class OnlineES(Strategy):
 
     def __repr__(self) -> str:
         return (
-            f"{type(self).__name__}(population_size={self.population_size}, num_dims={self.num_dims}, "
+            f"{type(self).__name__}(population_size={self.population_size}, "
+            f"num_dims={self.num_dims}, "
             f"truncation_length={self.truncation_length}, horizon={self.horizon}, "
             f"step_unlocked={self.step_unlocked})"
         )
@@ -281,7 +294,9 @@ class OnlineES(Strategy):
         check_positive(params, "std")
 
     # -- the noise schedule (what subclasses change) -------------------------
-    def _redraw(self, time: jax.Array, noise_age: jax.Array, generation_counter: jax.Array) -> jax.Array:
+    def _redraw(
+        self, time: jax.Array, noise_age: jax.Array, generation_counter: jax.Array
+    ) -> jax.Array:
         """(2P,) bool: which particles draw fresh noise at the start of the next window."""
         raise NotImplementedError
 
@@ -315,7 +330,9 @@ class OnlineES(Strategy):
             noise_ids=jnp.tile(self.noise.draw_ids(ids_key, P, self.num_dims), (2, 1)),
             noise_std=jnp.full((2 * P,), std),
             noise_age=jnp.zeros((2 * P,), jnp.int32),
-            accumulator=jnp.zeros((2 * P, self.num_dims), jnp.float32) if self.accumulates else None,
+            accumulator=jnp.zeros((2 * P, self.num_dims), jnp.float32)
+            if self.accumulates
+            else None,
             # The init key itself seeds the noise source, as in FullES/OpenES, so
             # that strategies initialised with the same key share the same table.
             noise_state=self.noise.init(key, self.num_dims),
@@ -324,7 +341,9 @@ class OnlineES(Strategy):
             sequential_steps=jnp.array(0, jnp.int32),
         )
 
-    def ask(self, key: jax.Array, state: OnlineState, params: OnlineParams) -> tuple[PyTree, OnlineState]:
+    def ask(
+        self, key: jax.Array, state: OnlineState, params: OnlineParams
+    ) -> tuple[PyTree, OnlineState]:
         """Parameters of every particle for the next window, leading axis ``2P``.
 
         Particles selected by the schedule get fresh ids from
@@ -387,7 +406,11 @@ class OnlineES(Strategy):
         """
         W, P = self.truncation_length, self.num_pairs
         losses = self._check_window_array(losses, "losses")
-        dones = jnp.zeros((W, 2 * P), bool) if dones is None else self._check_window_array(dones, "dones").astype(bool)
+        dones = (
+            jnp.zeros((W, 2 * P), bool)
+            if dones is None
+            else self._check_window_array(dones, "dones").astype(bool)
+        )
         inner_state = self._check_inner_state(inner_state, state)
         if population is not None:
             self.spec.check(population, "population", batch_shape=(self.population_size,))
@@ -402,11 +425,14 @@ class OnlineES(Strategy):
         burn_in = state.generation_counter < self.burn_in_windows
         if apply_update:
             mean_tree = self.spec.unravel(state.mean)
-            updates, opt_state = self.optimizer.update(self.spec.unravel(gradient), state.opt_state, mean_tree)
+            updates, opt_state = self.optimizer.update(
+                self.spec.unravel(gradient), state.opt_state, mean_tree
+            )
             mean = self.spec.ravel(optax.apply_updates(mean_tree, updates))
             keep = lambda old, new: jnp.where(burn_in, old, new)
             new_state = new_state.replace(
-                mean=keep(state.mean, mean), opt_state=jax.tree_util.tree_map(keep, state.opt_state, opt_state)
+                mean=keep(state.mean, mean),
+                opt_state=jax.tree_util.tree_map(keep, state.opt_state, opt_state),
             )
 
         num_finite = jnp.sum(finite)
@@ -440,7 +466,14 @@ class OnlineES(Strategy):
         optimizer state unchanged.
         """
         state, metrics = self.tell(
-            key, population, losses, state, params, inner_state=inner_state, dones=dones, apply_update=False
+            key,
+            population,
+            losses,
+            state,
+            params,
+            inner_state=inner_state,
+            dones=dones,
+            apply_update=False,
         )
         return metrics["gradient"], state
 
@@ -467,13 +500,16 @@ class OnlineES(Strategy):
 
         1. time: ``t + W``, or the number of steps after the last ``done``.
         2. TES: the negative partner takes over the positive partner's state.
-        3. horizon: particles at ``t >= T`` restart from ``init_inner`` (pair-shared key), ``t = 0``.
+        3. horizon: particles at ``t >= T`` restart from ``init_inner`` (a pair-shared
+           key) at ``t = 0``.
         4. accumulator: cleared where an episode ended; then, where the next
            ``ask`` will redraw, the current block joins it if the particle's
            episode has already used it (``t > 0``).
         """
         P, W = self.num_pairs, self.truncation_length
-        redrawn = self._redraw(state.time, state.noise_age, state.generation_counter)  # as ask decided
+        redrawn = self._redraw(
+            state.time, state.noise_age, state.generation_counter
+        )  # as ask decided
         ended = jnp.any(dones, axis=0)
         steps_after_last_done = jnp.argmax(dones[::-1], axis=0).astype(jnp.int32)
         time = jnp.where(ended, steps_after_last_done, state.time + W)
@@ -517,7 +553,9 @@ class OnlineES(Strategy):
 
         def replace(inner):
             fresh = self._fresh_inner(key)
-            pick = lambda new, old: jnp.where(reset.reshape((-1,) + (1,) * (old.ndim - 1)), new, old).astype(old.dtype)
+            pick = lambda new, old: jnp.where(
+                reset.reshape((-1,) + (1,) * (old.ndim - 1)), new, old
+            ).astype(old.dtype)
             return jax.tree_util.tree_map(pick, fresh, inner)
 
         return jax.lax.cond(jnp.any(reset), replace, lambda inner: inner, inner_state)
@@ -541,7 +579,7 @@ class OnlineES(Strategy):
         )
 
     def _current_block(self, state: OnlineState) -> jax.Array:
-        """(2P, d) Stein weight ``e / std^2 = z / std`` of each particle's current block (unsigned)."""
+        """(2P, d) unsigned Stein weight ``e / std^2 = z / std`` of each particle's block."""
         return self._standard_noise(state) / state.noise_std[:, None]
 
     # -- accessors and validation -----------------------------------------------
@@ -563,9 +601,14 @@ class OnlineES(Strategy):
         array = jnp.asarray(array)
         expected = (self.truncation_length, self.population_size)
         if array.shape != expected:
-            raise ValueError(f"{name}: expected shape (W, 2P) = {expected}, got {tuple(array.shape)}")
+            raise ValueError(
+                f"{name}: expected shape (W, 2P) = {expected}, got {tuple(array.shape)}"
+            )
         if name == "losses":
-            if not (jnp.issubdtype(array.dtype, jnp.floating) or jnp.issubdtype(array.dtype, jnp.integer)):
+            if not (
+                jnp.issubdtype(array.dtype, jnp.floating)
+                or jnp.issubdtype(array.dtype, jnp.integer)
+            ):
                 raise ValueError(f"losses: expected a real dtype, got {array.dtype}")
             array = array.astype(jnp.float32)
         return array
@@ -578,14 +621,25 @@ class OnlineES(Strategy):
                 "inner_state: expected the particles' inner states after the window "
                 "(tell(..., inner_state=...)), got None"
             )
-        expected, received = jax.tree_util.tree_structure(state.inner_state), jax.tree_util.tree_structure(inner_state)
+        expected, received = (
+            jax.tree_util.tree_structure(state.inner_state),
+            jax.tree_util.tree_structure(inner_state),
+        )
         if expected != received:
             raise ValueError(f"inner_state: expected pytree structure {expected}, got {received}")
-        old_leaves, new_leaves = jax.tree_util.tree_leaves(state.inner_state), jax.tree_util.tree_leaves(inner_state)
+        old_leaves, new_leaves = (
+            jax.tree_util.tree_leaves(state.inner_state),
+            jax.tree_util.tree_leaves(inner_state),
+        )
         for index, (old, new) in enumerate(zip(old_leaves, new_leaves, strict=True)):
             if jnp.shape(old) != jnp.shape(new):
-                raise ValueError(f"inner_state: leaf {index} expected shape {jnp.shape(old)}, got {jnp.shape(new)}")
-        return jax.tree_util.tree_map(lambda old, new: jnp.asarray(new, old.dtype), state.inner_state, inner_state)
+                raise ValueError(
+                    f"inner_state: leaf {index} expected shape {jnp.shape(old)}, "
+                    f"got {jnp.shape(new)}"
+                )
+        return jax.tree_util.tree_map(
+            lambda old, new: jnp.asarray(new, old.dtype), state.inner_state, inner_state
+        )
 
 
 def _before_first_done(dones: jax.Array) -> jax.Array:

@@ -1,7 +1,7 @@
 """Generalised PES (GPES_K): fresh noise every K steps, accumulated like PES.
 
 Li et al. 2023 ("Variance-Reduced Gradient Estimation via Noise-Reuse in
-Online Evolution Strategies", section 4) place PES and NRES in one family: a
+Online Evolution Strategies", NeurIPS 2023) place PES and NRES in one family: a
 particle keeps a perturbation for ``K`` steps (``K`` a multiple of the window
 ``W``) before drawing the next, and weights each loss by the sum of the distinct
 perturbations of its episode so far. ``K = W`` is PES; ``K >= T`` is NRES. Every
@@ -34,9 +34,14 @@ class GPES(OnlineES):
 
     def __init__(self, *args, noise_period: int, **kwargs):
         super().__init__(*args, **kwargs)
-        if int(noise_period) != noise_period or noise_period < 1 or noise_period % self.truncation_length:
+        if (
+            int(noise_period) != noise_period
+            or noise_period < 1
+            or noise_period % self.truncation_length
+        ):
             raise ValueError(
-                f"noise_period: expected a positive multiple of truncation_length={self.truncation_length}, "
+                "noise_period: expected a positive multiple of "
+                f"truncation_length={self.truncation_length}, "
                 f"got {noise_period!r}"
             )
         self.noise_period = int(noise_period)
@@ -45,4 +50,6 @@ class GPES(OnlineES):
         return super().__repr__()[:-1] + f", noise_period={self.noise_period})"
 
     def _redraw(self, time, noise_age, generation_counter) -> jax.Array:
-        return self._first_or_episode_start(time, generation_counter) | (noise_age >= self.noise_period)
+        return self._first_or_episode_start(time, generation_counter) | (
+            noise_age >= self.noise_period
+        )

@@ -1,17 +1,22 @@
 """Noise-Reuse ES (NRES): one perturbation per particle per episode.
 
 Li, Harrison, Sohl-Dickstein, Smith, Metz, "Variance-Reduced Gradient
-Estimation via Noise-Reuse in Online Evolution Strategies", NeurIPS 2023,
-Eq. 6 and Algorithm 1. A pair draws ``e_i`` when its episode starts and reuses
-it in every window of the episode; every loss is weighted by that one ``e_i``,
+Estimation via Noise-Reuse in Online Evolution Strategies", NeurIPS 2023. A
+pair draws ``e_i`` when its episode starts and reuses it in every window of
+the episode; every loss is weighted by that one ``e_i``,
 
     g = 1 / (P W) * sum_i sum_s (l+_{i,s} - l-_{i,s}) e_i / (2 sigma^2).
 
 Since the whole episode runs at ``theta +/- e_i``, this is unbiased for the same
 smoothed objective as FullES (one noise per episode), with far lower variance
-than PES (the paper's Theorem 4.3) and no accumulator: the state holds only a
-noise id and a std per pair, and ``e_i`` is regenerated from the id in ``ask``
-and ``tell``. With ``W = T`` and lock-step particles NRES is FullES.
+than PES (the paper's variance analysis) and no accumulator: the state holds
+only a noise id, a std and a time per particle, and ``e_i`` is regenerated from
+the id in ``ask`` and ``tell``. With ``W = T`` and lock-step particles NRES is
+FullES.
+
+If an environment's ``done`` flags end one partner's episode but not the
+other's, only the particle that starts a new episode draws new noise (its
+partner keeps the old one, which it still needs); see :class:`evopes.OnlineES`.
 """
 
 from __future__ import annotations

@@ -1,10 +1,10 @@
 """Persistent ES (PES): fresh noise every window, accumulated over the episode.
 
 Vicol, Metz, Sohl-Dickstein, "Unbiased Gradient Estimation in Unrolled
-Computation Graphs with Persistent Evolution Strategies", ICML 2021, Eq. 7 and
-Algorithm 2. Every window each pair draws a fresh ``e_i``; each particle keeps
-running from its own inner state, and a loss at step ``t`` is weighted by the
-sum of ALL perturbations the particle has applied since its episode began,
+Computation Graphs with Persistent Evolution Strategies", ICML 2021. Every
+window each pair draws a fresh ``e_i``; each particle keeps running from its
+own inner state, and a loss at step ``t`` is weighted by the sum of ALL
+perturbations the particle has applied since its episode began,
 
     xi_{i,t} = sum_{windows k up to t's window} e_{i,k},
 

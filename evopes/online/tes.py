@@ -10,7 +10,7 @@ the ES gradient of the truncated loss of the window with the start state held
 fixed. The influence of ``theta`` on ``s`` (through all earlier windows) is
 ignored, so TES is **biased** for the full unrolled loss: it is the online
 ES analogue of truncated backpropagation through time (Vicol et al. 2021,
-section 3, "Truncated ES").
+where it is the baseline that PES corrects).
 
 How the shared state advances: public implementations either unroll an extra
 unperturbed particle per pair (3PW steps per estimate) or keep one of the two

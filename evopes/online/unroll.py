@@ -66,13 +66,18 @@ def unroll(
         loss, done = jnp.asarray(loss), jnp.asarray(done)
         if loss.shape != () or done.shape != ():
             raise ValueError(
-                f"step_fn: expected a scalar loss and a scalar done, got shapes {loss.shape} and {done.shape}"
+                "step_fn: expected a scalar loss and a scalar done, "
+                f"got shapes {loss.shape} and {done.shape}"
             )
         return inner, loss, done.astype(bool)
 
     def one_step(inner, step_key):
-        inner, losses, dones = jax.vmap(one_particle)(inner, population, pair_keys(step_key, num_pairs))
+        inner, losses, dones = jax.vmap(one_particle)(
+            inner, population, pair_keys(step_key, num_pairs)
+        )
         return inner, (losses, dones)
 
-    inner_state, (losses, dones) = jax.lax.scan(one_step, inner_state, jax.random.split(key, int(num_steps)))
+    inner_state, (losses, dones) = jax.lax.scan(
+        one_step, inner_state, jax.random.split(key, int(num_steps))
+    )
     return inner_state, losses, dones

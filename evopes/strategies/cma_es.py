@@ -175,6 +175,9 @@ class CMAESParams(Params):
       tol_x: TolX, relative to ``std_init``.
       tol_x_up: TolXUp, relative to ``std_init``.
       tol_fun: TolFun (absolute range of recent fitness values).
+      tol_fun_relative: TolFun also fires when the range is below this times
+        |best recent fitness|: float32 fitness cannot resolve finer differences
+        (its machine epsilon is 1.2e-7), so selection is noise below it.
       tol_condition: ConditionCov (largest condition number of C).
     """
 
@@ -196,6 +199,7 @@ class CMAESParams(Params):
     tol_x: jax.Array
     tol_x_up: jax.Array
     tol_fun: jax.Array
+    tol_fun_relative: jax.Array
     tol_condition: jax.Array
 
 
@@ -204,7 +208,8 @@ def make_params(num_dims: int, constants: dict) -> CMAESParams:
 
     ``std_init = 1``; sigma is kept in [1e-30, 1e20]; TolX 1e-12 and TolXUp 1e4
     (relative to ``std_init``), TolFun 1e-12 and ConditionCov 1e14 as in the
-    tutorial's appendix B.3.
+    tutorial's appendix B.3, and a relative TolFun of 1e-6 (about 8 float32
+    rounding steps of the fitness).
     """
     f32 = lambda value: jnp.asarray(value, jnp.float32)  # noqa: E731
     return CMAESParams(
@@ -216,6 +221,7 @@ def make_params(num_dims: int, constants: dict) -> CMAESParams:
         tol_x=f32(1e-12),
         tol_x_up=f32(1e4),
         tol_fun=f32(1e-12),
+        tol_fun_relative=f32(1e-6),
         tol_condition=f32(1e14),
         **{name: f32(value) for name, value in constants.items()},
     )
@@ -456,7 +462,8 @@ def termination_indicators(mean, std, p_c, variances, B, D, history, fitness, ge
 
     * ``stop_tol_fun``: the range of the best fitness over the last
       10 + ceil(30 n / lambda) generations and of this generation's fitness
-      are both below ``tol_fun`` (TolFun).
+      are both below ``tol_fun`` (TolFun), or below ``tol_fun_relative``
+      times the smallest |fitness| in the history (the float32 resolution).
     * ``stop_tol_x``: sigma sqrt(C_ii) and sigma |p_c,i| are below
       ``tol_x * std_init`` in every coordinate (TolX).
     * ``stop_tol_x_up``: sigma max(D) grew above ``tol_x_up * std_init`` (TolXUp).
@@ -475,6 +482,8 @@ def termination_indicators(mean, std, p_c, variances, B, D, history, fitness, ge
     generation_range = jnp.where(jnp.any(finite), generation_range, jnp.inf)
     fitness_range = jnp.maximum(history_range, generation_range)
 
+    resolution = params.tol_fun_relative * jnp.min(jnp.abs(history))
+
     stds = std * jnp.sqrt(variances)
     tol_x = params.tol_x * params.std_init
     stop_tol_x = jnp.all(stds < tol_x) & jnp.all(std * jnp.abs(p_c) < tol_x)
@@ -490,7 +499,7 @@ def termination_indicators(mean, std, p_c, variances, B, D, history, fitness, ge
     stop_no_effect_coord = jnp.any(mean + 0.2 * stds == mean)
 
     stops = {
-        "stop_tol_fun": fitness_range < params.tol_fun,
+        "stop_tol_fun": fitness_range < jnp.maximum(params.tol_fun, resolution),
         "stop_tol_x": stop_tol_x,
         "stop_tol_x_up": max_std > params.tol_x_up * params.std_init,
         "stop_condition": condition > params.tol_condition,

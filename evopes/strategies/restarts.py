@@ -22,17 +22,26 @@ driver stops after ``max_restarts`` of them.
 
 Design: why a Python-level driver. A restart changes the population size,
 and with it the shape of every array of the strategy and of the population the
-user's fitness function sees. The alternative that stays inside one ``jit``,
-sampling a fixed maximum population and masking the unused members, would
-make the fitness function evaluate the largest population (2^9 lambda_def for
-nine IPOP restarts) in every generation of every run: up to 500 times the
-work of the run itself. Here each run is one jitted ``lax.while_loop`` of
-ask / evaluate / tell that runs on the device until a stopping criterion,
-and only the restart decisions (a few per optimisation) happen in Python.
-Strategies hash by configuration, so each population size compiles once per
-process and is reused by later runs and later calls with the same
-configuration; nothing else is retraced (the budget and target are traced
-arguments).
+user's fitness function sees. Keeping all runs inside one ``jit`` would mean
+sampling a fixed maximum population and masking the unused members, so the
+fitness function would evaluate the largest population (2^9 lambda_def after
+nine IPOP restarts) in every generation of every run: up to 500 times the work
+of the run itself. Here each run is one jitted ``lax.while_loop`` of ask /
+evaluate / tell that runs on the device until a stopping criterion, and only
+the restart decisions (a few per optimisation) happen in Python.
+
+Compilations. A run is compiled for a *compiled population size*: by default
+the smallest lambda_def 2^k >= lambda. IPOP and BIPOP's large runs use exactly
+these sizes; a BIPOP small run (lambda_def <= lambda_s < lambda_l) samples the
+next size up and masks the extra members (their fitness is replaced by NaN,
+which CMA-ES weights 0; they are not counted as evaluations). Recombination
+weights and learning rates are those of lambda_s, passed in ``Params``. So
+both schedules compile once per doubling, and since strategies hash by
+configuration, each size compiles once per process, shared by later runs and
+calls. ``compiled_population_size`` fixes one size for all runs (a single
+compilation; every run then evaluates that many members per generation).
+The only other difference to an unpadded run: TolFun looks back
+10 + ceil(30 n / compiled size) generations instead of 10 + ceil(30 n / lambda).
 """
 
 from __future__ import annotations
@@ -47,7 +56,14 @@ import jax.numpy as jnp
 import numpy as np
 
 from evopes.spec import PyTree, SolutionSpec
-from evopes.strategies.cma_es import CMAES, STOP_INDICATORS, default_population_size
+from evopes.strategies.cma_es import (
+    CMAES,
+    STOP_INDICATORS,
+    cma_constants,
+    default_population_size,
+    make_params,
+)
+from evopes.strategies.sep_cma_es import SepCMAES, sep_constants
 
 
 @dataclass(frozen=True)
@@ -100,18 +116,22 @@ def default_max_generations(num_dims: int, population_size: int) -> int:
 
 
 @functools.partial(jax.jit, static_argnames=("fitness_fn",))
-def run_until_stop(es, params, fitness_fn, key, mean, max_generations, target_fitness):
+def run_until_stop(es, params, fitness_fn, key, mean, num_active, max_generations, target_fitness):
     """One CMA-ES run inside a ``lax.while_loop``: init, then generations until a stop.
 
-    Stops when ``metrics["terminate"]``, after ``max_generations``, or once the
-    best fitness is <= ``target_fitness``. ``fitness_fn(population, key)``
-    returns the fitness of a population pytree (minimised).
+    Only the first ``num_active`` members of each population count: the others
+    get NaN fitness (weight 0 in CMA-ES), so a strategy compiled for
+    ``es.population_size`` runs any smaller lambda whose weights are in
+    ``params``. Stops when ``metrics["terminate"]``, after ``max_generations``,
+    or once the best fitness is <= ``target_fitness``. ``fitness_fn(population,
+    key)`` returns the fitness of a population pytree (minimised).
 
     Returns ``(state, generations, stop_flags)``, ``stop_flags`` a boolean
     vector ordered as :data:`~evopes.strategies.cma_es.STOP_INDICATORS`.
     """
     init_key, loop_key = jax.random.split(key)
     state = es.init(init_key, mean, params)
+    active = jnp.arange(es.population_size) < num_active
     no_stop = jnp.zeros(len(STOP_INDICATORS), bool)
 
     def running(carry):
@@ -124,7 +144,7 @@ def run_until_stop(es, params, fitness_fn, key, mean, max_generations, target_fi
         state, key, _, generations = carry
         key, ask_key, eval_key, tell_key = jax.random.split(key, 4)
         population, state = es.ask(ask_key, state, params)
-        fitness = fitness_fn(population, eval_key)
+        fitness = jnp.where(active, fitness_fn(population, eval_key), jnp.nan)
         state, metrics = es.tell(tell_key, population, fitness, state, params)
         stops = jnp.stack([metrics[name] for name in STOP_INDICATORS])
         return state, key, stops, generations + 1
@@ -132,6 +152,20 @@ def run_until_stop(es, params, fitness_fn, key, mean, max_generations, target_fi
     carry = (state, loop_key, no_stop, jnp.asarray(0, jnp.int32))
     state, _, stops, generations = jax.lax.while_loop(running, generation, carry)
     return state, generations, stops
+
+
+def run_params(es, population_size: int, std_init: float):
+    """``es.default_params`` with the weights and rates of ``population_size`` <= es's.
+
+    Weights of the missing members are 0 (they are masked anyway).
+    """
+    n = es.num_dims
+    constants_fn = sep_constants if isinstance(es, SepCMAES) else cma_constants
+    constants = constants_fn(n, population_size)
+    weights = np.zeros(es.population_size)
+    weights[:population_size] = constants["weights"]
+    params = make_params(n, {**constants, "weights": weights})
+    return params.replace(std_init=jnp.asarray(std_init, jnp.float32))
 
 
 class IPOP:
@@ -143,16 +177,23 @@ class IPOP:
       population_factor: growth of lambda per restart (2 in the paper).
       max_restarts: restarts after the first run (pycma's ``restarts=9``).
       strategy: the strategy class, ``CMAES`` or ``SepCMAES``.
+      compiled_population_size: if given, every run is compiled for (and
+        samples) this many members, masking the ones beyond its lambda: one
+        compilation in all. By default, lambda_def 2^k (see the module notes).
 
     Usage::
 
-        ipop = IPOP(solution=jnp.zeros(10))
-        result = ipop.run(key, fitness_fn, mean=lambda k: jax.random.uniform(k, (10,), minval=-4, maxval=4),
-                          std_init=2.0, max_evaluations=100_000, target_fitness=1e-8)
+        def start(key):  # a new random start for every run
+            return jax.random.uniform(key, (10,), minval=-4.0, maxval=4.0)
+
+        result = IPOP(solution=jnp.zeros(10)).run(
+            key, fitness_fn, start, std_init=2.0, max_evaluations=100_000, target_fitness=1e-8
+        )
     """
 
     def __init__(self, solution: PyTree, *, population_size: int | None = None,
-                 population_factor: float = 2.0, max_restarts: int = 9, strategy=CMAES):
+                 population_factor: float = 2.0, max_restarts: int = 9, strategy=CMAES,
+                 compiled_population_size: int | None = None):
         self.spec = SolutionSpec.from_template(solution)
         self.population_size = population_size or default_population_size(self.spec.num_dims)
         if population_factor < 1:
@@ -162,15 +203,35 @@ class IPOP:
         self.population_factor = population_factor
         self.max_restarts = int(max_restarts)
         self.strategy = strategy
+        self.compiled_population_size = compiled_population_size
+
+    def compiled_size(self, population_size: int) -> int:
+        """The population a run of lambda = ``population_size`` is compiled for."""
+        if self.compiled_population_size is not None:
+            if population_size > self.compiled_population_size:
+                raise ValueError(
+                    f"compiled_population_size: expected >= {population_size} "
+                    f"(a run's population size), got {self.compiled_population_size}"
+                )
+            return self.compiled_population_size
+        if self.population_factor == 1:
+            return population_size
+        doublings = 0
+        while self.large_size(doublings) < population_size:
+            doublings += 1
+        return self.large_size(doublings)
+
+    def large_size(self, restarts: int) -> int:
+        """lambda of the large run after ``restarts`` increases: lambda_def factor^restarts."""
+        return int(round(self.population_size * self.population_factor**restarts))
 
     # -- the schedule -----------------------------------------------------------------
     def next_run(self, runs: list[RestartRecord], std_init: float, uniforms: np.ndarray):
         """(regime, population_size, std_init, evaluation cap) of the next run, or None."""
-        num_large = sum(run.regime != "small" for run in runs) - 1  # restarts done so far
-        if num_large >= self.max_restarts:
+        restarts = sum(run.regime != "small" for run in runs) - 1
+        if restarts >= self.max_restarts:
             return None
-        size = int(round(self.population_size * self.population_factor ** (num_large + 1)))
-        return ("large", size, std_init, None)
+        return ("large", self.large_size(restarts + 1), std_init, None)
 
     # -- the driver -------------------------------------------------------------------
     def run(self, key: jax.Array, fitness_fn: Callable, mean, *, std_init: float = 1.0,
@@ -200,15 +261,15 @@ class IPOP:
             budget = max_evaluations - evaluations if cap is None else min(
                 cap, max_evaluations - evaluations
             )
-            es = self.strategy(population_size=size, solution=self.spec)
             limit = min(default_max_generations(self.spec.num_dims, size), budget // size)
             if limit < 1:
                 break
-            params = es.default_params.replace(std_init=jnp.asarray(sigma, jnp.float32))
+            es = self.strategy(population_size=self.compiled_size(size), solution=self.spec)
+            params = run_params(es, size, sigma)
             start = mean(mean_key) if callable(mean) else mean
             state, generations, stops = run_until_stop(
-                es, params, fitness_fn, run_key, start, jnp.asarray(limit, jnp.int32),
-                jnp.asarray(target_fitness, jnp.float32),
+                es, params, fitness_fn, run_key, start, jnp.asarray(size, jnp.int32),
+                jnp.asarray(limit, jnp.int32), jnp.asarray(target_fitness, jnp.float32),
             )
             generations, stops, run_best = jax.device_get(
                 (generations, stops, state.best_fitness)
@@ -247,11 +308,9 @@ class BIPOP(IPOP):
         large = sum(run.evaluations for run in runs if run.regime == "large")
         num_large = sum(run.regime == "large" for run in runs)
         if small < large:
-            largest = self.population_size * self.population_factor**num_large
-            size = int(self.population_size * (largest / (2 * self.population_size)) ** (uniforms[0] ** 2))
-            size = max(size, 2)
+            ratio = self.large_size(num_large) / (2 * self.population_size)
+            size = max(2, int(self.population_size * ratio ** (uniforms[0] ** 2)))
             return ("small", size, std_init * 10 ** (-2 * uniforms[1]), large // 2)
         if num_large >= self.max_restarts:
             return None
-        size = int(round(self.population_size * self.population_factor ** (num_large + 1)))
-        return ("large", size, std_init, None)
+        return ("large", self.large_size(num_large + 1), std_init, None)
