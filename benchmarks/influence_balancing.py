@@ -15,9 +15,10 @@ Rows: ``{method, seed, final_theta, eval_loss}``; ``eval_loss`` is the paper's
 evaluation (500 steps from ``s = ones``, end loss). The figure shows theta and
 the evaluation loss over iterations.
 
-Compare REFERENCE section 2 (re-measured): PES ends at -0.16667 (eval loss ~1e-13);
-TES ~3.25 and still growing (eval loss ~211); TBPTT K = 1 and 10 move away from
-the optimum, K = 100 converges. ``--quick`` runs one seed (the full run four);
+Reference values (the paper's public code, re-run independently on a 2-core
+CPU): PES ends at -0.16667 (eval loss ~1e-13); TES ~3.25 and still growing
+(eval loss ~211); TBPTT K = 1 and 10 move away from the optimum, K = 100
+converges. ``--quick`` runs one seed (the full run four);
 both take well under a minute of compute.
 """
 

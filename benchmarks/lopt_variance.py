@@ -68,7 +68,7 @@ QUICK = {
 
 
 def per_position_trace(estimates: np.ndarray) -> float:
-    """Mean over window positions of the trace of the covariance over seeds; estimates (seeds, T, d)."""
+    """Mean over positions of the trace of the covariance over seeds; shape (seeds, T, d)."""
     return float(
         np.mean(np.sum(np.var(np.asarray(estimates, np.float64), axis=0, ddof=1), axis=-1))
     )
@@ -131,7 +131,7 @@ def main(quick: bool, seed: int, out_dir: Path) -> list[dict]:
 
     rows = []
     for index, step in enumerate(probe_steps):
-        theta = jax.tree.map(lambda x: x[step], trace.theta)
+        theta = jax.tree.map(lambda x, step=step: x[step], trace.theta)
         keys = jax.random.split(
             jax.random.key(seed + 10 + index), config["nres_seeds"] + config["fulles_seeds"]
         )

@@ -11,9 +11,10 @@ counts), and
 
 Learning rates transfer unchanged: the NRES paper's code divides the summed
 ``(l+ - l-) xi / (2 sigma^2)`` by the number of (pair, step) terms, i.e. it uses
-evopes' convention (time-average loss, pairs counted), and its FullES fitness is
-the episode's time-average loss, as here. (The PES paper's code, by contrast,
-sums over the window; see ``docs/concepts/online_es.md``.)
+evopes' convention (time-average loss, pairs counted). FullES here uses the
+episode's time-average loss as fitness (the same objective); with it the paper's
+FullES learning rate reproduces the reference step counts below. (The PES paper's
+code, by contrast, sums over the window; see ``docs/concepts/online_es.md``.)
 
 Rows: ``{method, seed, steps_to_50, total_steps_to_50, final_test_loss,
 final_log_a, final_log_r}``. ``steps_to_50`` is the number of sequential unroll
@@ -22,10 +23,11 @@ starts, ``evopes.tasks.lorenz.test_loss``) first drops below 50, null if never
 within the budget. The figure plots the test loss against sequential and total
 (all particles) unroll steps.
 
-Compare REFERENCE section 4 (re-measured, 3 seeds): NRES below 50 within 70k-100k
-sequential steps; FullES 440k-800k; PES ~920k; TES plateaus at 65-80 with a
-biased log a ~ 3.7; every ES method settles near theta ~ (2.38, 3.28), test loss
-~47 (the minimiser of the smoothed loss, not the ground truth (2.30, 3.33)).
+Reference values (the paper's public code, re-run independently, 3 seeds): NRES
+below 50 within 70k-100k sequential steps; FullES 440k-800k; PES ~920k; TES plateaus
+at 65-80 with a biased log a ~ 3.7; every ES method settles near theta ~ (2.38,
+3.28), test loss ~47 (the minimiser of the smoothed loss, not the ground truth
+(2.30, 3.33)).
 ``--quick``: one seed and shorter budgets (NRES 150k, TES 150k, PES 600k, FullES
 600k sequential steps); the full run: three seeds, NRES 200k, TES 300k, PES 1M,
 FullES 1M.

@@ -71,7 +71,7 @@ QUICK = {
 
 
 def outer_optimizer(learning_rate: float, num_updates: int):
-    """Adam whose learning rate decays (cosine) to a tenth over the run: fast travel, then settling."""
+    """Adam, its learning rate decaying (cosine) to a tenth: fast travel, then settling."""
     return optax.adam(optax.cosine_decay_schedule(learning_rate, num_updates, alpha=0.1))
 
 

@@ -16,7 +16,7 @@ in the paper's sum convention (``evopes.tasks.toy_regression.meta_loss``). The
 figure shows the trajectories over the meta-loss heatmap and the meta-loss over
 iterations.
 
-Compare REFERENCE section 3 (re-measured): L(-4, -4) = 2487.8; PES reaches
+Reference values (the paper's public code, re-run independently): L(-4, -4) = 2487.8; PES reaches
 L ~ 555-576 with theta0 ~ 2.72-2.76 (L < 600 within 2000 iterations); TES with
 sigma = 1 stays at L ~ 1080-1940; TBPTT stalls at theta ~ (0.14, -0.78),
 L ~ 2423. ``--quick`` runs 2000 iterations and one seed; the full run 5000

@@ -29,10 +29,10 @@ FullES: one whole-episode estimate per seed (fitness = time-average loss, the
 same objective and convention as the online estimators).
 
 Rows: ``{method, unlocked, T, W, num_pairs, trace_cov}``; ``unlocked`` is null for
-FullES. Compare REFERENCE section 4 (re-measured): T = 2000, W = 100: NRES
-7.9e4 < FullES 4.6e5 < PES 9.0e5; T = 1000, W = 1: NRES 7.4e4, FullES 5.0e6, PES
-1.7e7; lock-step PES/NRES 1.6x-13x above step-unlocked at T = 2000, W = 100
-and 178x at T = 1000, W = 1. ``--quick``: T = 2000, W = 100 only, 32 seeds per
+FullES. Reference values (the paper's public code, re-run independently): T = 2000,
+W = 100: NRES 7.9e4 < FullES 4.6e5 < PES 9.0e5; T = 1000, W = 1: NRES 7.4e4, FullES
+5.0e6, PES 1.7e7; lock-step PES/NRES 1.6x-13x above step-unlocked at T = 2000, W =
+100 and 178x at T = 1000, W = 1. ``--quick``: T = 2000, W = 100 only, 32 seeds per
 estimator (full: 64, FullES 256).
 """
 

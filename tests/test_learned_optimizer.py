@@ -87,7 +87,7 @@ def test_sgd_theta_reproduces_sgd():
 
 
 def test_lopt_curve_with_sgd_theta_matches_adam_curve_machinery():
-    """lopt_curve and adam_curve share batches: lopt at sgd_theta equals optax.sgd on the same curve."""
+    """lopt_curve at sgd_theta equals optax.sgd run by the curve machinery adam_curve uses."""
     task, key = SHORT, jax.random.key(0)
     lopt = jax.jit(lambda k: task.lopt_curve(task.sgd_theta(0.05), k, 10))(key)
     sgd = optax.sgd(0.05)

@@ -63,7 +63,7 @@ def test_diverging_runs_give_the_clipped_loss_not_nan():
 
 
 def test_grid_uses_common_random_numbers():
-    """The grid at one point equals meta_objective there (same keys), and its layout is (theta1, theta0)."""
+    """A grid point equals meta_objective there (same keys); the layout is (theta1, theta0)."""
     task = SHORT
     theta0, theta1 = jnp.array([-3.0, -0.5]), jnp.array([1.0, 5.0, 9.0])
     grid = jax.jit(lambda k: task.grid(theta0, theta1, k))(jax.random.key(1))

@@ -310,7 +310,7 @@ def test_nonfinite_loss_masks_its_pair_at_that_step():
     np.testing.assert_allclose(w.metrics["mean_loss"], np.nanmean(loss), rtol=1e-6)
 
 
-def test_all_masked_window_gives_zero_gradient_and_keeps_the_mean():
+def test_all_masked_or_overflowing_window_keeps_the_mean():
     es, params = PES_W3, PES_W3.default_params
     state = init(es, jax.random.key(0), jnp.ones(2), params)
     losses = jnp.full((3, 4), jnp.inf).at[1, 0].set(jnp.nan)
@@ -319,6 +319,11 @@ def test_all_masked_window_gives_zero_gradient_and_keeps_the_mean():
     np.testing.assert_array_equal(w.state.mean, 1.0)
     assert int(w.metrics["num_masked"]) == 6 and int(w.metrics["num_nonfinite"]) == 12
     assert np.all(np.isfinite(w.state.accumulator)) and np.isfinite(w.metrics["mean_loss"])
+    # Finite but huge losses overflow the estimate: the update is skipped, the state stays finite.
+    huge = jnp.full((3, 4), 3e38).at[:, 2:].set(-3e38)
+    w = run_window(es, state, params, 2, losses=huge)
+    assert not bool(w.metrics["finite_gradient"]) and int(w.metrics["num_nonfinite"]) == 0
+    np.testing.assert_array_equal(w.state.mean, 1.0)
 
 
 # -- classic public-code bugs -----------------------------------------------------------

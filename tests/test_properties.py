@@ -58,24 +58,44 @@ def _override(params, changes: dict):
 
 
 # -- values: hyperparameters and non-finite fitness / losses ---------------------------
-#: OpenES and FullES do not bound sigma (see docs/reliability.md, "Known problems"):
-#: extreme values make the estimate (~1/sigma) overflow. Their property is checked on
-#: moderate values; the extremes are pinned by the strict xfail tests below.
-MODERATE_VALUES = [0.0, -1.0, 0.5, 1.0, 2.0, float("nan"), float("inf"), float("-inf")]
-UNBOUNDED_STD = ("OpenES", "FullES")
+#: Hyperparameter values known to make a strategy's state unsound (docs/reliability.md,
+#: "Known problems"). The property test skips them; the strict xfail tests below pin
+#: them, so that they fail (and these lines get removed) once the strategy is fixed.
+EXTREMES = (1e-30, 1e-3, 1e3, 1e30)
+ONLINE = ("TES", "PES", "GPES", "NRES")
+KNOWN_UNSOUND = {
+    **{(name, field): EXTREMES for name in ("OpenES", "FullES") for field in ("std_init", "std_decay", "weight_decay")},
+    **{(name, "std"): (1e-30,) for name in ONLINE},
+}
+KNOWN_UNSOUND_EXAMPLES = [
+    ("OpenES", {"std_init": 1e-30}),
+    ("OpenES", {"std_decay": 1e30}),
+    ("OpenES", {"weight_decay": 1e30}),
+    ("FullES", {"std_decay": 1e30}),
+    ("FullES", {"weight_decay": 1e30}),
+    *[(name, {"std": 1e-30}) for name in ONLINE],
+]
+
+
+def _changes(case, fields):
+    """Up to three hyperparameters set to values from VALUES (minus known problems)."""
+
+    def values(field):
+        return st.sampled_from([v for v in VALUES if v not in KNOWN_UNSOUND.get((case.name, field), ())])
+
+    names = st.lists(st.sampled_from(fields), max_size=3, unique=True)
+    return names.flatmap(lambda chosen: st.fixed_dictionaries({name: values(name) for name in chosen}))
 
 
 @pytest.mark.parametrize("case", CASES, ids=CASE_IDS)
 def test_hyperparameters_and_nonfinite_values_keep_the_state_sound(case):
     es = case.make(SOLUTION, 8)
     step = generation(case, es)
-    fields = _scalar_fields(es.default_params)
-    values = MODERATE_VALUES if case.name in UNBOUNDED_STD else VALUES
     shape = (NUM_GENERATIONS,) + code_shape(case, es)
 
     @_settings(max_examples=20)
     @given(
-        changes=st.dictionaries(st.sampled_from(fields), st.sampled_from(values), max_size=3),
+        changes=_changes(case, _scalar_fields(es.default_params)),
         # Mostly finite values, with NaN / +inf / -inf sprinkled in (whole generations included).
         codes=hnp.arrays(np.int32, shape, elements=st.sampled_from([0, 0, 0, 0, 1, 2, 3])),
         seed=st.integers(0, 2**16),
@@ -109,22 +129,23 @@ def _first_unsound_generation(case, changes: dict, num_generations: int) -> int 
     return None
 
 
-UNBOUNDED_CASES = [case for case in CASES if case.name in UNBOUNDED_STD]
+CASE_BY_NAME = {case.name: case for case in CASES}
+
+
+@pytest.mark.xfail(strict=True, reason="known problem, see docs/reliability.md")
+@pytest.mark.parametrize(
+    ("name", "changes"), KNOWN_UNSOUND_EXAMPLES, ids=[f"{n}-{next(iter(c))}" for n, c in KNOWN_UNSOUND_EXAMPLES]
+)
+def test_known_unsound_hyperparameters(name, changes):
+    assert _first_unsound_generation(CASE_BY_NAME[name], changes, 2 * NUM_GENERATIONS) is None
 
 
 @pytest.mark.xfail(strict=True, reason="known problem: sigma decays to 0 (std_min defaults to 0)")
-@pytest.mark.parametrize("case", UNBOUNDED_CASES, ids=[case.name for case in UNBOUNDED_CASES])
-def test_decaying_std_keeps_the_state_sound(case):
+@pytest.mark.parametrize("name", ["OpenES", "FullES"])
+def test_decaying_std_keeps_the_state_sound(name):
     # sigma = 0.1 * 0.9**t: the estimate ~ 1/sigma overflows Adam's second moment
     # (OpenES, after ~420 generations) and sigma underflows to 0, giving 0/0 (FullES, ~960).
-    assert _first_unsound_generation(case, {"std_decay": 0.9}, 1200) is None
-
-
-@pytest.mark.xfail(strict=True, reason="known problem: no upper bound on sigma or on the update")
-@pytest.mark.parametrize("case", UNBOUNDED_CASES, ids=[case.name for case in UNBOUNDED_CASES])
-@pytest.mark.parametrize("changes", [{"std_decay": 1e30}, {"std_init": 1e-30}, {"weight_decay": 1e30}])
-def test_extreme_hyperparameters_keep_the_state_sound(case, changes):
-    assert _first_unsound_generation(case, changes, 16) is None
+    assert _first_unsound_generation(CASE_BY_NAME[name], {"std_decay": 0.9}, 1200) is None
 
 
 def test_non_finite_values_are_counted_exactly():

@@ -85,7 +85,7 @@ def test_influence_tbptt_long_truncation_converges(influence_tbptt):
 
 
 def test_toy_meta_loss_at_the_papers_start():
-    # REFERENCE: L(-4, -4) = 2487.8 (sum convention).
+    # Reference value (the paper's code, re-run): L(-4, -4) = 2487.8 (sum convention).
     assert float(toy.meta_loss(toy.INITIAL_THETA)) == pytest.approx(2487.8, rel=1e-3)
 
 
@@ -109,7 +109,7 @@ def test_toy_step_by_hand():
 
 
 def test_toy_tbptt_stalls_far_from_the_valley():
-    # REFERENCE (re-measured): TBPTT stalls at theta ~ (0.14, -0.78), L ~ 2423.
+    # Reference (the paper's code, re-run): TBPTT stalls at theta ~ (0.14, -0.78), L ~ 2423.
     trace = jax.jit(lambda: toy.tbptt(num_iterations=1000))()
     assert float(trace.meta_loss[-1]) > 1000.0
     assert float(trace.theta[-1, 0]) < 1.0
@@ -134,7 +134,7 @@ def test_lorenz_euler_step_by_hand():
 
 
 def test_lorenz_test_loss_at_the_initial_theta():
-    # REFERENCE: ~311. The metric is deterministic given its starts (100 starts
+    # Reference value: ~311. The metric is deterministic given its starts (100 starts
     # from a fixed key: 311.3); five independent sets of 100 starts gave
     # 307.7-315.2, so 2% covers any start set as well as float differences in
     # this chaotic unroll.

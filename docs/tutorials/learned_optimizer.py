@@ -19,7 +19,7 @@ def meta_train(task, theta, key, num_pairs, num_windows, learning_rate):
         * num_pairs,  # antithetic pairs: particle i runs theta + e_i, i + P runs theta - e_i
         solution=theta,  # the learned optimizer's parameters (a pytree)
         truncation_length=1,  # W = 1: an update after every inner step
-        horizon=task.horizon,  # T: the strategy restarts a particle's inner training run every T steps
+        horizon=task.horizon,  # T: a particle's training run restarts every T steps
         init_inner=task.init_inner,  # a fresh classifier and zero optimizer accumulators
         optimizer=optax.adam(learning_rate),
     )
@@ -53,9 +53,7 @@ def main(quick: bool = True) -> dict:
     before = float(meta_loss(theta))
     theta = meta_train(task, theta, jax.random.key(2), num_pairs, num_windows, learning_rate)
     after = float(meta_loss(theta))
-    print(
-        f"meta-loss (mean validation loss over T = {task.horizon} steps): {before:.3f} -> {after:.3f}"
-    )
+    print(f"meta-loss (mean validation loss over T = {task.horizon}): {before:.3f} -> {after:.3f}")
 
     # The meta-trained optimizer on new networks, next to Adam at a few learning rates.
     test_keys = jax.random.split(jax.random.key(3), 4)

@@ -93,6 +93,7 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 from flax import struct
 
@@ -323,7 +324,7 @@ class OnlineES(Strategy):
         std = jnp.asarray(params.std, jnp.float32)
         return OnlineState(
             mean=flat_mean,
-            opt_state=self.optimizer.init(self.spec.unravel(flat_mean)),
+            opt_state=self.optimizer.init(self._float32_tree(flat_mean)),
             inner_state=self._fresh_inner(inner_key),
             time=jnp.concatenate([offsets, offsets]),
             # Placeholder ids: generation_counter == 0 makes the first ask redraw them all.
@@ -401,8 +402,9 @@ class OnlineES(Strategy):
           ``mean_loss`` (mean finite loss of the window), ``total_steps``,
           ``sequential_steps``, ``burn_in`` (True when the update was not
           applied because of the burn-in), ``num_nonfinite`` (non-finite loss
-          entries), ``num_masked`` ((pair, step) entries left out) and
-          ``generation_counter``.
+          entries), ``num_masked`` ((pair, step) entries left out),
+          ``finite_gradient`` (False when the estimate overflowed; the update
+          is then skipped) and ``generation_counter``.
         """
         W, P = self.truncation_length, self.num_pairs
         losses = self._check_window_array(losses, "losses")
@@ -423,13 +425,18 @@ class OnlineES(Strategy):
 
         new_state = self._end_window(key, state, inner_state, dones, current)
         burn_in = state.generation_counter < self.burn_in_windows
+        finite_gradient = jnp.all(jnp.isfinite(gradient))
         if apply_update:
-            mean_tree = self.spec.unravel(state.mean)
+            mean_tree = self._float32_tree(state.mean)
             updates, opt_state = self.optimizer.update(
-                self.spec.unravel(gradient), state.opt_state, mean_tree
+                self._float32_tree(jnp.where(finite_gradient, gradient, 0.0)),
+                state.opt_state,
+                mean_tree,
             )
             mean = self.spec.ravel(optax.apply_updates(mean_tree, updates))
-            keep = lambda old, new: jnp.where(burn_in, old, new)
+            # No update during the burn-in, nor from an estimate that overflowed.
+            skip = burn_in | ~finite_gradient
+            keep = lambda old, new: jnp.where(skip, old, new)
             new_state = new_state.replace(
                 mean=keep(state.mean, mean),
                 opt_state=jax.tree_util.tree_map(keep, state.opt_state, opt_state),
@@ -444,6 +451,7 @@ class OnlineES(Strategy):
             "burn_in": burn_in,
             "num_nonfinite": losses.size - num_finite,
             "num_masked": valid_pairs.size - jnp.sum(valid_pairs),
+            "finite_gradient": finite_gradient,
             "generation_counter": new_state.generation_counter,
         }
         return new_state, metrics
@@ -540,6 +548,20 @@ class OnlineES(Strategy):
             accumulator = accumulator + jnp.where(joins, current, 0.0)
             state = state.replace(accumulator=accumulator)
         return state
+
+    def _float32_tree(self, flat: jax.Array) -> PyTree:
+        """The solution's pytree structure with float32 leaves: what the optimizer sees.
+
+        Keeping the optimizer in float32 (like the flat mean) lets pytree-aware
+        transformations (masks, per-leaf labels) work without float16 or
+        bfloat16 leaves overflowing in the update.
+        """
+        offsets = np.cumsum((0,) + self.spec.sizes)
+        leaves = [
+            flat[start:stop].reshape(shape)
+            for start, stop, shape in zip(offsets[:-1], offsets[1:], self.spec.shapes, strict=True)
+        ]
+        return jax.tree_util.tree_unflatten(self.spec.treedef, leaves)
 
     def _fresh_inner(self, key) -> PyTree:
         if self.init_inner is None:

@@ -10,6 +10,8 @@ backpropagation (TBPTT) baseline:
 * :mod:`evopes.tasks.toy_regression` — PES paper, section 5.2.
 * :mod:`evopes.tasks.lorenz` — NRES paper, section 6.1.
 
+:mod:`evopes.tasks.training` runs a strategy on a task in one compiled loop
+(training curves, and gradient estimates at a fixed theta for variance studies).
 The tasks depend on the core; the core never imports them.
 """
 

@@ -1,14 +1,20 @@
-"""One compiled training loop for the online strategies on a task, with evaluations.
+"""Compiled loops that run a strategy on a task: training curves and variance studies.
 
 The raw ``ask`` / unroll / ``tell`` loop is the primary interface (see the
-tutorials); this helper is that loop inside ``jax.lax.scan``, used by the
-tests, benchmarks and tutorials that reproduce the papers' curves:
+tutorials); these helpers are that loop inside ``jax.lax.scan``, used by the
+tests and benchmarks that reproduce the papers' results:
 
-* every window: ``ask`` -> :func:`evopes.unroll` of the task's ``step`` -> ``tell``;
-* every ``eval_every`` windows: ``evaluate(theta)`` (e.g. the Lorenz test loss).
+* :func:`train_online` — an online strategy (TES, PES, GPES, NRES): every
+  window ``ask`` -> :func:`evopes.unroll` of the task's ``step`` -> ``tell``, and
+  every ``eval_every`` windows ``evaluate(theta)`` (e.g. the Lorenz test loss);
+* :func:`train_episodic` — a whole-episode strategy (FullES) with the
+  time-average episode loss as fitness;
+* :func:`online_gradients` and :func:`episodic_gradient` — estimates at a fixed
+  theta (``tell(..., apply_update=False)``), for variance studies.
 
 Everything is compiled once per configuration (the strategy, the step and the
-evaluation function are static and compare by value or identity).
+evaluation function are static and compare by value or identity: build them
+once and reuse them).
 """
 
 from __future__ import annotations

@@ -1,0 +1,104 @@
+"""IPOP / BIPOP restarts: Rastrigin d = 10 to 1e-8, the schedules' rules, masked runs.
+
+Both restart tests compile every run for one population of 320 members
+(``compiled_population_size``), so the whole module compiles one CMA-ES loop.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from evopes.strategies.cma_es import CMAES
+from evopes.strategies.restarts import BIPOP, IPOP, run_params
+
+N = 10
+COMPILED = 320  # lambda_def 2^5: enough for five IPOP restarts
+BUDGET = 200_000
+
+
+def rastrigin(population, key):
+    """10 n + sum(x^2 - 10 cos(2 pi x)), written as sum(x^2 + 20 sin(pi x)^2).
+
+    The two are equal; the second keeps float32 precision near the optimum
+    (10 n - 10 sum cos(...) cancels to ~1e-5 absolute error).
+    """
+    del key
+    return jnp.sum(population**2 + 20 * jnp.sin(jnp.pi * population) ** 2, axis=-1)
+
+
+def uniform_start(key):
+    return jax.random.uniform(key, (N,), minval=-4.0, maxval=4.0)
+
+
+@pytest.mark.parametrize("schedule", [IPOP, BIPOP], ids=["ipop", "bipop"])
+def test_restarts_solve_rastrigin(schedule):
+    restarts = schedule(solution=jnp.zeros(N), max_restarts=5, compiled_population_size=COMPILED)
+    result = restarts.run(jax.random.key(1), rastrigin, uniform_start, std_init=2.0,
+                          max_evaluations=BUDGET, target_fitness=1e-8)
+    assert result.best_fitness <= 1e-8
+    assert result.evaluations_to_target == result.evaluations <= BUDGET
+    runs = result.runs
+    assert runs[0].regime == "first" and runs[0].population_size == 10
+    assert runs[-1].stopped_by[0] == "target"
+    # Every earlier run ended on a termination indicator (a local optimum of
+    # Rastrigin), not on its generation limit.
+    assert all(run.stopped_by[0].startswith("stop_") for run in runs[:-1])
+    assert sum(run.evaluations for run in runs) == result.evaluations
+    large = [run.population_size for run in runs if run.regime != "small"]
+    assert large == [10 * 2**k for k in range(len(large))]  # doubling
+    if schedule is BIPOP:
+        assert any(run.regime == "small" for run in runs) or len(runs) <= 2
+        for index, run in enumerate(runs):
+            if run.regime != "small":
+                continue
+            before = runs[:index]
+            large_evals = sum(r.evaluations for r in before if r.regime == "large")
+            small_evals = sum(r.evaluations for r in before if r.regime != "large")
+            largest = max(r.population_size for r in before if r.regime == "large")
+            assert small_evals < large_evals  # the budget rule chose a small run
+            assert run.evaluations <= large_evals // 2
+            assert 10 <= run.population_size <= largest // 2
+            assert 2.0 / 100 <= run.std_init <= 2.0
+    else:
+        assert all(run.std_init == 2.0 for run in runs)
+
+
+def test_compiled_sizes_are_lambda_def_doublings():
+    ipop = IPOP(solution=jnp.zeros(N))
+    assert [ipop.compiled_size(size) for size in (10, 11, 20, 21, 79, 80, 81)] == [
+        10, 20, 20, 40, 80, 80, 160
+    ]
+    with pytest.raises(ValueError, match="compiled_population_size"):
+        IPOP(solution=jnp.zeros(N), compiled_population_size=16).compiled_size(17)
+
+
+def test_a_masked_run_updates_exactly_like_the_small_population():
+    """A strategy compiled for 20 members, with 10 active and 10 NaN, equals CMAES(10)."""
+    small, padded = CMAES(10, jnp.zeros(N)), CMAES(20, jnp.zeros(N))
+    params_small = small.default_params.replace(std_init=jnp.float32(0.5))
+    params_padded = run_params(padded, 10, 0.5)
+    for name in ("mu_eff", "c_1", "c_mu", "c_c", "c_sigma", "d_sigma"):
+        assert getattr(params_padded, name) == getattr(params_small, name)
+    np.testing.assert_array_equal(params_padded.weights[:10], params_small.weights)
+    assert not np.any(params_padded.weights[10:])
+
+    @jax.jit
+    def one_generation_each(mean):
+        state_small = small.init(jax.random.key(0), mean, params_small)
+        state_padded = padded.init(jax.random.key(0), mean, params_padded)
+        population, _ = padded.ask(jax.random.key(1), state_padded, params_padded)
+        fitness = rastrigin(population, None)
+        masked = jnp.where(jnp.arange(20) < 10, fitness, jnp.nan)
+        new_small, _ = small.tell(jax.random.key(2), population[:10], fitness[:10], state_small,
+                                  params_small)
+        new_padded, _ = padded.tell(jax.random.key(2), population, masked, state_padded,
+                                    params_padded)
+        return new_small, new_padded
+
+    new_small, new_padded = one_generation_each(jnp.linspace(-1.0, 1.0, N))
+    for name in ("mean", "std", "p_sigma", "p_c", "C", "best_solution", "best_fitness"):
+        np.testing.assert_allclose(getattr(new_padded, name), getattr(new_small, name),
+                                   rtol=1e-6, atol=1e-7, err_msg=name)
