@@ -6,12 +6,28 @@ from evopes.noise import GaussianNoise, NoiseTable
 from evopes.online import GPES, NRES, PES, TES, OnlineES, OnlineParams, OnlineState, pair_keys, unroll
 from evopes.spec import SolutionSpec
 from evopes.run import RunResult, run, run_loop, run_online
-from evopes.strategies import FullES, Open_ES, OpenES
+from evopes.strategies import (
+    BIPOP,
+    CMA_ES,
+    CMAES,
+    IPOP,
+    FullES,
+    Open_ES,
+    OpenES,
+    Sep_CMA_ES,
+    SepCMAES,
+)
 from evopes.strategy import Params, State, Strategy
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "BIPOP",
+    "CMAES",
+    "CMA_ES",
+    "IPOP",
+    "SepCMAES",
+    "Sep_CMA_ES",
     "FullES",
     "OpenES",
     "Open_ES",

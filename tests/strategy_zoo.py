@@ -172,23 +172,37 @@ def state_is_sound(state) -> jax.Array:
     return jnp.all(jnp.stack(checks))
 
 
-@functools.partial(jax.jit, static_argnums=0)
-def init(es, key, mean, params):
-    return es.init(key, mean, params)
+def strong_params(params, **changes):
+    """``params`` with ``changes``, every leaf a strongly typed array.
+
+    Uniform leaf types (no Python floats, which trace as weak types) give every
+    call of :func:`advance` the same signature, hence a single compilation.
+    """
+    strong = jax.tree.map(lambda leaf: jnp.asarray(leaf, jnp.asarray(leaf).dtype), params)
+    return strong.replace(**{name: jnp.asarray(v, getattr(strong, name).dtype) for name, v in changes.items()})
 
 
-@functools.partial(jax.jit, static_argnums=0)
 def advance(step, state, key, params, codes):
     """Runs ``codes.shape[0]`` generations with lax.scan (one compile per strategy).
 
     Returns the final state and, per generation, whether the state was sound
-    and the metrics.
+    and the metrics. Weak types are dropped first (a state fresh from ``init``
+    and one returned by the scan then share the compiled code).
     """
+    strong = lambda x: jnp.asarray(x, x.dtype) if getattr(x, "weak_type", False) else x
+    return _advance(step, jax.tree.map(strong, state), key, strong_params(params), codes)
+
+
+@functools.partial(jax.jit, static_argnums=0)
+def _advance(step, state, key, params, codes):
 
     def body(state, inputs):
         index, generation_codes = inputs
         state, metrics = step(state, jax.random.fold_in(key, index), params, generation_codes)
-        return state, (state_is_sound(state), metrics)
+        # The mean as the user sees it, in the leaves' dtypes, must be finite too.
+        user_mean = jax.tree_util.tree_leaves(step.es.get_mean(state))
+        sound = state_is_sound(state) & jnp.all(jnp.stack([jnp.all(jnp.isfinite(leaf)) for leaf in user_mean]))
+        return state, (sound, metrics)
 
     return jax.lax.scan(body, state, (jnp.arange(codes.shape[0]), codes))
 

@@ -5,7 +5,7 @@ import jax.numpy as jnp
 import msgpack
 import numpy as np
 import pytest
-from strategy_zoo import CASE_IDS, CASES, MEAN, SOLUTION, advance, code_shape, generation, init, tree_bytes
+from strategy_zoo import CASE_IDS, CASES, MEAN, SOLUTION, advance, code_shape, generation, strong_params, tree_bytes
 
 from evopes import checkpoint
 from evopes.checkpoint import (
@@ -20,15 +20,15 @@ from evopes.checkpoint import (
 @pytest.mark.parametrize("case", CASES, ids=CASE_IDS)
 def test_every_strategy_state_round_trips_exactly(case, tmp_path):
     es = case.make(SOLUTION, 8)
-    params = es.default_params
+    params = strong_params(es.default_params)
     step = generation(case, es)
-    # Four generations, the second with a NaN and an inf: the state carries all kinds of values.
-    codes = jnp.zeros((4,) + code_shape(case, es), jnp.int32).at[1, ..., :2].set(jnp.array([1, 2]))
-    state, (sound, _) = advance(step, init(es, jax.random.key(1), MEAN, params), jax.random.key(2), params, codes)
+    # Eight generations, the second with a NaN and an inf: the state carries all kinds of values.
+    codes = jnp.zeros((8,) + code_shape(case, es), jnp.int32).at[1, ..., :2].set(jnp.array([1, 2]))
+    state, (sound, _) = advance(step, es.init(jax.random.key(1), MEAN, params), jax.random.key(2), params, codes)
     assert bool(jnp.all(sound))
-    loop = {"state": state, "key": jax.random.split(jax.random.key(2), 3), "generation": 4, "losses": [0.5, 1.5]}
+    loop = {"state": state, "key": jax.random.split(jax.random.key(2), 3), "generation": 8, "losses": [0.5, 1.5]}
 
-    save_checkpoint(tmp_path, 4, loop)
+    save_checkpoint(tmp_path, 8, loop)
     # The template comes from jax.eval_shape: restoring needs no real state.
     shapes = jax.eval_shape(lambda: (loop["state"], loop["key"]))
     template = {"state": shapes[0], "key": shapes[1], "generation": 0, "losses": [0.0, 0.0]}
@@ -36,8 +36,8 @@ def test_every_strategy_state_round_trips_exactly(case, tmp_path):
 
     assert tree_bytes(restored) == tree_bytes(loop)
     assert jax.tree_util.tree_structure(restored) == jax.tree_util.tree_structure(loop)
-    assert type(restored["generation"]) is int and restored["generation"] == 4
-    # The restored state keeps working, and identically: four more generations match.
+    assert type(restored["generation"]) is int and restored["generation"] == 8
+    # The restored state keeps working, and identically: eight more generations match.
     key = jax.random.key(9)
     assert tree_bytes(advance(step, restored["state"], key, params, codes)) == tree_bytes(
         advance(step, state, key, params, codes)

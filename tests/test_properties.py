@@ -29,7 +29,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
-from strategy_zoo import CASE_IDS, CASES, MEAN, SOLUTION, advance, code_shape, generation, init
+from strategy_zoo import CASE_IDS, CASES, MEAN, SOLUTION, advance, code_shape, generation, strong_params
 
 NUM_GENERATIONS = 8
 
@@ -53,8 +53,7 @@ def _scalar_fields(params) -> list[str]:
 
 
 def _override(params, changes: dict):
-    current = {name: getattr(params, name) for name in changes}
-    return params.replace(**{name: jnp.asarray(v, jnp.asarray(current[name]).dtype) for name, v in changes.items()})
+    return strong_params(params, **changes)
 
 
 # -- values: hyperparameters and non-finite fitness / losses ---------------------------
@@ -152,10 +151,10 @@ def test_non_finite_values_are_counted_exactly():
     """With default hyperparameters nothing overflows, so the count is exact."""
     for case in CASES:
         es = case.make(SOLUTION, 8)
-        params = es.default_params
+        params = _override(es.default_params, {})
         shape = (NUM_GENERATIONS,) + code_shape(case, es)
-        codes = jax.random.choice(jax.random.key(0), jnp.array([0, 0, 0, 1, 2, 3]), shape)
-        state = init(es, jax.random.key(0), MEAN, params)
+        codes = jax.random.choice(jax.random.key(0), jnp.array([0, 0, 0, 1, 2, 3], jnp.int32), shape)
+        state = es.init(jax.random.key(0), MEAN, params)
         _, (sound, metrics) = advance(generation(case, es), state, jax.random.key(1), params, codes)
         assert bool(jnp.all(sound)), case.name
         expected = np.asarray((codes != 0).reshape(NUM_GENERATIONS, -1).sum(axis=1))
@@ -227,7 +226,7 @@ def test_any_solution_structure_traces_to_matching_pytrees(case):
 def test_wrong_inputs_raise_value_error(case):
     es = case.make(SOLUTION, 8)
     params = es.default_params
-    state = init(es, jax.random.key(0), MEAN, params)
+    state = es.init(jax.random.key(0), MEAN, params)
     population, asked = jax.eval_shape(es.ask, jax.random.key(1), state, params)
     population = jax.tree.map(lambda leaf: jnp.zeros(leaf.shape, leaf.dtype), population)
     window = code_shape(case, es)

@@ -13,10 +13,13 @@ from evopes.tasks.learned_optimizer import LearnedOptimizerTask
 
 
 def meta_train(task, theta, key, num_pairs, num_windows, learning_rate):
-    """NRES with W = 1: one ask / one inner step per particle / one tell per window."""
+    """NRES with W = 1: one ask / one inner step per particle / one tell per window.
+
+    The windows run inside one jitted ``lax.scan``.
+    """
     es = evopes.NRES(
-        population_size=2
-        * num_pairs,  # antithetic pairs: particle i runs theta + e_i, i + P runs theta - e_i
+        # Antithetic pairs: particle i runs theta + e_i, particle i + P runs theta - e_i.
+        population_size=2 * num_pairs,
         solution=theta,  # the learned optimizer's parameters (a pytree)
         truncation_length=1,  # W = 1: an update after every inner step
         horizon=task.horizon,  # T: a particle's training run restarts every T steps
@@ -27,19 +30,21 @@ def meta_train(task, theta, key, num_pairs, num_windows, learning_rate):
     init_key, loop_key = jax.random.split(key)
     state = es.init(init_key, theta, params)  # particles start at random times in [0, T)
 
-    @jax.jit
     def window(state, key):
         ask_key, unroll_key, tell_key = jax.random.split(key, 3)
         population, state = es.ask(ask_key, state, params)
         inner, losses, dones = evopes.unroll(  # partners share data batches (common random numbers)
             task.step, population, es.get_inner_state(state), unroll_key, es.truncation_length
         )
-        return es.tell(tell_key, population, losses, state, params, inner_state=inner, dones=dones)
+        state, metrics = es.tell(
+            tell_key, population, losses, state, params, inner_state=inner, dones=dones
+        )
+        return state, metrics["mean_loss"]
 
     # The first T windows are a burn-in (metrics["burn_in"]): estimates are not applied
     # until every particle has restarted from a genuine episode start.
-    for window_key in jax.random.split(loop_key, es.burn_in_windows + num_windows):
-        state, metrics = window(state, window_key)
+    keys = jax.random.split(loop_key, es.burn_in_windows + num_windows)
+    state, _ = jax.jit(lambda state, keys: jax.lax.scan(window, state, keys))(state, keys)
     return es.get_mean(state)
 
 

@@ -1,14 +1,28 @@
 """Population-based strategies: classic ES with the ask/tell contract."""
 
 from evopes.strategies.antithetic import AntitheticES, AntitheticParams, AntitheticState
+from evopes.strategies.cma_es import CMA_ES, CMAES, CMAESParams, CMAESState
 from evopes.strategies.full_es import FullES
 from evopes.strategies.open_es import Open_ES, OpenES
+from evopes.strategies.restarts import BIPOP, IPOP, RestartRecord, RestartResult
+from evopes.strategies.sep_cma_es import Sep_CMA_ES, SepCMAES, SepCMAESState
 
 __all__ = [
     "AntitheticES",
     "AntitheticParams",
     "AntitheticState",
+    "BIPOP",
+    "CMAES",
+    "CMAESParams",
+    "CMAESState",
+    "CMA_ES",
     "FullES",
+    "IPOP",
     "OpenES",
     "Open_ES",
+    "RestartRecord",
+    "RestartResult",
+    "SepCMAES",
+    "SepCMAESState",
+    "Sep_CMA_ES",
 ]

@@ -73,6 +73,11 @@ STOP_INDICATORS = (
     "stop_std_min",
 )
 
+#: Placeholder in the fitness history for generations without a finite fitness
+#: (or not run yet): the largest float32, so the state stays finite and the
+#: history's range stays huge until it is filled.
+UNKNOWN_FITNESS = float(np.finfo(np.float32).max)
+
 #: Absolute floor of eigenvalues and of squared norms, far above float32's
 #: smallest normal number (1.2e-38) so that reciprocals stay finite.
 TINY = 1e-30
@@ -240,7 +245,7 @@ class CMAESState(State):
       eigen_generation: generation counter at the last refresh of B, D.
       num_eigen_refreshes: how many eigendecompositions were computed.
       fitness_history: best finite fitness of recent generations (ring buffer
-        indexed by generation; +inf where unknown), for TolFun.
+        indexed by generation; ``UNKNOWN_FITNESS`` where unknown), for TolFun.
     """
 
     std: jax.Array
@@ -308,7 +313,7 @@ class CMAES(Strategy):
             D=jnp.ones(n, jnp.float32),
             eigen_generation=jnp.array(0, jnp.int32),
             num_eigen_refreshes=jnp.array(0, jnp.int32),
-            fitness_history=jnp.full(self.history_length, jnp.inf, jnp.float32),
+            fitness_history=jnp.full(self.history_length, UNKNOWN_FITNESS, jnp.float32),
         )
 
     def _ask(self, key: jax.Array, state: CMAESState, params: CMAESParams):
@@ -449,8 +454,8 @@ def eigendecomposition(C, min_eigenvalue_ratio):
 
 
 def record_best(history, fitness, generation_counter):
-    """Writes this generation's best finite fitness (or +inf) into the ring buffer."""
-    best = jnp.min(jnp.where(jnp.isfinite(fitness), fitness, jnp.inf))
+    """Writes this generation's best finite fitness (or UNKNOWN_FITNESS) into the ring buffer."""
+    best = jnp.min(jnp.where(jnp.isfinite(fitness), fitness, UNKNOWN_FITNESS))
     return history.at[generation_counter % history.shape[0]].set(best)
 
 
@@ -478,7 +483,8 @@ def termination_indicators(mean, std, p_c, variances, B, D, history, fitness, ge
     generation_range = jnp.max(jnp.where(finite, fitness, -jnp.inf)) - jnp.min(
         jnp.where(finite, fitness, jnp.inf)
     )
-    history_range = jnp.max(history) - jnp.min(history)  # +inf until the buffer is full
+    filled = jnp.all(history < UNKNOWN_FITNESS)
+    history_range = jnp.max(history) - jnp.min(history)
     generation_range = jnp.where(jnp.any(finite), generation_range, jnp.inf)
     fitness_range = jnp.maximum(history_range, generation_range)
 
@@ -499,7 +505,7 @@ def termination_indicators(mean, std, p_c, variances, B, D, history, fitness, ge
     stop_no_effect_coord = jnp.any(mean + 0.2 * stds == mean)
 
     stops = {
-        "stop_tol_fun": fitness_range < jnp.maximum(params.tol_fun, resolution),
+        "stop_tol_fun": filled & (fitness_range < jnp.maximum(params.tol_fun, resolution)),
         "stop_tol_x": stop_tol_x,
         "stop_tol_x_up": max_std > params.tol_x_up * params.std_init,
         "stop_condition": condition > params.tol_condition,

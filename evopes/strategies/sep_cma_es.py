@@ -34,6 +34,7 @@ from flax import struct
 from evopes.spec import PyTree, SolutionSpec
 from evopes.strategies.cma_es import (
     TINY,
+    UNKNOWN_FITNESS,
     CMAESParams,
     cma_constants,
     default_population_size,
@@ -125,7 +126,7 @@ class SepCMAES(Strategy):
             p_sigma=zero,
             p_c=zero,
             variances=jnp.ones(self.num_dims, jnp.float32),
-            fitness_history=jnp.full(self.history_length, jnp.inf, jnp.float32),
+            fitness_history=jnp.full(self.history_length, UNKNOWN_FITNESS, jnp.float32),
         )
 
     def _ask(self, key, state: SepCMAESState, params: CMAESParams):
