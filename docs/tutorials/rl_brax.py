@@ -100,8 +100,8 @@ class Evaluator:
         return float(jnp.mean(self._returns(theta, key)))
 
 
-def train_online(method: str, setting: Setting, task, theta, evaluate, key, unroll=None) -> dict:
-    """One online strategy, driven by the raw ask / unroll / tell loop."""
+def train_online(method: str, setting: Setting, task, theta, evaluate, key) -> dict:
+    """One online strategy: the raw ask / unroll / tell loop, one lax.scan between evaluations."""
     strategy = {"NRES": evopes.NRES, "PES": evopes.PES, "TES": evopes.TES}[method]
     es = strategy(
         population_size=2 * setting.num_pairs, solution=theta, truncation_length=setting.window,
@@ -109,25 +109,28 @@ def train_online(method: str, setting: Setting, task, theta, evaluate, key, unro
         optimizer=setting.optax_optimizer(method),
     )
     params = es.default_params.replace(std=jnp.float32(setting.std))
-    # One compiled window unroll serves every online method (same shapes, same step function).
-    unroll = unroll or jax.jit(evopes.unroll, static_argnums=(0, 4))
-    ask, tell = jax.jit(es.ask), jax.jit(es.tell)
-    steps_per_window = 2 * setting.num_pairs * setting.window
-    num_windows = setting.total_env_steps // steps_per_window
-    eval_every = max(1, num_windows // setting.num_evaluations)
 
+    def window(state, key):
+        ask_key, unroll_key, tell_key = jax.random.split(key, 3)
+        population, state = es.ask(ask_key, state, params)
+        # W steps of every particle; partners get the same keys (common random numbers).
+        inner, losses, dones = evopes.unroll(task.step, population, state.inner_state, unroll_key, setting.window)
+        state, metrics = es.tell(tell_key, population, losses, state, params, inner_state=inner, dones=dones)
+        return state, (metrics["total_steps"], metrics["sequential_steps"])
+
+    @jax.jit
+    def windows(state, keys):
+        state, (total, sequential) = jax.lax.scan(window, state, keys)
+        return state, total[-1], sequential[-1]
+
+    num_windows = setting.total_env_steps // (2 * setting.num_pairs * setting.window)
     init_key, loop_key, eval_key = jax.random.split(key, 3)
     state = jax.jit(es.init)(init_key, theta, params)
     curve = _Curve()
     curve.add(0, 0, evaluate(es.get_mean(state), eval_key))
-    for window, window_key in enumerate(jax.random.split(loop_key, num_windows), start=1):
-        ask_key, unroll_key, tell_key = jax.random.split(window_key, 3)
-        population, state = ask(ask_key, state, params)
-        inner, losses, dones = unroll(task.step, population, state.inner_state, unroll_key, setting.window)
-        state, metrics = tell(tell_key, population, losses, state, params, inner_state=inner, dones=dones)
-        if window % eval_every == 0 or window == num_windows:
-            curve.add(int(metrics["total_steps"]), int(metrics["sequential_steps"]),
-                      evaluate(es.get_mean(state), eval_key))
+    for keys in _chunks(loop_key, num_windows, setting.num_evaluations):
+        state, total, sequential = windows(state, keys)
+        curve.add(int(total), int(sequential), evaluate(es.get_mean(state), eval_key))
     return curve.asdict()
 
 
@@ -139,25 +142,32 @@ def train_full(setting: Setting, env, policy, theta, evaluate, key) -> dict:
     # Partners share their rollout's randomness (common random numbers), pairs differ.
     fitness = envs.EpisodicFitness(env, policy, num_steps=horizon, common_random_numbers="pairs")
 
-    @jax.jit
     def generation(state, key):
         ask_key, eval_key, tell_key = jax.random.split(key, 3)
         population, state = es.ask(ask_key, state, params)
         state, _ = es.tell(tell_key, population, fitness(population, eval_key) / horizon, state, params)
-        return state
+        return state, None
 
+    generations = jax.jit(lambda state, keys: jax.lax.scan(generation, state, keys)[0])
     steps_per_generation = 2 * num_pairs * horizon
     num_generations = setting.total_env_steps // steps_per_generation
-    eval_every = max(1, num_generations // setting.num_evaluations)
     init_key, loop_key, eval_key = jax.random.split(key, 3)
     state = jax.jit(es.init)(init_key, theta, params)
     curve = _Curve()
     curve.add(0, 0, evaluate(es.get_mean(state), eval_key))
-    for g, generation_key in enumerate(jax.random.split(loop_key, num_generations), start=1):
-        state = generation(state, generation_key)
-        if g % eval_every == 0 or g == num_generations:
-            curve.add(g * steps_per_generation, g * horizon, evaluate(es.get_mean(state), eval_key))
+    done = 0
+    for keys in _chunks(loop_key, num_generations, setting.num_evaluations):
+        state, done = generations(state, keys), done + len(keys)
+        curve.add(done * steps_per_generation, done * horizon, evaluate(es.get_mean(state), eval_key))
     return curve.asdict()
+
+
+def _chunks(key, num_updates: int, num_evaluations: int):
+    """Per-update keys, split into equal chunks (one compiled scan length) between evaluations."""
+    chunk = max(1, num_updates // num_evaluations)
+    keys = jax.random.split(key, num_updates)
+    for start in range(0, num_updates - chunk + 1, chunk):
+        yield keys[start : start + chunk]
 
 
 class _Curve:
@@ -178,9 +188,7 @@ def compare(setting: Setting, seed: int = 0, methods=("NRES", "PES", "TES", "Ful
     env = make_env(setting)
     policy, theta = make_policy(setting, env)
     evaluate = Evaluator(setting, env, policy)
-    # One task object for every online method, so that they share the compiled unroll.
     task = envs.OnlineRollout(env, policy, absorbing=setting.absorbing)
-    unroll = jax.jit(evopes.unroll, static_argnums=(0, 4))
     curves = {}
     for method in methods:
         start = time.perf_counter()
@@ -188,7 +196,7 @@ def compare(setting: Setting, seed: int = 0, methods=("NRES", "PES", "TES", "Ful
         if method == "FullES":
             curves[method] = train_full(setting, env, policy, theta, evaluate, key)
         else:
-            curves[method] = train_online(method, setting, task, theta, evaluate, key, unroll)
+            curves[method] = train_online(method, setting, task, theta, evaluate, key)
         curves[method]["wall_s"] = time.perf_counter() - start
         print(f"{method:7s} final return {curves[method]['returns'][-1]:9.2f}  "
               f"env steps {curves[method]['total_steps'][-1]:>10d}  "
