@@ -20,8 +20,11 @@ baseline, FullES (K = T, one whole run per member), is the last row.
 Settings: sigma = 0.3 and outer Adam for TES and PES (16 pairs), its
 learning rate decaying from 0.05 to 0.005 (cosine) over the run; FullES 8
 pairs, Adam from 0.3 to 0.03 (one update per T sequential steps, so larger
-steps). Every method gets the same number of sequential inner steps
-(``--quick``: fewer; see ``settings`` in the JSON). The meta-objective in the
+steps). Every method gets the same number of sequential inner steps after
+its burn-in (so K = 100 makes a tenth of K = 10's updates): 10,000 in the
+full run, with K = 10 and 100, FullES, and a 15 x 11 grid of two runs per
+point; ``--quick``: 3,000, K = 10 only, no FullES, a 9 x 6 grid of one run
+per point (see ``settings`` in the JSON). The meta-objective in the
 rows is measured at the final theta on ``EVAL_RUNS`` fresh runs with common
 random numbers.
 

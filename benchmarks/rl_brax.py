@@ -13,6 +13,7 @@ FullES's final return with fewer sequential steps.
 from __future__ import annotations
 
 import importlib.util
+import sys
 from pathlib import Path
 
 import matplotlib.pyplot as plt
@@ -28,6 +29,7 @@ COLORS = {"NRES": "C0", "PES": "C1", "TES": "C2", "FullES": "C3"}
 def load_tutorial():
     spec = importlib.util.spec_from_file_location("rl_brax_tutorial", TUTORIAL)
     module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up while it executes
     spec.loader.exec_module(module)
     return module
 

@@ -170,13 +170,14 @@ def _evosax_window(es, system):
 
 def _bare_window(system, population_size):
     def window(carry, key):
-        population, inner = carry
-        inner, _, _ = evopes.unroll(system.step, population, inner, key, WINDOW)
-        return population, inner
+        population, inner, total_loss = carry
+        inner, losses, _ = evopes.unroll(system.step, population, inner, key, WINDOW)
+        # The losses are used, as any loop would (else XLA drops their computation).
+        return population, inner, total_loss + jnp.mean(losses)
 
     def init(key):
         population = jnp.broadcast_to(system.mean(), (population_size, system.num_dims))
-        return population, _fresh(system, population_size)
+        return population, _fresh(system, population_size), jnp.float32(0)
 
     return init, window
 

@@ -178,7 +178,9 @@ def checkpoint_step(path: str | os.PathLike) -> int:
     """The step a checkpoint was saved at, read from its file name."""
     match = _PATTERN.match(Path(path).name)
     if match is None:
-        raise ValueError(f"path: expected a file named checkpoint_<step>.evopes, got {Path(path).name!r}")
+        raise ValueError(
+            f"path: expected a file named checkpoint_<step>.evopes, got {Path(path).name!r}"
+        )
     return int(match.group(1))
 
 
@@ -197,7 +199,9 @@ def _encode(tree: PyTree, step: int, metadata: dict) -> bytes:
     encoded = []
     for name, leaf in leaves:
         if isinstance(leaf, jax.ShapeDtypeStruct):
-            raise ValueError(f"target: leaf {name!r} is a ShapeDtypeStruct; expected a value to save")
+            raise ValueError(
+                f"target: leaf {name!r} is a ShapeDtypeStruct; expected a value to save"
+            )
         key_impl = None
         dtype_name = str(leaf.dtype if hasattr(leaf, "dtype") else np.asarray(leaf).dtype)
         if hasattr(leaf, "dtype") and _is_key_dtype(leaf.dtype):
@@ -228,7 +232,9 @@ def _encode(tree: PyTree, step: int, metadata: dict) -> bytes:
     try:
         return msgpack.packb(record, use_bin_type=True)
     except TypeError as error:
-        raise ValueError(f"metadata: expected JSON-like values only, got {metadata!r} ({error})") from None
+        raise ValueError(
+            f"metadata: expected JSON-like values only, got {metadata!r} ({error})"
+        ) from None
 
 
 def _read(path: Path) -> dict:
@@ -239,7 +245,9 @@ def _read(path: Path) -> dict:
     try:
         record = msgpack.unpackb(raw, raw=False, strict_map_key=False)
     except Exception as error:  # msgpack raises several types on damaged input
-        raise ValueError(f"checkpoint {path.name}: not a readable checkpoint file ({error})") from None
+        raise ValueError(
+            f"checkpoint {path.name}: not a readable checkpoint file ({error})"
+        ) from None
     if not isinstance(record, dict) or record.get("magic") != _MAGIC:
         raise ValueError(f"checkpoint {path.name}: not an evopes checkpoint (no {_MAGIC!r} tag)")
     if record.get("version") != FORMAT_VERSION:
@@ -259,7 +267,9 @@ def _decode_leaf(file_name: str, name: str, template: Any, leaf: dict) -> Any:
     template_dtype = getattr(template, "dtype", None)
     if template_dtype is None:  # a Python scalar
         template_dtype = np.asarray(template).dtype
-    template_shape = tuple(np.shape(template)) if not hasattr(template, "shape") else tuple(template.shape)
+    template_shape = (
+        tuple(np.shape(template)) if not hasattr(template, "shape") else tuple(template.shape)
+    )
     is_key = _is_key_dtype(template_dtype)
     if leaf["dtype"] != str(template_dtype) or is_key != (leaf["key_impl"] is not None):
         raise ValueError(

@@ -217,12 +217,17 @@ def run_loop(
             carry, (metrics, active) = _run_chunk(
                 step_fn, stop, chunk_size, carry, params, jnp.array(num_steps, jnp.int32)
             )
-            rows = _append(history, metrics, np.asarray(active), begin)
-            log.write(rows, log_every, last_step=_final_step(carry, num_steps))
-            bar.update(int(carry.step) - begin)
-            bar.set_postfix(_postfix(rows), refresh=False)
+            steps, values = _append(history, metrics, np.asarray(active), begin)
             finished = int(carry.step) >= num_steps or bool(carry.stopped)
-            due = checkpoint_every is None or int(carry.step) // checkpoint_every > last_saved // checkpoint_every
+            # Every log_every-th step, and the run's last step whatever its number.
+            logged = (steps % log_every == 0) | (finished & (steps == int(carry.step)))
+            log.write(_rows(steps, values, logged))
+            bar.update(int(carry.step) - begin)
+            bar.set_postfix(_postfix(_rows(steps, values, steps == int(carry.step))), refresh=False)
+            due = (
+                checkpoint_every is None
+                or int(carry.step) // checkpoint_every > last_saved // checkpoint_every
+            )
             if checkpoint_dir is not None and (due or finished):
                 _save(checkpoint_dir, carry, history, keep_checkpoints)
                 last_saved = int(carry.step)
@@ -341,29 +346,32 @@ def _scalar_metrics(metrics: Metrics) -> dict[str, Any]:
         dtype = leaf.dtype
         if len(leaf.shape) != 0 or jax.dtypes.issubdtype(dtype, jax.dtypes.prng_key):
             continue
-        name = "/".join(str(getattr(k, "key", getattr(k, "name", getattr(k, "idx", k)))) for k in path)
+        name = "/".join(
+            str(getattr(k, "key", getattr(k, "name", getattr(k, "idx", k)))) for k in path
+        )
         scalars[name] = leaf
     return scalars
 
 
-def _append(history: dict, metrics: dict, active: np.ndarray, begin: int) -> list[dict]:
-    """Adds the chunk's active rows to ``history``; returns them as dicts for logging."""
+def _append(
+    history: dict, metrics: dict, active: np.ndarray, begin: int
+) -> tuple[np.ndarray, dict]:
+    """Adds the chunk's active steps to ``history``; returns their step numbers and values."""
     count = int(active.sum())  # active steps are a prefix of the chunk
-    for name, values in metrics.items():
-        history[name] = np.concatenate([history[name], np.asarray(values)[:count]])
+    values = {name: np.asarray(chunk_values)[:count] for name, chunk_values in metrics.items()}
     steps = np.arange(begin + 1, begin + count + 1)
+    for name, chunk_values in values.items():
+        history[name] = np.concatenate([history[name], chunk_values])
     history["step"] = np.concatenate([history["step"], steps])
+    return steps, values
+
+
+def _rows(steps: np.ndarray, values: dict, selected: np.ndarray) -> list[dict]:
+    """The selected steps as dicts of Python numbers, for logs and the progress bar."""
     return [
-        {"step": int(step), **{name: np.asarray(values)[i].item() for name, values in metrics.items()}}
-        for i, step in enumerate(steps)
+        {"step": int(steps[i]), **{name: column[i].item() for name, column in values.items()}}
+        for i in np.flatnonzero(selected)
     ]
-
-
-def _final_step(carry: _Carry, num_steps: int) -> int | None:
-    """The step number to log unconditionally (the run's last), if this chunk ends the run."""
-    if int(carry.step) >= num_steps or bool(carry.stopped):
-        return int(carry.step)
-    return None
 
 
 def _save(directory, carry: _Carry, history: dict, keep: int) -> None:
@@ -413,7 +421,9 @@ class _MetricsLog:
             try:
                 from tensorboardX import SummaryWriter
             except ImportError:
-                raise ImportError("tensorboard_dir needs the tensorboardX package: pip install tensorboardX") from None
+                raise ImportError(
+                    "tensorboard_dir needs the tensorboardX package: pip install tensorboardX"
+                ) from None
             # purge_step drops events the interrupted run wrote after the checkpoint.
             self.tensorboard = SummaryWriter(str(tensorboard_dir), purge_step=resume_step + 1)
 
@@ -446,8 +456,7 @@ class _MetricsLog:
         else:
             self.file.writelines(json.dumps(row) + "\n" for row in rows)
 
-    def write(self, rows: list[dict], every: int, last_step: int | None) -> None:
-        rows = [row for row in rows if row["step"] % every == 0 or row["step"] == last_step]
+    def write(self, rows: list[dict]) -> None:
         if not rows:
             return
         if self.file is not None:
@@ -485,7 +494,11 @@ def _postfix(rows: list[dict]) -> dict:
         return {}
     last = rows[-1]
     shown = ("best_fitness", "mean_loss", "mean_fitness", "num_nonfinite")
-    return {name: f"{last[name]:.4g}" for name in shown if name in last and isinstance(last[name], float | int)}
+    return {
+        name: f"{last[name]:.4g}"
+        for name in shown
+        if name in last and isinstance(last[name], float | int)
+    }
 
 
 def _strong_types(tree: PyTree) -> PyTree:
@@ -497,4 +510,3 @@ def _strong_types(tree: PyTree) -> PyTree:
 def _check_int(name: str, value, minimum: int) -> None:
     if isinstance(value, bool) or not isinstance(value, int | np.integer) or value < minimum:
         raise ValueError(f"{name}: expected an integer >= {minimum}, got {value!r}")
-

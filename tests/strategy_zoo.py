@@ -25,8 +25,16 @@ from evopes.strategies.open_es import OpenES
 
 #: A three-leaf solution (8 numbers) with float32, bfloat16 and float16 leaves, one of
 #: them a scalar, so that flattening and mixed precision are exercised everywhere.
-SOLUTION = {"w": jnp.zeros((2, 2)), "b": jnp.zeros(3, jnp.bfloat16), "h": jnp.zeros((), jnp.float16)}
-MEAN = {"w": jnp.full((2, 2), 0.5), "b": jnp.full(3, -0.5, jnp.bfloat16), "h": jnp.array(0.25, jnp.float16)}
+SOLUTION = {
+    "w": jnp.zeros((2, 2)),
+    "b": jnp.zeros(3, jnp.bfloat16),
+    "h": jnp.zeros((), jnp.float16),
+}
+MEAN = {
+    "w": jnp.full((2, 2), 0.5),
+    "b": jnp.full(3, -0.5, jnp.bfloat16),
+    "h": jnp.array(0.25, jnp.float16),
+}
 
 WINDOW = 2  # truncation length of the online cases
 HORIZON = 8
@@ -36,7 +44,10 @@ def sphere(population, key):
     """f(x) = sum_i x_i^2 for every member of a population pytree."""
     del key
     leaves = jax.tree_util.tree_leaves(population)
-    return sum(jnp.sum(jnp.reshape(leaf, (leaf.shape[0], -1)).astype(jnp.float32) ** 2, axis=1) for leaf in leaves)
+    return sum(
+        jnp.sum(jnp.reshape(leaf, (leaf.shape[0], -1)).astype(jnp.float32) ** 2, axis=1)
+        for leaf in leaves
+    )
 
 
 def init_inner(key):
@@ -47,7 +58,9 @@ def init_inner(key):
 
 def walk_step(inner, theta, key):
     """The inner position drifts by theta's leaf means plus shared noise; loss = distance to 1."""
-    drift = jnp.stack([jnp.mean(leaf).astype(jnp.float32) for leaf in jax.tree_util.tree_leaves(theta)])
+    drift = jnp.stack(
+        [jnp.mean(leaf).astype(jnp.float32) for leaf in jax.tree_util.tree_leaves(theta)]
+    )
     drift = jnp.resize(drift, inner["position"].shape)
     position = 0.9 * inner["position"] + drift + 0.01 * jax.random.normal(key, (3,))
     loss = jnp.sum((position - 1.0) ** 2)
@@ -139,7 +152,9 @@ class OnlineWindow:
             self.step_fn, population, state.inner_state, unroll_key, self.es.truncation_length
         )
         losses = inject(losses, codes)
-        return self.es.tell(tell_key, population, losses, state, params, inner_state=inner, dones=dones)
+        return self.es.tell(
+            tell_key, population, losses, state, params, inner_state=inner, dones=dones
+        )
 
 
 def generation(case: Case, es) -> Callable:
@@ -163,7 +178,9 @@ def state_is_sound(state) -> jax.Array:
     checks = [jnp.array(True)]
     for path, leaf in jax.tree_util.tree_flatten_with_path(state)[0]:
         name = jax.tree_util.keystr(path)
-        if not jnp.issubdtype(leaf.dtype, jnp.inexact) or any(owned in name for owned in USER_OWNED):
+        if not jnp.issubdtype(leaf.dtype, jnp.inexact) or any(
+            owned in name for owned in USER_OWNED
+        ):
             continue
         if any(allowed in name for allowed in MAY_BE_INFINITE):
             checks.append(~jnp.any(jnp.isnan(leaf)))
@@ -179,7 +196,9 @@ def strong_params(params, **changes):
     call of :func:`advance` the same signature, hence a single compilation.
     """
     strong = jax.tree.map(lambda leaf: jnp.asarray(leaf, jnp.asarray(leaf).dtype), params)
-    return strong.replace(**{name: jnp.asarray(v, getattr(strong, name).dtype) for name, v in changes.items()})
+    return strong.replace(
+        **{name: jnp.asarray(v, getattr(strong, name).dtype) for name, v in changes.items()}
+    )
 
 
 def advance(step, state, key, params, codes):
@@ -201,7 +220,9 @@ def _advance(step, state, key, params, codes):
         state, metrics = step(state, jax.random.fold_in(key, index), params, generation_codes)
         # The mean as the user sees it, in the leaves' dtypes, must be finite too.
         user_mean = jax.tree_util.tree_leaves(step.es.get_mean(state))
-        sound = state_is_sound(state) & jnp.all(jnp.stack([jnp.all(jnp.isfinite(leaf)) for leaf in user_mean]))
+        sound = state_is_sound(state) & jnp.all(
+            jnp.stack([jnp.all(jnp.isfinite(leaf)) for leaf in user_mean])
+        )
         return state, (sound, metrics)
 
     return jax.lax.scan(body, state, (jnp.arange(codes.shape[0]), codes))

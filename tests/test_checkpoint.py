@@ -5,7 +5,17 @@ import jax.numpy as jnp
 import msgpack
 import numpy as np
 import pytest
-from strategy_zoo import CASE_IDS, CASES, MEAN, SOLUTION, advance, code_shape, generation, strong_params, tree_bytes
+from strategy_zoo import (
+    CASE_IDS,
+    CASES,
+    MEAN,
+    SOLUTION,
+    advance,
+    code_shape,
+    generation,
+    strong_params,
+    tree_bytes,
+)
 
 from evopes import checkpoint
 from evopes.checkpoint import (
@@ -24,9 +34,16 @@ def test_every_strategy_state_round_trips_exactly(case, tmp_path):
     step = generation(case, es)
     # Eight generations, the second with a NaN and an inf: the state carries all kinds of values.
     codes = jnp.zeros((8,) + code_shape(case, es), jnp.int32).at[1, ..., :2].set(jnp.array([1, 2]))
-    state, (sound, _) = advance(step, es.init(jax.random.key(1), MEAN, params), jax.random.key(2), params, codes)
+    state, (sound, _) = advance(
+        step, es.init(jax.random.key(1), MEAN, params), jax.random.key(2), params, codes
+    )
     assert bool(jnp.all(sound))
-    loop = {"state": state, "key": jax.random.split(jax.random.key(2), 3), "generation": 8, "losses": [0.5, 1.5]}
+    loop = {
+        "state": state,
+        "key": jax.random.split(jax.random.key(2), 3),
+        "generation": 8,
+        "losses": [0.5, 1.5],
+    }
 
     save_checkpoint(tmp_path, 8, loop)
     # The template comes from jax.eval_shape: restoring needs no real state.
@@ -90,7 +107,9 @@ def test_restore_reports_mismatches_by_leaf(tmp_path):
     with pytest.raises(ValueError, match="target has 2 leaves"):
         restore_checkpoint(tmp_path, {"mean": jnp.zeros(3), "key": jax.random.key(0)})
     with pytest.raises(ValueError, match=r"expected leaf \"\['avg'\]\", found \"\['counter'\]\""):
-        restore_checkpoint(tmp_path, {"mean": jnp.zeros(3), "avg": jnp.array(0, jnp.int32), "key": tree["key"]})
+        restore_checkpoint(
+            tmp_path, {"mean": jnp.zeros(3), "avg": jnp.array(0, jnp.int32), "key": tree["key"]}
+        )
 
 
 def test_format_version_and_damage_are_detected(tmp_path):
@@ -98,7 +117,9 @@ def test_format_version_and_damage_are_detected(tmp_path):
     record = msgpack.unpackb(path.read_bytes())
     record["version"] = checkpoint.FORMAT_VERSION + 1
     path.write_bytes(msgpack.packb(record, use_bin_type=True))
-    with pytest.raises(ValueError, match=f"expected format version {checkpoint.FORMAT_VERSION}, got"):
+    with pytest.raises(
+        ValueError, match=f"expected format version {checkpoint.FORMAT_VERSION}, got"
+    ):
         restore_checkpoint(path, {"x": jnp.zeros(4)})
 
     path = save_checkpoint(tmp_path, 2, {"x": jnp.arange(4.0)})
@@ -119,12 +140,18 @@ def test_format_version_and_damage_are_detected(tmp_path):
 
 def test_keep_last_n_and_metadata(tmp_path):
     for step in (10, 2, 30, 4, 50):  # saved out of order: pruning goes by step, not by time
-        save_checkpoint(tmp_path, step, {"step": jnp.array(step)}, keep=2, metadata={"note": f"s{step}"})
+        save_checkpoint(
+            tmp_path, step, {"step": jnp.array(step)}, keep=2, metadata={"note": f"s{step}"}
+        )
     assert [p.name for p in all_checkpoints(tmp_path)] == [
         "checkpoint_000000000030.evopes",
         "checkpoint_000000000050.evopes",
     ]
-    assert checkpoint_metadata(tmp_path) == {"step": 50, "format_version": checkpoint.FORMAT_VERSION, "note": "s50"}
+    assert checkpoint_metadata(tmp_path) == {
+        "step": 50,
+        "format_version": checkpoint.FORMAT_VERSION,
+        "note": "s50",
+    }
     assert int(restore_checkpoint(tmp_path, {"step": jnp.array(0)})["step"]) == 50
     with pytest.raises(ValueError, match="keep: expected an integer >= 1"):
         save_checkpoint(tmp_path, 60, {"a": 1}, keep=0)
@@ -147,8 +174,12 @@ def test_failed_write_leaves_previous_checkpoint_intact(tmp_path, monkeypatch):
     # The half-finished write is invisible: latest is still step 1 and restores.
     assert latest_checkpoint(tmp_path).name == "checkpoint_000000000001.evopes"
     assert len(list(tmp_path.glob(".tmp-*"))) == 1
-    np.testing.assert_array_equal(restore_checkpoint(tmp_path, {"x": jnp.zeros(3)})["x"], np.ones(3))
+    np.testing.assert_array_equal(
+        restore_checkpoint(tmp_path, {"x": jnp.zeros(3)})["x"], np.ones(3)
+    )
     # The next save cleans the left-over temporary file.
     save_checkpoint(tmp_path, 3, {"x": 3 * jnp.ones(3)})
     assert not list(tmp_path.glob(".tmp-*"))
-    np.testing.assert_array_equal(restore_checkpoint(tmp_path, {"x": jnp.zeros(3)})["x"], 3 * np.ones(3))
+    np.testing.assert_array_equal(
+        restore_checkpoint(tmp_path, {"x": jnp.zeros(3)})["x"], 3 * np.ones(3)
+    )

@@ -67,11 +67,24 @@ WORKER = textwrap.dedent(
 
 def _start(directory: Path, output: Path, slow_commit: bool) -> subprocess.Popen:
     cache = output.parent / "compilation_cache"
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(REPO_ROOT), os.environ.get("PYTHONPATH", "")]))
+    env = dict(
+        os.environ, PYTHONPATH=os.pathsep.join([str(REPO_ROOT), os.environ.get("PYTHONPATH", "")])
+    )
     env.setdefault("JAX_PLATFORMS", "cpu")
     return subprocess.Popen(
-        [sys.executable, "-c", WORKER, str(directory), str(output), "slow" if slow_commit else "fast", str(cache)],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
+        [
+            sys.executable,
+            "-c",
+            WORKER,
+            str(directory),
+            str(output),
+            "slow" if slow_commit else "fast",
+            str(cache),
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
     )
 
 

@@ -20,9 +20,10 @@ import pytest
 
 TESTS = Path(__file__).resolve().parent
 ROOT = TESTS.parent
-#: Seconds for both workers: JAX start-up, the coordinator handshake and four
-#: small compilations each take a few seconds on an idle 2-core machine.
-TIMEOUT = 240
+#: Seconds for both workers: JAX start-up, the coordinator handshake and eight
+#: small compilations take about 20 s of CPU each; generous because a loaded
+#: machine stretches wall time, but bounded so a hung collective fails.
+TIMEOUT = 600
 
 
 def free_port() -> int:

@@ -480,3 +480,22 @@ def test_configuration_errors_name_the_argument():
         tell(jnp.zeros((2, 4)), inner_state=jnp.zeros(3))
     with pytest.raises(ValueError, match="dones"):
         tell(jnp.zeros((2, 4)), inner_state=state.inner_state, dones=jnp.zeros((2, 2), bool))
+
+
+# -- memory ------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("cls", [evopes.NRES, evopes.TES, evopes.PES])
+def test_state_memory_nres_and_tes_hold_no_perturbations(cls):
+    """NRES and TES keep O(P) numbers beyond the mean; PES adds its (2P, d) accumulator."""
+    d, pairs = 1000, 4
+    es = make(cls, 2, 4, pairs=pairs, dims=d)
+    shapes = jax.eval_shape(es.init, jax.random.key(0), jnp.zeros(d), es.default_params)
+    sizes = {
+        jax.tree_util.keystr(path): np.prod(leaf.shape)
+        for path, leaf in jax.tree_util.tree_flatten_with_path(shapes)[0]
+    }
+    per_particle = {name: size for name, size in sizes.items() if name not in (".mean", ".inner_state")}
+    big = {name for name, size in per_particle.items() if size >= d}
+    assert big == ({".accumulator"} if cls is evopes.PES else set()), sizes
+    assert max(size for name, size in per_particle.items() if name not in big) <= 4 * pairs

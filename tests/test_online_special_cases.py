@@ -71,11 +71,12 @@ def test_gpes_with_period_w_is_pes():
     assert np.all(np.abs(pes[0]).sum(axis=1) > 0)
 
 
-@pytest.mark.parametrize("noise_period", [T, 2 * T])
-def test_gpes_with_period_at_least_t_is_nres(noise_period):
+def test_gpes_with_period_at_least_t_is_nres():
+    """K = 2T: the age trigger never fires before the episode restarts (K = T would
+    fire exactly at the episode start, where NRES redraws anyway)."""
     params = evopes.OnlineParams(std=0.1)
     nres = train(strategies(evopes.NRES), jax.random.key(1), params)
-    gpes = train(strategies(evopes.GPES, noise_period=noise_period), jax.random.key(1), params)
+    gpes = train(strategies(evopes.GPES, noise_period=2 * T), jax.random.key(1), params)
     # Equal up to float32 rounding: GPES adds its (all-zero) accumulator term, which
     # XLA may fuse with the main sum in a different order.
     np.testing.assert_allclose(gpes[0], nres[0], rtol=1e-6, atol=1e-6)

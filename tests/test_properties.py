@@ -29,7 +29,16 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
-from strategy_zoo import CASE_IDS, CASES, MEAN, SOLUTION, advance, code_shape, generation, strong_params
+from strategy_zoo import (
+    CASE_IDS,
+    CASES,
+    MEAN,
+    SOLUTION,
+    advance,
+    code_shape,
+    generation,
+    strong_params,
+)
 
 NUM_GENERATIONS = 8
 
@@ -45,7 +54,20 @@ def _settings(max_examples: int):
 
 
 #: Hyperparameter values tried: signs, zero, tiny, huge and non-finite.
-VALUES = [0.0, -1.0, 1e-30, 1e-3, 0.5, 1.0, 2.0, 1e3, 1e30, float("nan"), float("inf"), float("-inf")]
+VALUES = [
+    0.0,
+    -1.0,
+    1e-30,
+    1e-3,
+    0.5,
+    1.0,
+    2.0,
+    1e3,
+    1e30,
+    float("nan"),
+    float("inf"),
+    float("-inf"),
+]
 
 
 def _scalar_fields(params) -> list[str]:
@@ -63,7 +85,11 @@ def _override(params, changes: dict):
 EXTREMES = (1e-30, 1e-3, 1e3, 1e30)
 ONLINE = ("TES", "PES", "GPES", "NRES")
 KNOWN_UNSOUND = {
-    **{(name, field): EXTREMES for name in ("OpenES", "FullES") for field in ("std_init", "std_decay", "weight_decay")},
+    **{
+        (name, field): EXTREMES
+        for name in ("OpenES", "FullES")
+        for field in ("std_init", "std_decay", "weight_decay")
+    },
     **{(name, "std"): (1e-30,) for name in ONLINE},
 }
 KNOWN_UNSOUND_EXAMPLES = [
@@ -80,10 +106,14 @@ def _changes(case, fields):
     """Up to three hyperparameters set to values from VALUES (minus known problems)."""
 
     def values(field):
-        return st.sampled_from([v for v in VALUES if v not in KNOWN_UNSOUND.get((case.name, field), ())])
+        return st.sampled_from(
+            [v for v in VALUES if v not in KNOWN_UNSOUND.get((case.name, field), ())]
+        )
 
     names = st.lists(st.sampled_from(fields), max_size=3, unique=True)
-    return names.flatmap(lambda chosen: st.fixed_dictionaries({name: values(name) for name in chosen}))
+    return names.flatmap(
+        lambda chosen: st.fixed_dictionaries({name: values(name) for name in chosen})
+    )
 
 
 @pytest.mark.parametrize("case", CASES, ids=CASE_IDS)
@@ -106,11 +136,17 @@ def test_hyperparameters_and_nonfinite_values_keep_the_state_sound(case):
         except ValueError as error:
             assert any(f"params.{name}" in str(error) for name in changes), str(error)
             return
-        state, (sound, metrics) = advance(step, state, jax.random.key(seed + 1), params, jnp.asarray(codes))
+        state, (sound, metrics) = advance(
+            step, state, jax.random.key(seed + 1), params, jnp.asarray(codes)
+        )
         first_bad = int(np.argmin(np.asarray(sound))) if not np.all(sound) else None
-        assert first_bad is None, f"unsound state after generation {first_bad + 1} with params {changes}"
+        assert first_bad is None, (
+            f"unsound state after generation {first_bad + 1} with params {changes}"
+        )
         injected = (codes != 0).reshape(NUM_GENERATIONS, -1).sum(axis=1)
-        assert np.all(np.asarray(metrics["num_nonfinite"]) >= injected)  # every injected value is counted
+        assert np.all(
+            np.asarray(metrics["num_nonfinite"]) >= injected
+        )  # every injected value is counted
 
     check()
 
@@ -122,7 +158,9 @@ def _first_unsound_generation(case, changes: dict, num_generations: int) -> int 
     state = es.init(jax.random.key(0), MEAN, params)
     codes = jnp.zeros((NUM_GENERATIONS,) + code_shape(case, es), jnp.int32)
     for block in range(num_generations // NUM_GENERATIONS):
-        state, (sound, _) = advance(generation(case, es), state, jax.random.key(block), params, codes)
+        state, (sound, _) = advance(
+            generation(case, es), state, jax.random.key(block), params, codes
+        )
         if not np.all(sound):
             return block * NUM_GENERATIONS + int(np.argmin(np.asarray(sound))) + 1
     return None
@@ -133,7 +171,9 @@ CASE_BY_NAME = {case.name: case for case in CASES}
 
 @pytest.mark.xfail(strict=True, reason="known problem, see docs/reliability.md")
 @pytest.mark.parametrize(
-    ("name", "changes"), KNOWN_UNSOUND_EXAMPLES, ids=[f"{n}-{next(iter(c))}" for n, c in KNOWN_UNSOUND_EXAMPLES]
+    ("name", "changes"),
+    KNOWN_UNSOUND_EXAMPLES,
+    ids=[f"{n}-{next(iter(c))}" for n, c in KNOWN_UNSOUND_EXAMPLES],
 )
 def test_known_unsound_hyperparameters(name, changes):
     assert _first_unsound_generation(CASE_BY_NAME[name], changes, 2 * NUM_GENERATIONS) is None
@@ -153,12 +193,16 @@ def test_non_finite_values_are_counted_exactly():
         es = case.make(SOLUTION, 8)
         params = _override(es.default_params, {})
         shape = (NUM_GENERATIONS,) + code_shape(case, es)
-        codes = jax.random.choice(jax.random.key(0), jnp.array([0, 0, 0, 1, 2, 3], jnp.int32), shape)
+        codes = jax.random.choice(
+            jax.random.key(0), jnp.array([0, 0, 0, 1, 2, 3], jnp.int32), shape
+        )
         state = es.init(jax.random.key(0), MEAN, params)
         _, (sound, metrics) = advance(generation(case, es), state, jax.random.key(1), params, codes)
         assert bool(jnp.all(sound)), case.name
         expected = np.asarray((codes != 0).reshape(NUM_GENERATIONS, -1).sum(axis=1))
-        np.testing.assert_array_equal(np.asarray(metrics["num_nonfinite"]), expected, err_msg=case.name)
+        np.testing.assert_array_equal(
+            np.asarray(metrics["num_nonfinite"]), expected, err_msg=case.name
+        )
 
 
 # -- structures, shapes and dtypes of the solution -------------------------------------
@@ -169,7 +213,11 @@ LEAF_DTYPES = [jnp.float32, jnp.bfloat16, jnp.float16, jnp.int32]
 @st.composite
 def solution_templates(draw):
     leaves = draw(
-        st.lists(st.tuples(st.sampled_from(LEAF_SHAPES), st.sampled_from(LEAF_DTYPES)), min_size=1, max_size=3)
+        st.lists(
+            st.tuples(st.sampled_from(LEAF_SHAPES), st.sampled_from(LEAF_DTYPES)),
+            min_size=1,
+            max_size=3,
+        )
     )
     arrays = [jnp.zeros(shape, dtype) for shape, dtype in leaves]
     container = draw(st.sampled_from(["dict", "tuple", "list", "nested"]))
@@ -206,17 +254,25 @@ def test_any_solution_structure_traces_to_matching_pytrees(case):
         def run():
             state = es.init(jax.random.key(0), mean, params)
             population, _ = es.ask(jax.random.key(1), state, params)
-            state, (sound, _) = advance(generation(case, es), state, jax.random.key(2), params, codes)
+            state, (sound, _) = advance(
+                generation(case, es), state, jax.random.key(2), params, codes
+            )
             return population, es.get_mean(state), sound
 
         population, got, _ = jax.eval_shape(run)
         # Pytrees out, with the template's structure, shapes and (floating) dtypes.
-        floating = lambda leaf: leaf.dtype if jnp.issubdtype(leaf.dtype, jnp.floating) else jnp.float32
+        floating = lambda leaf: (
+            leaf.dtype if jnp.issubdtype(leaf.dtype, jnp.floating) else jnp.float32
+        )
         assert jax.tree_util.tree_structure(got) == jax.tree_util.tree_structure(template)
         for leaf, reference in zip(jax.tree.leaves(got), jax.tree.leaves(template), strict=True):
             assert leaf.shape == reference.shape and leaf.dtype == floating(reference)
-        for leaf, reference in zip(jax.tree.leaves(population), jax.tree.leaves(template), strict=True):
-            assert leaf.shape == (population_size,) + reference.shape and leaf.dtype == floating(reference)
+        for leaf, reference in zip(
+            jax.tree.leaves(population), jax.tree.leaves(template), strict=True
+        ):
+            assert leaf.shape == (population_size,) + reference.shape and leaf.dtype == floating(
+                reference
+            )
 
     check()
 
@@ -240,14 +296,23 @@ def test_wrong_inputs_raise_value_error(case):
         if "dones" in arguments:
             extra["dones"] = arguments["dones"]
         return jax.eval_shape(
-            lambda: es.tell(jax.random.key(2), arguments["population"], arguments["values"], state, params, **extra)
+            lambda: es.tell(
+                jax.random.key(2),
+                arguments["population"],
+                arguments["values"],
+                state,
+                params,
+                **extra,
+            )
         )
 
     values_name = "losses" if case.online else "fitness"
 
     @_settings(max_examples=15)
     @given(
-        corruption=st.sampled_from(["values_shape", "values_dtype", "population", "mean", "leaf_shape", "inner"]),
+        corruption=st.sampled_from(
+            ["values_shape", "values_dtype", "population", "mean", "leaf_shape", "inner"]
+        ),
         shape=hnp.array_shapes(min_dims=0, max_dims=3, max_side=9),
     )
     def check(corruption, shape):

@@ -2,7 +2,9 @@
 
 import csv
 import json
+import re
 import struct as binary
+from pathlib import Path
 
 import jax
 import jax.numpy as jnp
@@ -27,7 +29,9 @@ def _run(case, es, num_steps, directory, log_name, **options):
         **options,
     )
     if case.online:
-        return evopes.run_online(es, MEAN, jax.random.key(3), num_steps, step_fn=walk_step, **common)
+        return evopes.run_online(
+            es, MEAN, jax.random.key(3), num_steps, step_fn=walk_step, **common
+        )
     return evopes.run(es, sphere, MEAN, jax.random.key(3), num_steps, **common)
 
 
@@ -37,7 +41,9 @@ def _same_history(a, b):
         assert a[name].dtype == b[name].dtype and a[name].tobytes() == b[name].tobytes(), name
 
 
-@pytest.mark.parametrize(("case", "log_name"), [(CMAES_CASE, "log.jsonl"), (PES_CASE, "log.csv")], ids=["CMAES", "PES"])
+@pytest.mark.parametrize(
+    ("case", "log_name"), [(CMAES_CASE, "log.jsonl"), (PES_CASE, "log.csv")], ids=["CMAES", "PES"]
+)
 def test_resumed_run_is_bit_identical(case, log_name, tmp_path):
     es = case.make(SOLUTION, 8)
     reference = _run(case, es, 40, tmp_path / "reference", log_name)
@@ -68,7 +74,16 @@ def test_cma_termination_stops_the_run_independently_of_chunk_size(tmp_path):
     # A loose TolFun so that the sphere triggers it within a few dozen generations.
     params = es.default_params.replace(tol_fun=jnp.float32(1e-3))
     results = [
-        evopes.run(es, sphere, MEAN, jax.random.key(3), 500, params=params, chunk_size=chunk, progress=False)
+        evopes.run(
+            es,
+            sphere,
+            MEAN,
+            jax.random.key(3),
+            500,
+            params=params,
+            chunk_size=chunk,
+            progress=False,
+        )
         for chunk in (CHUNK, 5)
     ]
     terminate = results[0].history["terminate"]
@@ -82,7 +97,13 @@ def test_cma_termination_stops_the_run_independently_of_chunk_size(tmp_path):
 def test_user_predicate_stops_at_the_first_step_it_holds(tmp_path):
     es = CMAES_CASE.make(SOLUTION, 8)
     result = evopes.run(
-        es, sphere, MEAN, jax.random.key(3), 500, chunk_size=CHUNK, progress=False,
+        es,
+        sphere,
+        MEAN,
+        jax.random.key(3),
+        500,
+        chunk_size=CHUNK,
+        progress=False,
         stop_when=lambda metrics: metrics["best_fitness"] < 1e-2,
     )
     best = result.history["best_fitness"]
@@ -94,15 +115,27 @@ def test_user_predicate_stops_at_the_first_step_it_holds(tmp_path):
 def _count(state, key, params):
     del key
     state = state + params
-    metrics = {"value": state, "nested": {"half": state / 2}, "vector": jnp.ones(3), "terminate": state >= 1000}
+    metrics = {
+        "value": state,
+        "nested": {"half": state / 2},
+        "vector": jnp.ones(3),
+        "terminate": state >= 1000,
+    }
     return state, metrics
 
 
 def test_logs_every_n_steps_in_csv_and_jsonl(tmp_path):
     for name in ("log.csv", "log.jsonl"):
         result = evopes.run_loop(
-            _count, jnp.array(0.0), jax.random.key(0), 23, params=jnp.array(1.0), chunk_size=CHUNK,
-            log_path=tmp_path / name, log_every=5, progress=False,
+            _count,
+            jnp.array(0.0),
+            jax.random.key(0),
+            23,
+            params=jnp.array(1.0),
+            chunk_size=CHUNK,
+            log_path=tmp_path / name,
+            log_every=5,
+            progress=False,
         )
         text = (tmp_path / name).read_text()
         if name.endswith(".csv"):
@@ -120,7 +153,9 @@ def test_termination_metric_can_be_ignored():
     common = dict(params=jnp.array(400.0), chunk_size=CHUNK, progress=False)
     stopped = evopes.run_loop(_count, jnp.array(0.0), jax.random.key(0), 10, **common)
     assert float(stopped.state) == 1200.0 and len(stopped.history["step"]) == 3
-    ignored = evopes.run_loop(_count, jnp.array(0.0), jax.random.key(0), 10, stop_on_termination=False, **common)
+    ignored = evopes.run_loop(
+        _count, jnp.array(0.0), jax.random.key(0), 10, stop_on_termination=False, **common
+    )
     assert float(ignored.state) == 4000.0 and len(ignored.history["step"]) == 10
 
 
@@ -129,8 +164,15 @@ def test_tensorboard_scalars(tmp_path):
     from tensorboardX.proto import event_pb2
 
     evopes.run_loop(
-        _count, jnp.array(0.0), jax.random.key(0), 6, params=jnp.array(1.0), chunk_size=4,
-        tensorboard_dir=tmp_path, log_every=2, progress=False,
+        _count,
+        jnp.array(0.0),
+        jax.random.key(0),
+        6,
+        params=jnp.array(1.0),
+        chunk_size=4,
+        tensorboard_dir=tmp_path,
+        log_every=2,
+        progress=False,
     )
     events = []
     for path in tmp_path.glob("events.out.tfevents.*"):
@@ -149,11 +191,27 @@ def test_tensorboard_scalars(tmp_path):
 def test_resume_refuses_foreign_checkpoints(tmp_path):
     evopes.save_checkpoint(tmp_path, 3, {"x": jnp.zeros(2)})
     with pytest.raises(ValueError, match="was not written by evopes.run"):
-        evopes.run_loop(_count, jnp.array(0.0), jax.random.key(0), 5, params=jnp.array(1.0),
-                        checkpoint_dir=tmp_path, progress=False)
+        evopes.run_loop(
+            _count,
+            jnp.array(0.0),
+            jax.random.key(0),
+            5,
+            params=jnp.array(1.0),
+            checkpoint_dir=tmp_path,
+            progress=False,
+        )
     # resume=False starts afresh (and then writes its own checkpoints).
-    result = evopes.run_loop(_count, jnp.array(0.0), jax.random.key(0), 5, params=jnp.array(1.0),
-                             checkpoint_dir=tmp_path, resume=False, chunk_size=CHUNK, progress=False)
+    result = evopes.run_loop(
+        _count,
+        jnp.array(0.0),
+        jax.random.key(0),
+        5,
+        params=jnp.array(1.0),
+        checkpoint_dir=tmp_path,
+        resume=False,
+        chunk_size=CHUNK,
+        progress=False,
+    )
     assert float(result.state) == 5.0
 
 
@@ -171,7 +229,9 @@ def test_bad_arguments_raise_value_error(argument, value, message):
     options = {"num_steps": 3, argument: value}
     num_steps = options.pop("num_steps")
     with pytest.raises(ValueError, match=message):
-        evopes.run_loop(_count, jnp.array(0.0), jax.random.key(0), num_steps, params=jnp.array(1.0), **options)
+        evopes.run_loop(
+            _count, jnp.array(0.0), jax.random.key(0), num_steps, params=jnp.array(1.0), **options
+        )
 
 
 def test_run_online_needs_exactly_one_system():
@@ -180,3 +240,17 @@ def test_run_online_needs_exactly_one_system():
         evopes.run_online(es, MEAN, jax.random.key(0), 3)
     with pytest.raises(ValueError, match="exactly one of step_fn or unroll_fn"):
         evopes.run_online(es, MEAN, jax.random.key(0), 3, step_fn=walk_step, unroll_fn=lambda *a: a)
+
+
+def test_reliability_page_examples_run(tmp_path, monkeypatch):
+    """The code blocks of docs/reliability.md run as written (in a scratch folder)."""
+    page = Path(__file__).resolve().parent.parent / "docs" / "reliability.md"
+    blocks = re.findall(r"```python\n(.*?)```", page.read_text(), flags=re.DOTALL)
+    assert len(blocks) == 2
+    monkeypatch.chdir(tmp_path)
+    namespace = {}
+    for block in blocks:
+        exec(compile(block, str(page), "exec"), namespace)
+    assert int(namespace["restored"]["state"].generation_counter) == 0
+    assert float(namespace["history"]["best_fitness"][-1]) < 1e-10  # stopped by stop_when
+    assert (tmp_path / "run" / "metrics.jsonl").exists()

@@ -145,6 +145,6 @@ def test_lorenz_test_loss_at_the_initial_theta():
 
 
 def test_lorenz_test_starts_are_shared_by_model_and_truth():
-    starts = lorenz.test_starts(8)
+    starts = jax.jit(lorenz.test_starts, static_argnums=0)(8)
     np.testing.assert_array_equal(starts.model, starts.truth)
     assert float(jnp.std(starts.model - jnp.array(lorenz.START))) > 0.3

@@ -7,6 +7,7 @@ each is imported as a module and its entry point called with small sizes.
 from __future__ import annotations
 
 import importlib.util
+import sys
 import math
 from pathlib import Path
 
@@ -21,6 +22,7 @@ TUTORIALS = Path(__file__).resolve().parent.parent / "docs" / "tutorials"
 def load(name: str):
     spec = importlib.util.spec_from_file_location(f"tutorial_{name}", TUTORIALS / f"{name}.py")
     module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up while it executes
     spec.loader.exec_module(module)
     return module
 

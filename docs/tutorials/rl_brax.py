@@ -29,7 +29,7 @@ from __future__ import annotations
 
 import argparse
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import jax
 import jax.numpy as jnp
@@ -205,11 +205,38 @@ def compare(setting: Setting, seed: int = 0, methods=("NRES", "PES", "TES", "Ful
     return curves
 
 
-QUICK = Setting(total_env_steps=600_000, num_evaluations=5, eval_rollouts=4)
+def _same_rate(rate: float) -> dict:
+    return dict.fromkeys(("NRES", "PES", "TES", "FullES"), rate)
+
+
+#: gymnax Pendulum-v1 swing-up, MLP 3-16-1 (tanh), short windows (W = 4 of T = 200).
+PENDULUM = Setting(
+    env_name="Pendulum-v1", library="gymnax", hidden_sizes=(16,), horizon=200, window=4,
+    num_pairs=50, std=0.1, optimizer="adam", learning_rates=_same_rate(0.01),
+    total_env_steps=4_000_000, num_evaluations=20, eval_rollouts=16,
+)
+#: brax inverted_pendulum (spring backend), linear policy, a fall ends the episode's rewards.
+INVERTED_PENDULUM = Setting(
+    env_name="inverted_pendulum", library="brax", absorbing=True, horizon=1000, window=10,
+    num_pairs=20, std=0.1, optimizer="adam", learning_rates=_same_rate(0.01),
+    total_env_steps=2_000_000, num_evaluations=20, eval_rollouts=8,
+)
+SETTINGS = {"brax inverted_pendulum": INVERTED_PENDULUM, "gymnax Pendulum-v1": PENDULUM}
+QUICK_SETTINGS = {
+    "brax inverted_pendulum": replace(INVERTED_PENDULUM, total_env_steps=400_000, num_evaluations=5),
+    "gymnax Pendulum-v1": replace(PENDULUM, total_env_steps=1_000_000, num_evaluations=5),
+}
+#: A few windows of every method, for the tests.
+SMOKE = Setting(
+    env_name="Pendulum-v1", library="gymnax", hidden_sizes=(4,), horizon=20, window=5, num_pairs=4,
+    std=0.1, optimizer="adam", learning_rates=_same_rate(0.01), total_env_steps=800,
+    num_evaluations=2, eval_rollouts=2,
+)
 
 
 def main(quick: bool = False, seed: int = 0) -> dict:
-    return compare(QUICK if quick else Setting(), seed)
+    settings = QUICK_SETTINGS if quick else SETTINGS
+    return {label: compare(setting, seed) for label, setting in settings.items()}
 
 
 if __name__ == "__main__":
