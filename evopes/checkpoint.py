@@ -273,7 +273,8 @@ def _decode_leaf(file_name: str, name: str, template: Any, leaf: dict) -> Any:
     is_key = _is_key_dtype(template_dtype)
     if leaf["dtype"] != str(template_dtype) or is_key != (leaf["key_impl"] is not None):
         raise ValueError(
-            f"checkpoint {file_name}: leaf {name!r} expected dtype {template_dtype}, got {leaf['dtype']}"
+            f"checkpoint {file_name}: leaf {name!r} expected dtype {template_dtype}, "
+            f"got {leaf['dtype']}"
         )
     array = np.frombuffer(leaf["data"], dtype=jnp.dtype(leaf["data_dtype"])).reshape(leaf["shape"])
     if is_key:
@@ -282,7 +283,8 @@ def _decode_leaf(file_name: str, name: str, template: Any, leaf: dict) -> Any:
         value = array.copy()  # frombuffer views are read-only
     if tuple(value.shape) != template_shape:
         raise ValueError(
-            f"checkpoint {file_name}: leaf {name!r} expected shape {template_shape}, got {tuple(value.shape)}"
+            f"checkpoint {file_name}: leaf {name!r} expected shape {template_shape}, "
+            f"got {tuple(value.shape)}"
         )
     if is_key:
         return _place_like(value, template)

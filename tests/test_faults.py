@@ -38,21 +38,22 @@ WORKER = textwrap.dedent(
     from evopes import checkpoint
     from evopes.strategies.cma_es import CMAES
 
-    directory, output, slow_commit, cache = sys.argv[1], sys.argv[2], sys.argv[3] == "slow", sys.argv[4]
+    directory, output, speed, cache = sys.argv[1:5]
     # Restarted workers load the compiled chunk from disk instead of compiling it again.
     jax.config.update("jax_compilation_cache_dir", cache)
     jax.config.update("jax_persistent_cache_min_compile_time_secs", 0)
 
     def announce(temp_path):
         print("COMMIT", temp_path.name, flush=True)
-        if slow_commit:
+        if speed == "slow":
             time.sleep(0.5)  # the window in which the test kills us
 
     checkpoint._before_commit = announce
 
     def fitness(population, key):
-        noisy = jnp.sum(population**2, axis=1) * (1 + 0.1 * jax.random.normal(key, (population.shape[0],)))
-        nan = jax.random.uniform(jax.random.fold_in(key, 1), (population.shape[0],)) < 0.05
+        size = population.shape[0]
+        noisy = jnp.sum(population**2, axis=1) * (1 + 0.1 * jax.random.normal(key, (size,)))
+        nan = jax.random.uniform(jax.random.fold_in(key, 1), (size,)) < 0.05
         return jnp.where(nan, jnp.nan, noisy)
 
     es = CMAES(population_size=8, solution=jnp.zeros(4))
@@ -89,7 +90,7 @@ def _start(directory: Path, output: Path, slow_commit: bool) -> subprocess.Popen
 
 
 def _wait_for_commit(process: subprocess.Popen, count: int) -> str | None:
-    """Reads the worker's output until its ``count``-th commit announcement; returns the temp name."""
+    """Reads the worker's output up to its ``count``-th commit; returns the temporary file."""
     seen = 0
     for line in process.stdout:
         if line.startswith("COMMIT"):

@@ -121,7 +121,7 @@ IDENTITY_OPENES = Case(
 
 @pytest.mark.xfail(
     strict=True,
-    reason="known problem: OpenES with identity shaping treats a NaN fitness as 0 instead of masking its pair",
+    reason="known problem: OpenES with identity shaping takes a NaN fitness as 0, unmasked",
 )
 def test_openes_with_identity_shaping_masks_nonfinite_pairs():
     es = IDENTITY_OPENES.make(SOLUTION, 8)

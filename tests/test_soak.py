@@ -81,7 +81,8 @@ def _soak(name: str):
 def test_soak_state_stays_sound_and_memory_flat(name):
     state, injected, counted, growth, steps = _soak(name)
     print(
-        f"{name}: {steps} steps, {injected} non-finite values, resident memory growth {growth / 2**20:.2f} MiB"
+        f"{name}: {steps} steps, {injected} non-finite values, "
+        f"resident memory growth {growth / 2**20:.2f} MiB"
     )
     expected = (
         NONFINITE_RATE * steps * (16 if name == "PES" else 8)
