@@ -20,7 +20,7 @@ def load(name: str):
 def test_learned_optimizer_tutorial():
     results = load("learned_optimizer").main(quick=True)
     # T = 50, 8 pairs, 250 updates: the meta-loss falls from ~2.3 (an untrained
-    # network) to ~1.0 (measured 0.76-0.98 on 3 seeds of this configuration).
+    # network) to ~1.0 (0.76-1.02 measured on 6 runs of this and the unit test's configuration).
     assert results["meta_loss_after"] < 0.8 * results["meta_loss_before"]
     # The learned optimizer trains fresh networks better than its initial self.
     assert results["lopt_final_valid_loss"] < 0.8 * results["meta_loss_before"]

@@ -33,9 +33,11 @@ C^{-1/2} = B D^{-1} B^T, which is applied as B (D^{-1} (B^T y)), never formed.
 
 Numerical guards (float32 must survive any run length):
 
-* C is symmetrised after every update; at a refresh, eigenvalues below
-  ``params.min_eigenvalue_ratio`` times the largest are lifted by adding a
-  multiple of I to C (same eigenvectors, so B stays exact).
+* C is symmetrised at every refresh (the rank-mu product is symmetric only
+  up to rounding, and the drift between refreshes is of the order of float
+  epsilon); eigenvalues below ``params.min_eigenvalue_ratio`` times the
+  largest are lifted by adding a multiple of I to C (same eigenvectors, so B
+  stays exact); a decomposition that is not finite is discarded.
 * sigma is clipped to [``std_min``, ``std_max``], with ``std_min > 0``.
 * Each member's step is clipped to Mahalanobis length ``max_step_norm``
   (sqrt(n) + 6 by default, exceeded by a Gaussian sample with probability
@@ -43,7 +45,8 @@ Numerical guards (float32 must survive any run length):
   is below the float spacing of m, or a far injected point) cannot blow up C.
 * Members with non-finite fitness (NaN, +-inf) rank worst and get weight 0; a
   generation without any finite member leaves the distribution unchanged; an
-  update that would produce a non-finite value is discarded.
+  update that would produce a non-finite value is discarded (checked on the
+  O(n) quantities and diag(C), which bounds a covariance's other entries).
 
 Termination indicators (appendix B.3 of the tutorial) are reported in the
 metrics as booleans ``stop_*`` with the numbers behind them, and
@@ -349,21 +352,28 @@ class CMAES(Strategy):
             + params.c_1 * jnp.outer(p_c, p_c)
             + params.c_mu * (weights_circ[:, None] * y).T @ y  # rank-mu as one product
         )  # (47)
-        C = 0.5 * (C + C.T)
+
+        # Keep the old distribution when no member was finite or the update
+        # overflowed. For a covariance |C_ij| <= sqrt(C_ii C_jj), so checking the
+        # O(n) quantities and diag(C) suffices; the select fuses into (47).
+        updated = (mean, std, p_sigma, p_c, C)
+        usable = jnp.any(weights != 0) & tree_all_finite(updated[:-1] + (jnp.diagonal(C),))
+        mean, std, p_sigma, p_c, C = jax.tree_util.tree_map(
+            lambda new, old: jnp.where(usable, new, old),
+            updated, (state.mean, state.std, state.p_sigma, state.p_c, state.C),
+        )
 
         generation = state.generation_counter + 1
+        due = usable & (
+            (generation - state.eigen_generation).astype(jnp.float32) >= params.lazy_gap
+        )
         B, D, C, eigen_generation, num_refreshes = lazy_eigendecomposition(
-            C, state.B, state.D, generation, state.eigen_generation, state.num_eigen_refreshes,
-            params,
+            due, C, state.B, state.D, generation, state.eigen_generation,
+            state.num_eigen_refreshes, params,
         )
         new_state = state.replace(
             mean=mean, std=std, p_sigma=p_sigma, p_c=p_c, C=C, B=B, D=D,
             eigen_generation=eigen_generation, num_eigen_refreshes=num_refreshes,
-        )
-        # Keep the old distribution when nothing was finite or the update overflowed.
-        usable = jnp.any(weights != 0) & tree_all_finite((mean, std, p_sigma, p_c, C, B, D))
-        new_state = jax.tree_util.tree_map(
-            lambda new, old: jnp.where(usable, new, old), new_state, state
         )
         history = record_best(state.fitness_history, fitness, state.generation_counter)
         new_state = new_state.replace(fitness_history=history)
@@ -418,23 +428,30 @@ def stall_indicator(p_sigma, generation_counter, num_dims, params):
     return (norm / correction < threshold).astype(jnp.float32)
 
 
-def lazy_eigendecomposition(C, B, D, generation, eigen_generation, num_refreshes, params):
-    """Refreshes (B, D) from C when ``params.lazy_gap`` generations have passed.
+def lazy_eigendecomposition(due, C, B, D, generation, eigen_generation, num_refreshes, params):
+    """Refreshes (B, D) from C if ``due``: once ``params.lazy_gap`` generations have passed.
 
     Runs under ``lax.cond``, so the O(n^3) decomposition is skipped in the
     other generations (under ``vmap`` both branches run, as for any cond).
-    Returns (B, D, C, eigen_generation, num_refreshes); C may be lifted by a
-    multiple of I at a refresh (see :func:`eigendecomposition`).
+    Returns (B, D, C, eigen_generation, num_refreshes). At a refresh C is
+    symmetrised (the rank-mu product is symmetric only up to rounding) and
+    possibly lifted by a multiple of I (see :func:`eigendecomposition`); if the
+    decomposition is not finite, the last B, D are kept and C is rebuilt from them.
     """
 
     def refresh(C):
+        C = 0.5 * (C + C.T)
         B_new, D_new, C_new = eigendecomposition(C, params.min_eigenvalue_ratio)
-        return B_new, D_new, C_new, generation, num_refreshes + 1
+        finite = tree_all_finite((B_new, D_new, C_new))
+        return jax.lax.cond(
+            finite,
+            lambda: (B_new, D_new, C_new, generation, num_refreshes + 1),
+            lambda: (B, D, (B * D**2) @ B.T, eigen_generation, num_refreshes),
+        )
 
     def keep(C):
         return B, D, C, eigen_generation, num_refreshes
 
-    due = (generation - eigen_generation).astype(jnp.float32) >= params.lazy_gap
     return jax.lax.cond(due, refresh, keep, C)
 
 
