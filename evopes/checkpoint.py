@@ -28,6 +28,11 @@ Guarantees
 * **Checked.** The file has a magic tag, a format version and a CRC-32 of the
   leaf data, so a damaged file is reported as such.
 
+Scope: one process writing to a folder. Arrays sharded over the devices of this process are
+gathered to the host on save and put back on the target's sharding on restore;
+in a multi-process (multi-host) run, save from every process its own
+addressable data, or use orbax-checkpoint.
+
 Why not orbax or a bare ``flax.serialization``
 -----------------------------------------------
 ``flax.serialization.to_bytes`` restores into a target but does not check leaf

@@ -175,7 +175,8 @@ def run_loop(
       checkpoint_every: checkpoint at the first chunk end after every multiple
         of this many steps (default: every chunk). The final state is always saved.
       keep_checkpoints: how many checkpoints to keep.
-      resume: continue from the latest checkpoint in ``checkpoint_dir`` if any.
+      resume: continue from the latest checkpoint in ``checkpoint_dir`` if any
+        (a checkpoint at or past ``num_steps`` is returned as it is).
       log_path: ``.csv`` file, or any other suffix for JSON lines; rows of
         scalar metrics every ``log_every`` steps (and the last step).
       log_every: logging period in steps.
