@@ -27,6 +27,8 @@ import jax
 import jax.numpy as jnp
 from flax import struct
 
+from evopes.envs.environment import strongly_typed
+
 
 @struct.dataclass
 class BraxEnvState:
@@ -70,17 +72,19 @@ class BraxEnv:
 
     def reset(self, key: jax.Array) -> tuple[BraxEnvState, jax.Array]:
         brax_state = self.env.reset(key)
-        brax_state = brax_state.replace(
+        brax_state = strongly_typed(brax_state.replace(
             reward=jnp.asarray(brax_state.reward, jnp.float32),
             done=jnp.asarray(brax_state.done, jnp.float32),
-        )
+        ))
         return BraxEnvState(brax_state, jnp.zeros((), jnp.int32)), brax_state.obs
 
     def step(self, key: jax.Array, env_state: BraxEnvState, action: jax.Array):
         brax_state = self.env.step(env_state.brax_state, action)
         reward = jnp.asarray(brax_state.reward, jnp.float32)
         # Some brax environments return Python floats; keep the carry's dtypes fixed.
-        brax_state = brax_state.replace(reward=reward, done=jnp.asarray(brax_state.done, jnp.float32))
+        brax_state = strongly_typed(
+            brax_state.replace(reward=reward, done=jnp.asarray(brax_state.done, jnp.float32))
+        )
         steps = env_state.steps + 1
         done = brax_state.done > 0.5
         if self.max_episode_steps is not None:

@@ -21,6 +21,7 @@ from __future__ import annotations
 from typing import Any, Protocol
 
 import jax
+import jax.numpy as jnp
 
 PyTree = Any
 
@@ -44,3 +45,19 @@ def observation_shape(env: Environment) -> jax.ShapeDtypeStruct:
     """
     _, obs = jax.eval_shape(env.reset, jax.random.key(0))
     return obs
+
+
+def strongly_typed(tree: PyTree) -> PyTree:
+    """``tree`` with every leaf a strongly typed array of its own dtype.
+
+    Environments often build states from Python scalars (weakly typed in JAX),
+    so a state fresh from ``reset`` and the same state after ``step`` differ in
+    weak-typedness, and a jitted function fed both compiles twice. The
+    adapters return strongly typed states from both.
+    """
+
+    def strong(leaf):
+        leaf = jnp.asarray(leaf)
+        return jax.lax.convert_element_type(leaf, leaf.dtype)
+
+    return jax.tree.map(strong, tree)

@@ -20,6 +20,8 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
+from evopes.envs.environment import strongly_typed
+
 
 @dataclass(frozen=True, eq=False)
 class GymnaxEnv:
@@ -53,13 +55,14 @@ class GymnaxEnv:
 
     def reset(self, key: jax.Array) -> tuple[Any, jax.Array]:
         obs, env_state = self.env.reset(key, self.params)
-        return env_state, obs
+        return strongly_typed((env_state, obs))
 
     def step(self, key: jax.Array, env_state: Any, action: jax.Array):
         obs, env_state, reward, terminated, truncated, _ = self.env.step(
             key, env_state, action, self.params
         )
         done = jnp.logical_or(terminated, truncated)
+        env_state, obs = strongly_typed((env_state, obs))
         return env_state, obs, jnp.asarray(reward, jnp.float32), done
 
 
