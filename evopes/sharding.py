@@ -7,13 +7,18 @@ update). This module lays that axis over a one-dimensional
 :class:`jax.sharding.Mesh` and leaves everything else to XLA's SPMD
 partitioner:
 
-* the **population** returned by ``ask``, the fitness, the online inner states
-  and every other per-particle array of an online state (times, noise ids,
-  PES/GPES accumulators) are split along their leading axis over the mesh's
-  ``"population"`` axis;
+* the **population** returned by ``ask``, the fitness (online: the window's
+  losses), and the large per-particle parts of an online state -- the inner
+  states and the PES/GPES accumulators (``2P x d`` floats) -- are split along
+  their particle axis over the mesh's ``"population"`` axis;
 * the rest of the **strategy state** (mean, optimizer state, covariance,
-  step size, ...) is replicated: every device holds a copy and applies the
-  same update, so no device waits for another to broadcast it.
+  step size, and the online bookkeeping of a few numbers per particle: times,
+  noise ids, stds) is replicated: every device holds a copy and applies the
+  same update, so no device waits for another to broadcast it. Replicating
+  the small bookkeeping halves the number of collectives of an online step
+  (each device slices out the noise ids of its own particles instead of
+  receiving them), while every device still generates only its own
+  particles' noise.
 
 Nothing in a strategy changes: ``init``, ``ask`` and ``tell`` are traced once
 inside one :func:`jax.jit` with these input and output shardings, and the
@@ -57,8 +62,8 @@ PyTree = Any
 #: Name of the mesh axis the population is split over.
 POPULATION_AXIS = "population"
 
-#: Fields of an online state with one entry per particle (leading axis 2P).
-PER_PARTICLE_FIELDS = ("inner_state", "time", "noise_ids", "noise_std", "noise_age", "accumulator")
+#: Fields of an online state that are split over the particles (leading axis 2P).
+SHARDED_FIELDS = ("inner_state", "accumulator")
 
 
 # -- meshes and shardings -----------------------------------------------------------
@@ -84,8 +89,8 @@ def state_sharding(es: Strategy, state: PyTree, mesh: Mesh) -> PyTree:
     """The sharding of every leaf of ``es``'s state (a pytree of ``NamedSharding``).
 
     ``state`` may be a real state or its ``jax.eval_shape``. For an online
-    strategy the per-particle fields (:data:`PER_PARTICLE_FIELDS`) are split
-    over the population axis; everything else is replicated.
+    strategy the inner states and accumulators (:data:`SHARDED_FIELDS`) are
+    split over the population axis; everything else is replicated.
     """
     replicated = replicated_sharding(mesh)
     shardings = jax.tree_util.tree_map(lambda _: replicated, state)
@@ -93,7 +98,7 @@ def state_sharding(es: Strategy, state: PyTree, mesh: Mesh) -> PyTree:
         _check_divisible(es.population_size, mesh)
         split = population_sharding(mesh)
         per_particle = {
-            name: jax.tree_util.tree_map(lambda _: split, getattr(state, name)) for name in PER_PARTICLE_FIELDS
+            name: jax.tree_util.tree_map(lambda _: split, getattr(state, name)) for name in SHARDED_FIELDS
         }
         shardings = shardings.replace(**per_particle)
     return shardings

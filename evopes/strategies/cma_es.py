@@ -436,17 +436,17 @@ def lazy_eigendecomposition(due, C, B, D, generation, eigen_generation, num_refr
     Returns (B, D, C, eigen_generation, num_refreshes). At a refresh C is
     symmetrised (the rank-mu product is symmetric only up to rounding) and
     possibly lifted by a multiple of I (see :func:`eigendecomposition`); if the
-    decomposition is not finite, the last B, D are kept and C is rebuilt from them.
+    decomposition failed (not finite), the last B, D are kept.
     """
 
     def refresh(C):
         C = 0.5 * (C + C.T)
         B_new, D_new, C_new = eigendecomposition(C, params.min_eigenvalue_ratio)
-        finite = tree_all_finite((B_new, D_new, C_new))
-        return jax.lax.cond(
-            finite,
-            lambda: (B_new, D_new, C_new, generation, num_refreshes + 1),
-            lambda: (B, D, (B * D**2) @ B.T, eigen_generation, num_refreshes),
+        # LAPACK reports a failed decomposition as NaN: then keep the last B, D.
+        ok = jnp.all(jnp.isfinite(D_new)) & jnp.all(jnp.isfinite(B_new))
+        return (
+            jnp.where(ok, B_new, B), jnp.where(ok, D_new, D), jnp.where(ok, C_new, C),
+            jnp.where(ok, generation, eigen_generation), num_refreshes + ok.astype(jnp.int32),
         )
 
     def keep(C):
