@@ -17,6 +17,7 @@ The requirement: evopes' median within 2x of pycma's BIPOP median.
 
 from __future__ import annotations
 
+import functools
 import statistics
 import time
 from pathlib import Path
@@ -63,9 +64,9 @@ def pycma_evaluations(seeds):
 
     counts = []
     for seed in seeds:
-        rng = np.random.default_rng(seed)
+        start = functools.partial(np.random.default_rng(seed).uniform, -4, 4, DIM)
         result = cma.fmin(
-            f, lambda: rng.uniform(-4, 4, DIM), STD_INIT,
+            f, start, STD_INIT,
             {"seed": seed + 1, "verbose": -9, "ftarget": TARGET, "maxfevals": BUDGET},
             restarts=9, bipop=True,
         )
@@ -118,7 +119,7 @@ def _plot(raw, out_dir):
     fig, ax = plt.subplots(figsize=(6, 3.6))
     labels = {"evopes_ipop": "evopes IPOP", "evopes_bipop": "evopes BIPOP",
               "pycma_bipop": "pycma BIPOP"}
-    for position, (name, label) in enumerate(labels.items()):
+    for position, name in enumerate(labels):
         counts = raw[name]
         values = [BUDGET if c is None else c for c in counts]
         jitter = np.linspace(-0.15, 0.15, len(values))

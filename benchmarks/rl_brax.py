@@ -76,19 +76,27 @@ def main(quick: bool, seed: int, out_dir: Path) -> list[dict]:
         },
     })
 
-    fig, axes = plt.subplots(len(settings), 2, figsize=(11, 4 * len(settings)), squeeze=False)
+    plot(all_curves, out_dir)
+    return rows
+
+
+def plot(all_curves: dict, out_dir: Path) -> Path:
+    """Return of the mean policy against total (left) and sequential (right, log) environment steps."""
+    fig, axes = plt.subplots(len(all_curves), 2, figsize=(11, 4 * len(all_curves)), squeeze=False)
     for (label, curves), (total_ax, sequential_ax) in zip(all_curves.items(), axes, strict=True):
         for method, curve in curves.items():
-            total_ax.plot(curve["total_steps"], curve["returns"], "o-", ms=3, color=COLORS[method], label=method)
-            sequential_ax.plot(curve["sequential_steps"], curve["returns"], "o-", ms=3, color=COLORS[method],
-                               label=method)
-        total_ax.set(xlabel="total environment steps", ylabel="return of the mean policy", title=label)
-        sequential_ax.set(xlabel="sequential environment steps", ylabel="return of the mean policy",
-                          xscale="log", title=label)
-        total_ax.legend(fontsize=8)
-        sequential_ax.legend(fontsize=8)
-    save_figure(fig, NAME, out_dir)
-    return rows
+            style = {"color": COLORS[method], "marker": "o", "ms": 3, "label": method}
+            total_ax.plot(curve["total_steps"], curve["returns"], **style)
+            # The log axis cannot show step 0: start at the first update.
+            sequential_ax.plot(curve["sequential_steps"][1:], curve["returns"][1:], **style)
+        initial = next(iter(curves.values()))["returns"][0]
+        for ax in (total_ax, sequential_ax):
+            ax.axhline(initial, color="gray", linestyle=":", linewidth=1, label="initial policy")
+            ax.set(ylabel="return of the mean policy", title=label)
+            ax.legend(fontsize=8)
+        total_ax.set(xlabel="total environment steps")
+        sequential_ax.set(xlabel="sequential environment steps", xscale="log")
+    return save_figure(fig, NAME, out_dir)
 
 
 if __name__ == "__main__":

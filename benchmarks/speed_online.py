@@ -36,7 +36,9 @@ Configurations:
 
 A second table, ``compile_rows``, holds the seconds to trace and compile the
 first ``ask`` + ``tell`` (with the Lorenz window) of every online strategy,
-against evosax's where it has one.
+against evosax's where it has one. A third, ``memory_rows``, holds the state
+bytes of every evopes strategy (and its evosax counterpart) with 1000 members
+at ``d = 1000`` and ``d = 10^6``, counted from shapes.
 """
 
 from __future__ import annotations
@@ -253,6 +255,67 @@ def compile_rows(population_size: int, repeats: int) -> list[dict]:
     return rows
 
 
+# -- memory of every strategy's state ------------------------------------------------------
+MEMORY_POPULATION = 1000
+MEMORY_DIMS = (1_000, 1_000_000)
+
+
+def _tiny_inner(key=None):
+    return jnp.zeros(4, jnp.float32)
+
+
+def memory_rows() -> list[dict]:
+    """Bytes of every strategy's state at ``MEMORY_POPULATION`` members, from ``jax.eval_shape``.
+
+    ``model`` names the term that dominates; online strategies carry an
+    inner state of 4 floats per particle.
+    """
+    from evosax import algorithms as evosax
+
+    from evopes.strategies.cma_es import CMAES
+    from evopes.strategies.sep_cma_es import SepCMAES
+
+    n = MEMORY_POPULATION
+
+    def online(cls, d, **extra):
+        return cls(population_size=n, solution=jnp.zeros(d), truncation_length=WINDOW, horizon=10 * WINDOW,
+                   init_inner=_tiny_inner, **extra)
+
+    evopes_cases = {
+        "CMAES": ("2 d^2 floats (C, B)", lambda d: CMAES(population_size=n, solution=jnp.zeros(d))),
+        "SepCMAES": ("O(d) floats", lambda d: SepCMAES(population_size=n, solution=jnp.zeros(d))),
+        "OpenES (noise table)": ("table 2^24 floats + O(d) + O(P) ids",
+                                 lambda d: evopes.OpenES(n, jnp.zeros(d), noise=evopes.NoiseTable())),
+        "OpenES (gaussian)": ("O(d) + O(P) ids", lambda d: evopes.OpenES(n, jnp.zeros(d), noise=evopes.GaussianNoise())),
+        "FullES": ("O(d) + O(P) ids", lambda d: evopes.FullES(n, jnp.zeros(d))),
+        "TES": ("O(d) + O(P) ids + inner", lambda d: online(evopes.TES, d)),
+        "PES": ("2P d floats (accumulator)", lambda d: online(evopes.PES, d)),
+        "GPES": ("2P d floats (accumulator)", lambda d: online(evopes.GPES, d, noise_period=2 * WINDOW)),
+        "NRES": ("O(d) + O(P) ids + inner", lambda d: online(evopes.NRES, d)),
+    }
+    evosax_cases = {
+        "CMAES": lambda d: evosax.CMA_ES(population_size=n, solution=jnp.zeros(d)),
+        "SepCMAES": lambda d: evosax.Sep_CMA_ES(population_size=n, solution=jnp.zeros(d)),
+        "OpenES (noise table)": lambda d: evosax.Open_ES(population_size=n, solution=jnp.zeros(d)),
+        "OpenES (gaussian)": lambda d: evosax.Open_ES(population_size=n, solution=jnp.zeros(d)),
+        "PES": lambda d: evosax.PersistentES(population_size=n, solution=jnp.zeros(d)),
+        "NRES": lambda d: evosax.NoiseReuseES(population_size=n, solution=jnp.zeros(d)),
+    }
+    rows = []
+    for d in MEMORY_DIMS:
+        for name, (model, make) in evopes_cases.items():
+            es = make(d)
+            params = es.default_params
+            evopes_bytes = _state_bytes(lambda key: es.init(key, jnp.zeros(d), params))
+            evosax_bytes = None
+            if name in evosax_cases:
+                other = evosax_cases[name](d)
+                evosax_bytes = _state_bytes(lambda key: other.init(key, jnp.zeros(d), other.default_params))
+            rows.append({"strategy": name, "num_dims": d, "population": n, "model": model,
+                         "evopes_state_bytes": evopes_bytes, "evosax_state_bytes": evosax_bytes})
+    return rows
+
+
 # -- main -------------------------------------------------------------------------------
 def _configs(quick: bool):
     pairs = 100 if quick else 200
@@ -298,8 +361,9 @@ def main(quick: bool, seed: int, out_dir: Path) -> list[dict]:
         print(rows[-1], flush=True)
 
     compiles = compile_rows(population_size=2 * (100 if quick else 200), repeats=1 if quick else 3)
+    memory = memory_rows()
     write_results(NAME, rows, out_dir, quick=quick, seed=seed,
-                  extra={"window": WINDOW, "compile_rows": compiles,
+                  extra={"window": WINDOW, "compile_rows": compiles, "memory_rows": memory,
                          "state_particles_d1e6": STATE_PARTICLES})
     _plot(rows, compiles, out_dir)
     return rows

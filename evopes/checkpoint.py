@@ -41,7 +41,7 @@ PRNG keys. orbax-checkpoint is built for multi-host, asynchronous checkpoints of
 large sharded models: a checkpoint is a directory of many files written by
 background threads, importing it costs seconds, and its API changes between
 releases. A strategy state is small and lives on one host, so one self-describing
-file encoded with msgpack (already a dependency of flax), flattened with
+file encoded with msgpack (a declared dependency), flattened with
 ``jax.tree_util`` (any registered pytree works) is both the simplest and the
 easiest to reason about when a process is killed mid-write.
 """

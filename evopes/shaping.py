@@ -3,7 +3,10 @@
 Fitness is minimised throughout, so every function here maps *lower* raw
 fitness to *lower* shaped values. Non-finite fitness (NaN, +inf, -inf) is
 treated as the worst value: it ranks last, and value-based shapings replace
-it before normalising, so it can never turn an update into NaN.
+it before normalising, so it can never turn an update into NaN. The one
+exception is :func:`identity`, which passes it through: an estimator that
+uses raw fitness differences must drop the pair instead (a fitness of 0 or
++inf would be a made-up value), and a non-finite difference tells it to.
 
 Every function has the signature ``shape(fitness) -> shaped`` on a vector of
 shape ``(population_size,)`` and is safe under ``jit``/``vmap``.
@@ -31,8 +34,13 @@ def ranks(fitness: jax.Array) -> jax.Array:
 
 
 def identity(fitness: jax.Array) -> jax.Array:
-    """Raw fitness; non-finite entries are set to 0 (callers mask them out)."""
-    return jnp.where(jnp.isfinite(fitness), fitness, 0.0)
+    """Raw fitness, unchanged, non-finite entries included.
+
+    Estimators that take differences of shaped fitness (OpenES, FullES) mask
+    every pair whose difference is not finite, so a NaN or inf member drops
+    its pair from the estimate instead of entering it with a made-up value.
+    """
+    return fitness
 
 
 def centered_rank(fitness: jax.Array) -> jax.Array:

@@ -67,6 +67,11 @@ class Strategy:
     #: their perturbations from the state set this to False, and ``tell``
     #: then never re-flattens the population handed back by the user.
     uses_population: bool = True
+    #: For strategies with ``uses_population = False``: whether ``_tell`` still
+    #: reads the flat population when one is handed back (because that is
+    #: cheaper than rebuilding it); ``tell`` then flattens a given population
+    #: and passes None otherwise.
+    reads_population_if_given: bool = False
 
     def __init__(self, population_size: int, solution: PyTree, *, maximize: bool = False):
         if int(population_size) != population_size or population_size < 2:
@@ -141,6 +146,8 @@ class Strategy:
             flat_population = self.spec.ravel_population(population, self.population_size)
         elif population is not None:
             self.spec.check(population, "population", batch_shape=(self.population_size,))
+            if self.reads_population_if_given:
+                flat_population = self.spec.ravel_population(population, self.population_size)
 
         finite = jnp.isfinite(raw_fitness)
         ranked = jnp.where(finite, raw_fitness, jnp.inf)

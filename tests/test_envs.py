@@ -13,7 +13,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from evopes import envs, unroll
+from evopes import envs, pair_keys, unroll
 
 gymnax = pytest.importorskip("gymnax")
 
@@ -179,50 +179,40 @@ def test_fitness_normalisation_counts_only_observations_before_the_end():
 # -- gymnax: online step function --------------------------------------------------------------
 
 
-def test_online_step_matches_episodic_rollout_and_auto_resets():
-    task = envs.OnlineRollout(CARTPOLE, always_right)
+def test_online_step_auto_resets_and_absorbing_ends_match_the_episodic_return():
+    auto_reset = envs.OnlineRollout(CARTPOLE, always_right)
+    absorbing = envs.OnlineRollout(CARTPOLE, always_right, absorbing=True)
+    episodic = envs.EpisodicFitness(CARTPOLE, always_right, num_steps=40)
     key = jax.random.key(4)
     reset_key, steps_key = jax.random.split(key)
-    step_keys = jax.random.split(steps_key, 40)
+    step_keys = jax.random.split(steps_key, 40)  # the keys EpisodicFitness uses for `key`
 
-    def run(inner, step_key):
-        inner, loss, done = task.step(inner, None, step_key)
-        return inner, (loss, done, inner.obs)
+    def scan(task):
+        def one_step(inner, step_key):
+            inner, loss, done = task.step(inner, None, step_key)
+            return inner, (loss, done, inner.obs)
 
-    _, (losses, dones, observations) = jax.jit(lambda k: jax.lax.scan(run, task.init_inner(k), step_keys))(
-        reset_key
+        return jax.lax.scan(one_step, task.init_inner(reset_key), step_keys)
+
+    # One compilation for the three rollouts.
+    (_, (losses, dones, observations)), (final, (absorbed_losses, absorbed_dones, _)), (episode_return, _) = (
+        jax.jit(lambda: (scan(auto_reset), scan(absorbing), episodic.episode_return(None, key)))()
     )
-    dones = np.asarray(dones)
+    dones, episode_return = np.asarray(dones), float(episode_return)
     first_end = int(np.argmax(dones))
     assert dones.sum() >= 2, "40 steps of always-right hold several CartPole episodes"
-    # The first episode's losses are minus the episodic return computed with the same keys.
-    episodic = envs.EpisodicFitness(CARTPOLE, always_right, num_steps=40).episode_return(None, key)[0]
-    np.testing.assert_allclose(-losses[: first_end + 1].sum(), episodic)
-    # Auto-reset: after the done step the observation is gymnax's reset from the step key.
+    # Auto-reset: the first episode's losses are minus the episodic return for the same keys ...
+    np.testing.assert_allclose(-losses[: first_end + 1].sum(), episode_return)
+    # ... and after the done step the observation is gymnax's reset from that step's key.
     _, reset_from_step_key = jax.random.split(step_keys[first_end])
     expected_obs, _ = CARTPOLE.env.reset(reset_from_step_key, CARTPOLE.params)
     np.testing.assert_array_equal(observations[first_end], expected_obs)
-
-
-def test_absorbing_online_loss_is_the_episodic_return():
-    # With absorbing ends, the summed losses of a horizon are minus the episodic
-    # return (rewards up to the first done), whatever follows the fall.
-    task = envs.OnlineRollout(CARTPOLE, always_right, absorbing=True)
-    key = jax.random.key(4)
-    reset_key, steps_key = jax.random.split(key)
-
-    def run(inner, step_key):
-        inner, loss, done = task.step(inner, None, step_key)
-        return inner, (loss, done)
-
-    final, (losses, dones) = jax.jit(
-        lambda k: jax.lax.scan(run, task.init_inner(k), jax.random.split(steps_key, 40))
-    )(reset_key)
-    episodic = envs.EpisodicFitness(CARTPOLE, always_right, num_steps=40).episode_return(None, key)[0]
-    assert float(episodic) < 15  # the pole fell early in the 40 steps
-    np.testing.assert_allclose(-losses.sum(), episodic)
-    assert np.all(np.asarray(losses)[int(episodic):] == 0.0) and not np.any(dones)
-    assert not bool(final.alive)
+    # Absorbing: the summed losses of the horizon are minus the episodic return,
+    # every loss after the fall is 0 and no done is reported.
+    assert episode_return < 15  # the pole fell early in the 40 steps
+    np.testing.assert_allclose(-absorbed_losses.sum(), episode_return)
+    assert np.all(np.asarray(absorbed_losses)[int(episode_return) :] == 0.0)
+    assert not np.any(absorbed_dones) and not bool(final.alive)
 
 
 def test_online_partners_see_identical_randomness_through_unroll():
@@ -230,16 +220,10 @@ def test_online_partners_see_identical_randomness_through_unroll():
     num_pairs = 2
     w = jnp.array([[0.0, 0.0, 1.0, 0.3], [0.0, 0.1, 1.0, 0.0]])
     population = {"w": jnp.concatenate([w, w])}  # partners with equal parameters
-    inner = jax.vmap(task.init_inner)(envs_pair_keys(jax.random.key(5), num_pairs))
+    inner = jax.vmap(task.init_inner)(pair_keys(jax.random.key(5), num_pairs))
     _, losses, dones = jax.jit(unroll, static_argnums=(0, 4))(task.step, population, inner, jax.random.key(6), 25)
     np.testing.assert_array_equal(losses[:, :num_pairs], losses[:, num_pairs:])
     np.testing.assert_array_equal(dones[:, :num_pairs], dones[:, num_pairs:])
-
-
-def envs_pair_keys(key, num_pairs):
-    from evopes import pair_keys
-
-    return pair_keys(key, num_pairs)
 
 
 def test_online_normalizer_statistics_follow_the_observations():
@@ -284,9 +268,11 @@ def test_brax_fitness_equals_hand_written_scan_with_termination(inverted_pendulu
         (_, _, total), dones = jax.lax.scan(body, (state, jnp.array(True), jnp.float32(0)), None, 40)
         return total, dones
 
-    expected, dones = jax.jit(jax.vmap(reference))(jax.random.split(key, 2))
+    # One compilation for both (brax compiles slowly).
+    got, (expected, dones) = jax.jit(
+        lambda: (fitness.returns(params, key), jax.vmap(reference)(jax.random.split(key, 2)))
+    )()
     assert np.all(np.asarray(dones).any(axis=1)), "the pole must fall within 40 steps"
-    got = jax.jit(fitness.returns)(params, key)
     np.testing.assert_allclose(got, expected, rtol=1e-6)
     assert np.all(np.asarray(got) < 40)  # inverted_pendulum pays 1 per step alive
 
@@ -300,11 +286,15 @@ def test_brax_auto_reset_draws_a_fresh_state_and_time_limit(inverted_pendulum):
         inner, loss, done = task.step(inner, None, step_key)
         return inner, (loss, done, inner.obs)
 
-    _, (losses, dones, observations) = jax.jit(
-        lambda: jax.lax.scan(run, task.init_inner(jax.random.key(11)), step_keys)
+    (_, (losses, dones, observations)), fresh = jax.jit(
+        lambda: (
+            jax.lax.scan(run, task.init_inner(jax.random.key(11)), step_keys),
+            inverted_pendulum.env.reset(step_keys[2]),
+        )
     )()
     # A zero action keeps the pole up for 7 steps: only the time limit ends episodes.
     np.testing.assert_array_equal(dones, [False, False, True, False, False, True, False])
     np.testing.assert_array_equal(losses, -np.ones(7))
-    np.testing.assert_allclose(observations[2], inverted_pendulum.env.reset(step_keys[2]).obs)
+    # The episode that ended at step 2 restarts from brax's reset drawn with that step's key.
+    np.testing.assert_allclose(observations[2], fresh.obs)
     assert envs.observation_shape(inverted_pendulum).shape == (4,)

@@ -47,6 +47,8 @@ WORKER = textwrap.dedent(
         print("COMMIT", temp_path.name, flush=True)
         if speed == "slow":
             time.sleep(0.5)  # the window in which the test kills us
+        elif speed == "paced":
+            time.sleep(0.1)  # so that a random kill lands before the run ends
 
     checkpoint._before_commit = announce
 
@@ -66,7 +68,7 @@ WORKER = textwrap.dedent(
 )
 
 
-def _start(directory: Path, output: Path, slow_commit: bool) -> subprocess.Popen:
+def _start(directory: Path, output: Path, slow_commit: bool | str) -> subprocess.Popen:
     cache = output.parent / "compilation_cache"
     env = dict(
         os.environ, PYTHONPATH=os.pathsep.join([str(REPO_ROOT), os.environ.get("PYTHONPATH", "")])
@@ -79,7 +81,7 @@ def _start(directory: Path, output: Path, slow_commit: bool) -> subprocess.Popen
             WORKER,
             str(directory),
             str(output),
-            "slow" if slow_commit else "fast",
+            slow_commit if isinstance(slow_commit, str) else ("slow" if slow_commit else "fast"),
             str(cache),
         ],
         stdout=subprocess.PIPE,
@@ -134,11 +136,13 @@ def test_sigkill_during_training_and_checkpoint_writes_loses_nothing(tmp_path):
     committed = checkpoint_step(latest_checkpoint(directory))
     assert committed == 2 * CHUNK  # the half-written step-12 checkpoint is invisible
 
-    # 2. Twice more: kill at a random moment of training, after a random number of checkpoints.
+    # 2. Twice more: kill at a random moment of training, after a random number of
+    # checkpoints. Paced at 0.1 s per checkpoint, a worker writes at most 2 more
+    # in the 0.15 s sleep: at most 8 + 2 * (3 + 2) * CHUNK = 48 < 60 generations.
     for _ in range(2):
-        worker = _start(directory, tmp_path / "killed.npz", slow_commit=False)
+        worker = _start(directory, tmp_path / "killed.npz", slow_commit="paced")
         _wait_for_commit(worker, rng.randint(1, 3))
-        time.sleep(rng.uniform(0.0, 0.2))
+        time.sleep(rng.uniform(0.0, 0.15))
         _kill(worker)
         progress = checkpoint_step(latest_checkpoint(directory))
         assert committed <= progress < NUM_GENERATIONS  # resumed, never went back

@@ -119,10 +119,6 @@ IDENTITY_OPENES = Case(
 )
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="known problem: OpenES with identity shaping takes a NaN fitness as 0, unmasked",
-)
 def test_openes_with_identity_shaping_masks_nonfinite_pairs():
     es = IDENTITY_OPENES.make(SOLUTION, 8)
     shape = (NUM_GENERATIONS,) + code_shape(IDENTITY_OPENES, es)

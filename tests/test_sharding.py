@@ -55,9 +55,7 @@ def test_sharded_run_agrees_with_unsharded(results, name):
 @pytest.mark.parametrize("name", STRATEGIES)
 def test_population_stays_sharded_through_ask(results, name):
     result = results[name]
-    assert result["population_spec"] == ["PartitionSpec('population',)"] or result["population_spec"] == [
-        "P('population',)"
-    ]
+    assert result["population_spec"] == ["P('population',)"]
     assert result["shard_rows"] == [16 // 8]  # 16 members, 2 per device
 
 
@@ -69,20 +67,21 @@ def test_no_population_all_gather(results, name):
     assert results[name]["population_gathers"] == []
 
 
-@pytest.mark.parametrize("name", ONLINE)
-def test_online_population_follows_sharded_state(results, name):
-    # No constraint at all: plain jit(es.ask) on a sharded state returns a sharded population.
-    assert results[name]["propagated_spec"] == results[name]["population_spec"]
-
-
-@pytest.mark.parametrize("name", ["CMAES", "SepCMAES", *ONLINE])
+@pytest.mark.parametrize("name", ["SepCMAES", *ONLINE])
 def test_each_device_generates_only_its_shard(results, name):
     # Per-device flops of one step on 8 devices over those on 1 device (noise
     # generation dominates at d = 1000). Online strategies split the 2P
     # particles into 8 shards; partners sit in different halves, so each
     # pair's noise is generated on two devices: 2/8 = 0.25 of the one-device
-    # work (which generates P vectors once); measured 0.24-0.25. CMA-ES samples
-    # every member independently, 1/8 plus shared small terms; measured
-    # 0.14-0.21. 0.35 leaves room for per-device constant work; a step whose
-    # noise is generated whole on every device is ~1.
+    # work (which generates P vectors once); measured 0.24-0.25. SepCMAES
+    # samples every member independently: 1/8 plus shared O(d) terms; measured
+    # 0.14. 0.35 leaves room for per-device constant work; a step whose noise
+    # is generated whole on every device is ~1. (CMAES runs at d = 10 here,
+    # where the shared O(d^3) terms dominate; OpenES and FullES regenerate noise
+    # in a scanned loop, which the cost analysis counts once.)
     assert results[name]["flops_ratio"] < 0.35
+
+
+def test_docs_example_runs_sharded(results):
+    # The example of docs/scaling.md prints the partition spec of its population.
+    assert results["docs_example"] == "P('population',)"

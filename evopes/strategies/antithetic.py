@@ -20,13 +20,30 @@ where F = shaping(f) is the shaped fitness of the 2P members.
 
 Perturbations are never stored: ``ask`` draws ``P`` noise ids with
 ``noise.draw_ids(key, P, num_dims)`` and keeps only those ids (O(P) numbers)
-in the state; ``tell`` regenerates z_i from them (``uses_population = False``),
-so the population handed back by the user is never re-flattened.
+in the state, so ``tell`` works without the population
+(``tell(key, None, fitness, ...)``). Where it gets z_i from:
+
+* ``NoiseTable``: z_i is a slice of the table at its id, a cheap copy; the
+  population, if given, is not read.
+* ``GaussianNoise``: z_i = (x_i - x_{i+P}) / (2 sigma) from the population
+  when it is handed back, one pass over it. Regenerating z_i from its id
+  instead would cost a second round of random-bit generation, which dominates
+  a generation at large n on CPU. The difference of the two members is exact
+  up to the rounding of x at |theta|: an absolute error of about
+  eps32 |theta| / sigma in z (1e-5 for |theta| = 1, sigma = 0.01). With
+  ``population=None`` z_i is regenerated from its id.
 
 Pairs with a non-finite fitness either follow the shaping (rank shapings rank
 them worst; OpenES) or are masked out of (1) and counted (FullES,
 ``mask_nonfinite_pairs=True``). A pair whose shaped difference is not finite is
-always masked, and P_valid = 0 gives a zero gradient, never 0/0.
+always masked (so identity shaping drops it too), and P_valid = 0 gives a zero
+gradient, never 0/0.
+
+sigma is kept in [``std_min``, ``std_max``]. The estimate scales like 1 / sigma,
+so a tiny sigma (or a huge ``weight_decay``) can overflow the optimizer's
+state (Adam's second moment is g^2): an update whose new mean (in float32 or
+in the solution's own dtypes) or optimizer state is not finite is skipped, the state keeps its last finite values, and
+the ``update_skipped`` metric reports it.
 """
 
 from __future__ import annotations
@@ -77,7 +94,9 @@ class AntitheticParams(Params):
     Attributes:
       std_init: sigma of the first generation (> 0).
       std_decay: sigma is multiplied by this after every generation (> 0).
-      std_min: floor of the decayed sigma (>= 0).
+      std_min: floor of sigma (>= 0).
+      std_max: ceiling of sigma (>= std_min); 1e20 keeps the population finite
+        in float32 for any mean below about 1e37.
       weight_decay: L2 coefficient lambda on the mean; the update uses
         g + lambda * theta, the gradient of J + lambda / 2 ||theta||^2 (>= 0).
     """
@@ -85,6 +104,7 @@ class AntitheticParams(Params):
     std_init: float = 0.1
     std_decay: float = 1.0
     std_min: float = 0.0
+    std_max: float = 1e20
     weight_decay: float = 0.0
 
 
@@ -109,6 +129,10 @@ class AntitheticES(Strategy):
     """
 
     uses_population = False
+
+    @property
+    def reads_population_if_given(self) -> bool:
+        return isinstance(self.noise, GaussianNoise)
 
     def __init__(
         self,
@@ -161,8 +185,14 @@ class AntitheticES(Strategy):
         return tuple(sorted((name, static_key(value)) for name, value in vars(self).items()))
 
     def validate_params(self, params: AntitheticParams) -> None:
-        check_positive(params, "std_init", "std_decay")
+        check_positive(params, "std_init", "std_decay", "std_max")
         _check_nonnegative(params, "std_min", "weight_decay")
+        if not any(isinstance(v, jax.core.Tracer) for v in (params.std_min, params.std_max)):
+            if np.any(np.asarray(params.std_min) > np.asarray(params.std_max)):
+                raise ValueError(
+                    f"params.std_min: expected <= params.std_max ({params.std_max}), "
+                    f"got {params.std_min}"
+                )
 
     # -- the algorithm ----------------------------------------------------------
     def _init(self, key: jax.Array, mean: jax.Array, params: AntitheticParams) -> AntitheticState:
@@ -174,7 +204,7 @@ class AntitheticES(Strategy):
             best_solution=mean,
             best_fitness=jnp.array(jnp.inf, jnp.float32),
             generation_counter=jnp.array(0, jnp.int32),
-            std=jnp.asarray(params.std_init, jnp.float32),
+            std=jnp.clip(jnp.asarray(params.std_init, jnp.float32), params.std_min, params.std_max),
             opt_state=self.optimizer.init(mean),
             # The init key itself seeds the noise source, so that another
             # strategy initialised with the same key sees the same table.
@@ -198,17 +228,25 @@ class AntitheticES(Strategy):
         )
 
     def _tell(self, key, population, fitness, state: AntitheticState, params: AntitheticParams):
-        del key, population  # the perturbations are rebuilt from state.noise_ids
-        gradient, num_valid = self._estimate(fitness, state)
+        del key
+        gradient, num_valid = self._estimate(fitness, state, population)
         updates, opt_state = self.optimizer.update(
             gradient + params.weight_decay * state.mean, state.opt_state, state.mean
         )
+        mean = optax.apply_updates(state.mean, updates)
+        # An overflowed update (see the module docstring) is skipped whole; the
+        # mean must also be finite in the solution's own dtypes (e.g. float16).
+        usable = _all_finite((self.spec.unravel(mean), mean, opt_state))
+        mean, opt_state = jax.tree_util.tree_map(
+            lambda new, old: jnp.where(usable, new, old), (mean, opt_state), (state.mean, state.opt_state)
+        )
         new_state = state.replace(
-            mean=optax.apply_updates(state.mean, updates),
+            mean=mean,
             opt_state=opt_state,
-            std=jnp.maximum(params.std_min, state.std * params.std_decay),
+            std=jnp.clip(state.std * params.std_decay, params.std_min, params.std_max),
         )
         metrics = {
+            "update_skipped": ~usable,
             "gradient": self.spec.unravel(gradient),
             "gradient_norm": jnp.linalg.norm(gradient),
             "std": state.std,
@@ -216,8 +254,13 @@ class AntitheticES(Strategy):
         }
         return new_state, metrics
 
-    def _estimate(self, fitness: jax.Array, state: AntitheticState) -> tuple[jax.Array, jax.Array]:
-        """Eq. (1) on raw (minimised) fitness; returns the flat gradient and P_valid."""
+    def _estimate(self, fitness: jax.Array, state: AntitheticState,
+                  population: jax.Array | None = None) -> tuple[jax.Array, jax.Array]:
+        """Eq. (1) on raw (minimised) fitness; returns the flat gradient and P_valid.
+
+        ``population``: the flat population of the last ``ask``, or None to
+        rebuild the perturbations from ``state.noise_ids``.
+        """
         num_pairs = self.num_pairs
         shaped = self.fitness_shaping(fitness)
         difference = shaped[:num_pairs] - shaped[num_pairs:]
@@ -229,9 +272,16 @@ class AntitheticES(Strategy):
         coefficients = jnp.where(valid, difference, 0.0) / (
             2.0 * jnp.maximum(num_valid, 1) * state.std
         )
-        gradient = weighted_noise_sum(
-            self.noise, state.noise_state, state.noise_ids, coefficients, self.num_dims
-        )
+        if population is not None:
+            # sum_i c_i z_i with z_i = (x_i - x_{i+P}) / (2 sigma): one pass, no bit generation.
+            differences = population[:num_pairs] - population[num_pairs:]
+            # A masked pair must add 0 even if its members overflowed (0 * inf = NaN).
+            differences = jnp.where(valid[:, None], differences, 0.0)
+            gradient = (coefficients / (2.0 * state.std)) @ differences
+        else:
+            gradient = weighted_noise_sum(
+                self.noise, state.noise_state, state.noise_ids, coefficients, self.num_dims
+            )
         return gradient, num_valid
 
     # -- public extras ----------------------------------------------------------
@@ -334,6 +384,11 @@ def static_key(value: Any, _active: frozenset = frozenset()) -> Any:
     except TypeError:
         return ("object", id(value))
     return value
+
+
+def _all_finite(tree) -> jax.Array:
+    leaves = [leaf for leaf in jax.tree_util.tree_leaves(tree) if jnp.issubdtype(leaf.dtype, jnp.inexact)]
+    return jnp.all(jnp.stack([jnp.all(jnp.isfinite(leaf)) for leaf in leaves]))
 
 
 def _check_nonnegative(params: Params, *names: str) -> None:

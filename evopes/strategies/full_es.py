@@ -50,7 +50,7 @@ class FullES(AntitheticES):
       maximize: maximise fitness instead of minimising it.
 
     Hyperparameters (``es.default_params``): ``std_init=0.1``,
-    ``std_decay=1.0``, ``std_min=0.0``, ``weight_decay=0.0``.
+    ``std_decay=1.0``, ``std_min=0.0``, ``std_max=1e20``, ``weight_decay=0.0``.
     """
 
     def __init__(

@@ -8,7 +8,7 @@ Algorithm 2 of the paper is
     g = 1 / (n sigma) * sum_j F_j eps_j = 1 / (2 P sigma) * sum_i (F_i - F_{i+P}) eps_i,
 
 and the mean moves by ``optimizer.update(g + weight_decay * theta)``; sigma
-follows ``sigma <- max(std_min, sigma * std_decay)`` after every generation.
+follows ``sigma <- clip(sigma * std_decay, std_min, std_max)`` after every generation.
 
 By default the perturbations are slices of a shared noise table (section 2.1
 of the paper; :class:`evopes.NoiseTable`): rebuilding them in ``tell`` is a
@@ -48,7 +48,7 @@ class OpenES(AntitheticES):
       maximize: maximise fitness instead of minimising it.
 
     Hyperparameters (``es.default_params``): ``std_init=0.1``,
-    ``std_decay=1.0``, ``std_min=0.0``, ``weight_decay=0.0``.
+    ``std_decay=1.0``, ``std_min=0.0``, ``std_max=1e20``, ``weight_decay=0.0``.
     """
 
     def __init__(

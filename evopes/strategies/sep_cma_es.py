@@ -39,8 +39,8 @@ from evopes.strategies.cma_es import (
     cma_constants,
     default_population_size,
     make_params,
+    population_member,
     record_best,
-    selected_steps,
     stall_indicator,
     termination_indicators,
     tolfun_history_length,
@@ -115,6 +115,9 @@ class SepCMAES(Strategy):
                 f"got {tuple(np.shape(params.weights))}"
             )
 
+    def _member(self, population, index, state, params):
+        return population_member(population, index)
+
     def _init(self, key, mean, params: CMAESParams) -> SepCMAESState:
         zero = jnp.zeros(self.num_dims, jnp.float32)
         return SepCMAESState(
@@ -135,28 +138,22 @@ class SepCMAES(Strategy):
 
     def _tell(self, key, population, fitness, state: SepCMAESState, params: CMAESParams):
         n = self.num_dims
-        D = jnp.sqrt(state.variances)
-        y, whitened, weights = selected_steps(population, fitness, state.mean, state.std,
-                                              None, D, params)
-        positive = jnp.maximum(weights, 0.0)
-        y_w = positive @ y
+        y_w, rank_mu, weights = weighted_steps(
+            population, fitness, state.mean, state.std, state.variances, params
+        )
         mean = state.mean + params.c_mean * state.std * y_w
         p_sigma = (1 - params.c_sigma) * state.p_sigma + jnp.sqrt(
             params.c_sigma * (2 - params.c_sigma) * params.mu_eff
-        ) * (positive @ whitened)
+        ) * (y_w / jnp.sqrt(state.variances))  # C^{-1/2} <y>_w for a diagonal C
         std = update_std(state.std, p_sigma, params)
         h_sigma = stall_indicator(p_sigma, state.generation_counter, n, params)
         p_c = (1 - params.c_c) * state.p_c + h_sigma * jnp.sqrt(
             params.c_c * (2 - params.c_c) * params.mu_eff
         ) * y_w
 
-        squared_norms = jnp.maximum(jnp.sum(whitened**2, axis=1), TINY)
-        weights_circ = jnp.where(weights >= 0, weights, weights * n / squared_norms)
         delta_h = (1 - h_sigma) * params.c_c * (2 - params.c_c)
         decay = 1 + params.c_1 * delta_h - params.c_1 - params.c_mu * jnp.sum(weights)
-        variances = (
-            decay * state.variances + params.c_1 * p_c**2 + params.c_mu * (weights_circ @ y**2)
-        )
+        variances = decay * state.variances + params.c_1 * p_c**2 + params.c_mu * rank_mu
         floor = jnp.maximum(jnp.max(variances) * params.min_eigenvalue_ratio, TINY)
         variances = jnp.maximum(variances, floor)
 
@@ -173,6 +170,52 @@ class SepCMAES(Strategy):
         )
         metrics["h_sigma"] = h_sigma
         return new_state, metrics
+
+
+def weighted_steps(population, fitness, mean, std, variances, params):
+    """<y>_w and the rank-mu sum for a diagonal C, in two passes over the population.
+
+    The same selection as :func:`~evopes.strategies.cma_es.selected_steps`
+    (weights by rank, weight 0 for a non-finite fitness or step, steps longer
+    than ``max_step_norm`` in Mahalanobis norm shortened), but the per-member
+    factors are folded into two weight vectors instead of rescaling the
+    (lambda, n) steps, which is what costs time at large n:
+
+        <y>_w = sum_i max(w_i, 0) s_i y_i,   rank_mu = sum_i w°_i s_i^2 y_i^2,
+
+    with s_i the shortening factor and w°_i from Eq. (46) on the shortened step.
+    Returns (<y>_w, rank_mu, weights).
+    """
+    n = mean.shape[0]
+    finite = jnp.isfinite(fitness)
+    y = jnp.where(finite[:, None], (population - mean) / std, 0.0)
+    squares = y * y
+    squared_norms = squares @ (1.0 / variances)  # ||C^{-1/2} y_i||^2
+    valid = finite & jnp.isfinite(squared_norms)
+    squared_norms = jnp.where(valid, squared_norms, 0.0)
+    shrink = jnp.minimum(1.0, params.max_step_norm / jnp.sqrt(jnp.maximum(squared_norms, TINY)))
+
+    order = jnp.argsort(jnp.where(valid, fitness, jnp.inf), stable=True)
+    weights = jnp.zeros_like(params.weights).at[order].set(params.weights)
+    weights = jnp.where(valid, weights, 0.0)
+    shrunk_norms = jnp.maximum(squared_norms * shrink**2, TINY)
+    weights_circ = jnp.where(weights >= 0, weights, weights * n / shrunk_norms)  # (46)
+    mean_weights = jnp.maximum(weights, 0.0) * shrink
+    covariance_weights = weights_circ * shrink**2
+
+    def sums(y, squares):
+        return mean_weights @ y, covariance_weights @ squares
+
+    def sums_without_overflowed_rows(y, squares):
+        keep = valid[:, None]
+        return sums(jnp.where(keep, y, 0.0), jnp.where(keep, squares, 0.0))
+
+    # A member with finite fitness whose step overflows (0 * inf = NaN in the
+    # products) is rare: only then pay for a cleaning pass.
+    y_w, rank_mu = jax.lax.cond(
+        jnp.all(valid == finite), sums, sums_without_overflowed_rows, y, squares
+    )
+    return y_w, rank_mu, weights
 
 
 #: evosax's name, so that code ports by changing an import.
