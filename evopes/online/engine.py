@@ -525,9 +525,11 @@ class OnlineES(Strategy):
         redrawn = self._redraw(
             state.time, state.noise_age, state.generation_counter
         )  # as ask decided
-        ended = jnp.any(dones, axis=0)
-        steps_after_last_done = jnp.argmax(dones[::-1], axis=0).astype(jnp.int32)
-        time = jnp.where(ended, steps_after_last_done, state.time + W)
+        # Index reductions as plain max/min of masked step indices: XLA's
+        # argmax is a two-operand reduction that CPU backends do not vectorise.
+        last_done = jnp.max(jnp.where(dones, jnp.arange(W)[:, None], -1), axis=0)
+        ended = last_done >= 0
+        time = jnp.where(ended, W - 1 - last_done, state.time + W).astype(jnp.int32)
 
         if self.branches_from_positive:
             positive_half = lambda x: jnp.concatenate([x[:P], x[:P]])
@@ -677,8 +679,13 @@ def _before_first_done(dones: jax.Array) -> jax.Array:
     The step that reports ``done`` still belongs to the old episode; every
     later step belongs to a new one (an exclusive cumulative OR).
     """
-    done_before = (jnp.cumsum(dones, axis=0) - dones) > 0
-    return (~done_before).astype(jnp.float32)
+    # From the index of the first done, not a cumulative sum (XLA lowers a
+    # cumsum over W steps to a windowed reduction, O(W^2) per particle on CPU)
+    # nor an argmax (a two-operand reduction that CPU backends do not vectorise).
+    num_steps = dones.shape[0]
+    steps = jnp.arange(num_steps)[:, None]
+    first_done = jnp.min(jnp.where(dones, steps, num_steps), axis=0)
+    return (steps <= first_done[None, :]).astype(jnp.float32)
 
 
 def _pairwise_product(coefficients: jax.Array, vectors: jax.Array, partners_share: jax.Array) -> jax.Array:
