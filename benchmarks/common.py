@@ -61,7 +61,11 @@ def format_table(rows: Sequence[dict]) -> str:
 
 def write_results(name: str, rows: list[dict], out_dir: Path, *, quick: bool, seed: int,
                   extra: dict | None = None) -> Path:
-    """Writes ``out_dir/name.json`` with the rows and the run's context; prints the table."""
+    """Writes ``out_dir/NAME.json`` with the rows and the run's context; prints the table.
+
+    NAME is the command-line name (``speed_classic`` is written as ``speed-classic``).
+    """
+    name = cli_name(name)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     payload = {
@@ -82,8 +86,14 @@ def write_results(name: str, rows: list[dict], out_dir: Path, *, quick: bool, se
     return path
 
 
+def cli_name(name: str) -> str:
+    """The benchmark's name on the command line: ``-`` where the module has ``_``."""
+    return name.replace("_", "-")
+
+
 def save_figure(fig, name: str, out_dir: Path) -> Path:
-    """Saves ``fig`` as ``out_dir/name.png`` and closes it."""
+    """Saves ``fig`` as ``out_dir/NAME.png`` (the command-line name) and closes it."""
+    name = cli_name(name)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     path = out_dir / f"{name}.png"

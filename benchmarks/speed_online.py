@@ -282,7 +282,7 @@ def memory_rows() -> list[dict]:
                    init_inner=_tiny_inner, **extra)
 
     evopes_cases = {
-        "CMAES": ("2 d^2 floats (C, B)", lambda d: CMAES(population_size=n, solution=jnp.zeros(d))),
+        "CMAES": ("3 d^2 floats (C, B, C^1/2)", lambda d: CMAES(population_size=n, solution=jnp.zeros(d))),
         "SepCMAES": ("O(d) floats", lambda d: SepCMAES(population_size=n, solution=jnp.zeros(d))),
         "OpenES (noise table)": ("table 2^24 floats + O(d) + O(P) ids",
                                  lambda d: evopes.OpenES(n, jnp.zeros(d), noise=evopes.NoiseTable())),
