@@ -3,9 +3,19 @@
 from evopes import shaping
 from evopes.checkpoint import latest_checkpoint, restore_checkpoint, save_checkpoint
 from evopes.noise import GaussianNoise, NoiseTable
-from evopes.online import GPES, NRES, PES, TES, OnlineES, OnlineParams, OnlineState, pair_keys, unroll
-from evopes.spec import SolutionSpec
+from evopes.online import (
+    GPES,
+    NRES,
+    PES,
+    TES,
+    OnlineES,
+    OnlineParams,
+    OnlineState,
+    pair_keys,
+    unroll,
+)
 from evopes.run import RunResult, run, run_loop, run_online
+from evopes.spec import SolutionSpec
 from evopes.strategies import (
     BIPOP,
     CMA_ES,

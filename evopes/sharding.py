@@ -49,11 +49,10 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
-from evopes.online.engine import OnlineES, OnlineState
+from evopes.online.engine import OnlineES
 from evopes.online.unroll import unroll
 from evopes.strategy import Strategy
 

@@ -7,8 +7,8 @@ each is imported as a module and its entry point called with small sizes.
 from __future__ import annotations
 
 import importlib.util
-import sys
 import math
+import sys
 from pathlib import Path
 
 import numpy as np
