@@ -14,7 +14,7 @@ from evopes.online import (
     pair_keys,
     unroll,
 )
-from evopes.run import RunResult, run, run_loop, run_online
+from evopes.driver import RunResult, run, run_loop, run_online
 from evopes.spec import SolutionSpec
 from evopes.strategies import (
     BIPOP,
