@@ -1,4 +1,5 @@
-"""The long-run driver (``evopes.run``, ``evopes.run_online``) for users who do not want to write the loop.
+"""The long-run driver, ``evopes.run`` and ``evopes.run_online``: for users who do
+not want to write the loop.
 
 It runs generations (or, for online strategies, truncation windows) in jitted
 chunks of ``chunk_size`` steps with ``lax.scan``, and between chunks, on the
