@@ -40,6 +40,7 @@ import optax
 
 import evopes
 from benchmarks.common import cli, save_figure, write_results
+from benchmarks.lopt import FINAL_FRACTION, meta_learning_rate
 from evopes.tasks.learned_optimizer import LearnedOptimizerTask
 from evopes.tasks.training import episodic_gradient, online_gradients, train_online
 
@@ -92,7 +93,7 @@ def main(quick: bool, seed: int, out_dir: Path) -> list[dict]:
         truncation_length=1,
         horizon=T,
         init_inner=task.init_inner,
-        optimizer=optax.adam(config["train_lr"]),
+        optimizer=optax.adam(meta_learning_rate(config["train_lr"], config["train_windows"])),
     )
     num_windows = es.burn_in_windows + config["train_windows"]
     trace = train_online(
@@ -164,7 +165,7 @@ def main(quick: bool, seed: int, out_dir: Path) -> list[dict]:
                 "std": STD,
                 "nres_pairs": NRES_PAIRS,
                 "fulles_pairs": FULLES_PAIRS,
-                "train_optimizer": f"adam({config['train_lr']})",
+                "train_optimizer": f"adam(cosine {config['train_lr']} -> {config['train_lr'] * FINAL_FRACTION})",
             },
         },
     )
@@ -189,7 +190,7 @@ def _figure(rows):
     )
     for row in rows:
         ax.annotate(
-            f"{row['ratio']:.0f}x",
+            f"FullES/NRES {row['ratio']:.2g}x",
             (row["theta_index"], row["nres_trace"]),
             textcoords="offset points",
             xytext=(4, -12),

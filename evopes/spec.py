@@ -65,6 +65,12 @@ class SolutionSpec:
                     f"{name}: leaf {index} expected shape {expected}, got {tuple(np.shape(leaf))}"
                 )
 
+    @property
+    def all_float32(self) -> bool:
+        """Whether every leaf is float32 (a population then holds its members exactly as
+        the strategies compute them in float32)."""
+        return all(jnp.dtype(dtype) == jnp.float32 for dtype in self.dtypes)
+
     def ravel(self, tree: PyTree, dtype=jnp.float32) -> jax.Array:
         """Pytree -> flat vector of length ``num_dims``."""
         self.check(tree, "solution")

@@ -626,12 +626,14 @@ class OnlineES(Strategy):
         is read off the population, ``sign (x - theta) / std^2``: one pass
         instead of generating the random bits again (which dominates at large
         d on CPU). The difference is the rounding of x at |theta|, a relative
-        error of about eps32 |theta| / (std |z|).
+        error of about eps32 |theta| / (std |z|). Solutions with leaves
+        narrower than float32 (rounding, overflow) are always regenerated.
         """
-        if population is not None and isinstance(self.noise, GaussianNoise):
+        if population is not None and isinstance(self.noise, GaussianNoise) and self.spec.all_float32:
             flat = self.spec.ravel_population(population, self.population_size)
-            scale = self._signs() / jnp.square(state.noise_std)
-            return (flat - state.mean) * scale[:, None]
+            std = state.noise_std[:, None]
+            # Divide twice: std^2 underflows float32 for std below ~1e-19.
+            return (flat - state.mean) / std * self._signs()[:, None] / std
         return self._standard_noise(state) / state.noise_std[:, None]
 
     # -- accessors and validation -----------------------------------------------

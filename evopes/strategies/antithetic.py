@@ -31,7 +31,8 @@ in the state, so ``tell`` works without the population
   a generation at large n on CPU. The difference of the two members is exact
   up to the rounding of x at |theta|: an absolute error of about
   eps32 |theta| / sigma in z (1e-5 for |theta| = 1, sigma = 0.01). With
-  ``population=None`` z_i is regenerated from its id.
+  ``population=None``, or a solution with leaves narrower than float32 (whose
+  rounding or overflow would spoil z), z_i is regenerated from its id.
 
 Pairs with a non-finite fitness either follow the shaping (rank shapings rank
 them worst; OpenES) or are masked out of (1) and counted (FullES,
@@ -132,7 +133,9 @@ class AntitheticES(Strategy):
 
     @property
     def reads_population_if_given(self) -> bool:
-        return isinstance(self.noise, GaussianNoise)
+        # Only float32 populations hold the perturbations exactly enough
+        # (a float16 or bfloat16 leaf would round them, or overflow).
+        return isinstance(self.noise, GaussianNoise) and self.spec.all_float32
 
     def __init__(
         self,

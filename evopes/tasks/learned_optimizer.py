@@ -108,10 +108,21 @@ class LearnedOptimizerTask:
         return 3 + 2 * len(self.momentum_decays) + len(self.time_scales)
 
     def init_theta(self, key: jax.Array) -> dict:
-        """Initial optimizer parameters: LeCun-normal MLP, zero linear head."""
+        """Initial optimizer parameters: LeCun-normal hidden layers, zero output layer
+        and zero linear head.
+
+        The initial learned optimizer therefore leaves the classifier where it
+        is (its meta-loss is that of an untrained network, about ln 10), and
+        meta-training starts from a harmless optimizer. A random output layer
+        instead pushes every parameter along a fixed function of its features
+        at ``step_mult`` per step, which at T = 1000 makes the classifier drift
+        and diverge within a few hundred steps.
+        """
         sizes = (self.num_features, self.hidden_size, self.hidden_size, 2)
+        mlp = init_mlp(key, sizes)
+        mlp[-1] = jax.tree.map(jnp.zeros_like, mlp[-1])
         return {
-            "mlp": init_mlp(key, sizes),
+            "mlp": mlp,
             "linear": jnp.zeros((1 + len(self.momentum_decays),), jnp.float32),
         }
 
