@@ -2,6 +2,7 @@
 
 from evopes import shaping
 from evopes.checkpoint import latest_checkpoint, restore_checkpoint, save_checkpoint
+from evopes.driver import RunResult, run, run_loop, run_online
 from evopes.noise import GaussianNoise, NoiseTable
 from evopes.online import (
     GPES,
@@ -14,7 +15,6 @@ from evopes.online import (
     pair_keys,
     unroll,
 )
-from evopes.driver import RunResult, run, run_loop, run_online
 from evopes.spec import SolutionSpec
 from evopes.strategies import (
     BIPOP,

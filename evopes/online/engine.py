@@ -629,7 +629,8 @@ class OnlineES(Strategy):
         error of about eps32 |theta| / (std |z|). Solutions with leaves
         narrower than float32 (rounding, overflow) are always regenerated.
         """
-        if population is not None and isinstance(self.noise, GaussianNoise) and self.spec.all_float32:
+        reads_population = isinstance(self.noise, GaussianNoise) and self.spec.all_float32
+        if population is not None and reads_population:
             flat = self.spec.ravel_population(population, self.population_size)
             std = state.noise_std[:, None]
             # Divide twice: std^2 underflows float32 for std below ~1e-19.
@@ -711,7 +712,9 @@ def _before_first_done(dones: jax.Array) -> jax.Array:
     return (steps <= first_done[None, :]).astype(jnp.float32)
 
 
-def _pairwise_product(coefficients: jax.Array, vectors: jax.Array, partners_share: jax.Array) -> jax.Array:
+def _pairwise_product(
+    coefficients: jax.Array, vectors: jax.Array, partners_share: jax.Array
+) -> jax.Array:
     """``coefficients @ vectors`` over 2P particles, partners first combined where they can be.
 
     When partner p and p + P hold the same vector (the usual case: a pair

@@ -241,7 +241,9 @@ class AntitheticES(Strategy):
         # mean must also be finite in the solution's own dtypes (e.g. float16).
         usable = _all_finite((self.spec.unravel(mean), mean, opt_state))
         mean, opt_state = jax.tree_util.tree_map(
-            lambda new, old: jnp.where(usable, new, old), (mean, opt_state), (state.mean, state.opt_state)
+            lambda new, old: jnp.where(usable, new, old),
+            (mean, opt_state),
+            (state.mean, state.opt_state),
         )
         new_state = state.replace(
             mean=mean,
@@ -390,7 +392,8 @@ def static_key(value: Any, _active: frozenset = frozenset()) -> Any:
 
 
 def _all_finite(tree) -> jax.Array:
-    leaves = [leaf for leaf in jax.tree_util.tree_leaves(tree) if jnp.issubdtype(leaf.dtype, jnp.inexact)]
+    leaves = jax.tree_util.tree_leaves(tree)
+    leaves = [leaf for leaf in leaves if jnp.issubdtype(leaf.dtype, jnp.inexact)]
     return jnp.all(jnp.stack([jnp.all(jnp.isfinite(leaf)) for leaf in leaves]))
 
 
