@@ -24,6 +24,24 @@ def block(tree):
     return jax.block_until_ready(tree)
 
 
+def time_alternating(runs: Sequence[tuple[Callable, object]], repeats: int) -> list[float]:
+    """Median seconds per call of each jitted ``run(carry, key)``, timed in alternation.
+
+    Every run is compiled and warmed up first; then the runs take turns, so that
+    load on a shared machine hits them alike and their ratios stay meaningful.
+    """
+    key = jax.random.key(1)
+    for run, carry in runs:  # compile and warm up
+        block(run(carry, key))
+    times: list[list[float]] = [[] for _ in runs]
+    for _ in range(repeats):
+        for index, (run, carry) in enumerate(runs):
+            start = time.perf_counter()
+            block(run(carry, key))
+            times[index].append(time.perf_counter() - start)
+    return [statistics.median(t) for t in times]
+
+
 def time_call(fn: Callable[[], object], repeats: int = 5, warmup: int = 1) -> float:
     """Median wall time of ``fn()`` in seconds, after ``warmup`` untimed calls."""
     for _ in range(warmup):

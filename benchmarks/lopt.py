@@ -208,7 +208,9 @@ def main(quick: bool, seed: int, out_dir: Path) -> list[dict]:
             "settings": {
                 **config,
                 "std": STD,
-                "online_optimizer": f"adam(cosine {config['online_lr']} -> {config['online_lr'] * FINAL_FRACTION})",
+                "online_optimizer": (
+                    f"adam(cosine {config['online_lr']} -> {config['online_lr'] * FINAL_FRACTION})"
+                ),
                 "fulles_optimizer": f"adam({config['fulles_lr']})",
                 "fulles_generations": generations,
                 "eval_keys": EVAL_KEYS,

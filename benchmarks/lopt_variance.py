@@ -165,7 +165,9 @@ def main(quick: bool, seed: int, out_dir: Path) -> list[dict]:
                 "std": STD,
                 "nres_pairs": NRES_PAIRS,
                 "fulles_pairs": FULLES_PAIRS,
-                "train_optimizer": f"adam(cosine {config['train_lr']} -> {config['train_lr'] * FINAL_FRACTION})",
+                "train_optimizer": (
+                    f"adam(cosine {config['train_lr']} -> {config['train_lr'] * FINAL_FRACTION})"
+                ),
             },
         },
     )

@@ -45,7 +45,11 @@ def train(seed: int, num_generations: int):
         costs = fitness(population, eval_key)
         state, _ = es.tell(tell_key, population, costs, state, es_params)
         mean_cost = fitness(jax.tree.map(lambda leaf: leaf[None], es.get_mean(state)), eval_key)[0]
-        return state, {"population_cost": costs.mean(), "mean_cost": mean_cost, "step_size": state.std}
+        return state, {
+            "population_cost": costs.mean(),
+            "mean_cost": mean_cost,
+            "step_size": state.std,
+        }
 
     @jax.jit
     def run(key):
@@ -70,23 +74,41 @@ def main(quick: bool, seed: int, out_dir: Path) -> list[dict]:
         rows.append({"seed": s, "final_cost": final_cost, "wall_s": wall_s})
         print(f"seed {s}: final cost {final_cost:.1f} in {wall_s:.1f} s", flush=True)
     median = statistics.median(row["final_cost"] for row in rows)
-    write_results(NAME, rows, out_dir, quick=quick, seed=seed, extra={
-        "num_generations": num_generations,
-        "median_final_cost": median,
-        "target": "median final cost < 200 after 200 generations (tutorial: ~124)",
-    })
+    write_results(
+        NAME,
+        rows,
+        out_dir,
+        quick=quick,
+        seed=seed,
+        extra={
+            "num_generations": num_generations,
+            "median_final_cost": median,
+            "target": "median final cost < 200 after 200 generations (tutorial: ~124)",
+        },
+    )
 
     fig, (cost_ax, std_ax) = plt.subplots(1, 2, figsize=(10, 4))
     generations = range(1, num_generations + 1)
     for s, c in curves.items():
-        line, = cost_ax.plot(generations, c["mean_cost"], label=f"seed {s}: mean policy")
-        cost_ax.plot(generations, c["population_cost"], color=line.get_color(), alpha=0.35,
-                     label=f"seed {s}: population average")
+        (line,) = cost_ax.plot(generations, c["mean_cost"], label=f"seed {s}: mean policy")
+        cost_ax.plot(
+            generations,
+            c["population_cost"],
+            color=line.get_color(),
+            alpha=0.35,
+            label=f"seed {s}: population average",
+        )
         std_ax.plot(generations, c["step_size"], color=line.get_color(), label=f"seed {s}")
     cost_ax.axhline(200, color="k", linestyle=":", label="target 200")
-    cost_ax.set(xlabel="generation", ylabel="cost (minus mean return, 20 rollouts)", yscale="log",
-                title="CMA-ES on Pendulum-v1 (241 parameters)")
-    std_ax.set(xlabel="generation", ylabel="step size sigma", yscale="log", title="CMA-ES step size")
+    cost_ax.set(
+        xlabel="generation",
+        ylabel="cost (minus mean return, 20 rollouts)",
+        yscale="log",
+        title="CMA-ES on Pendulum-v1 (241 parameters)",
+    )
+    std_ax.set(
+        xlabel="generation", ylabel="step size sigma", yscale="log", title="CMA-ES step size"
+    )
     cost_ax.legend(fontsize=7)
     std_ax.legend(fontsize=7)
     save_figure(fig, NAME, out_dir)

@@ -112,16 +112,26 @@ def main(quick: bool, seed: int, out_dir: Path) -> list[dict]:
         checks[label] = claims(curves)
         print(label, checks[label], flush=True)
         rows += [_row(label, method, curve) for method, curve in curves.items()]
-    write_results(NAME, rows, out_dir, quick=quick, seed=seed, extra={
-        "seeds": seeds,
-        "seed_rows": seed_rows,
-        "claims": checks,
-        "settings": {label: repr(setting) for label, setting in settings.items()},
-        "curves": {
-            label: {m: {k: np.asarray(v).tolist() for k, v in c.items() if k != "wall_s"} for m, c in curves.items()}
-            for label, curves in all_curves.items()
+    write_results(
+        NAME,
+        rows,
+        out_dir,
+        quick=quick,
+        seed=seed,
+        extra={
+            "seeds": seeds,
+            "seed_rows": seed_rows,
+            "claims": checks,
+            "settings": {label: repr(setting) for label, setting in settings.items()},
+            "curves": {
+                label: {
+                    m: {k: np.asarray(v).tolist() for k, v in c.items() if k != "wall_s"}
+                    for m, c in curves.items()
+                }
+                for label, curves in all_curves.items()
+            },
         },
-    })
+    )
 
     plot(all_curves, out_dir)
     return rows

@@ -68,16 +68,31 @@ def _worker(num_devices: int, quick: bool, seed: int) -> dict:
         f"NRES Lorenz {particles} particles": (
             # Lock-step: a step-unlocked run would spend its first T / W = 20
             # windows in burn-in, leaving the mean (and the comparison) untouched.
-            evopes.NRES(population_size=particles, solution=lorenz.INITIAL_THETA, truncation_length=100,
-                        horizon=lorenz.HORIZON, init_inner=lorenz.init_inner, optimizer=optax.sgd(1e-5),
-                        step_unlocked=False),
-            lorenz.step, lorenz.INITIAL_THETA, lambda p: p.replace(std=jnp.float32(0.04)),
+            evopes.NRES(
+                population_size=particles,
+                solution=lorenz.INITIAL_THETA,
+                truncation_length=100,
+                horizon=lorenz.HORIZON,
+                init_inner=lorenz.init_inner,
+                optimizer=optax.sgd(1e-5),
+                step_unlocked=False,
+            ),
+            lorenz.step,
+            lorenz.INITIAL_THETA,
+            lambda p: p.replace(std=jnp.float32(0.04)),
         ),
         "OpenES d=1e5 256 members": (
             # SGD: Adam would turn rounding differences in near-zero gradient
             # coordinates into full steps and hide the float agreement.
-            evopes.OpenES(256, jnp.zeros(open_es_dims), optimizer=optax.sgd(1e-2), noise=evopes.GaussianNoise()),
-            sphere, jnp.full(open_es_dims, 0.5), lambda p: p,
+            evopes.OpenES(
+                256,
+                jnp.zeros(open_es_dims),
+                optimizer=optax.sgd(1e-2),
+                noise=evopes.GaussianNoise(),
+            ),
+            sphere,
+            jnp.full(open_es_dims, 0.5),
+            lambda p: p,
         ),
     }
     results = {}
@@ -88,7 +103,7 @@ def _worker(num_devices: int, quick: bool, seed: int) -> dict:
         step = sharding.sharded_step(es, evaluate, mesh)
         keys = [jax.random.fold_in(key, index) for index in range(STEPS)]
 
-        def run(state):
+        def run(state, keys=keys, step=step, params=params):
             for step_key in keys:
                 state, _ = step(state, step_key, params)
             return jax.block_until_ready(state)
@@ -99,7 +114,10 @@ def _worker(num_devices: int, quick: bool, seed: int) -> dict:
             start = time.perf_counter()
             run(initial)
             seconds.append((time.perf_counter() - start) / STEPS)
-        results[name] = {"seconds": statistics.median(seconds), "mean": np.asarray(final.mean).tolist()}
+        results[name] = {
+            "seconds": statistics.median(seconds),
+            "mean": np.asarray(final.mean).tolist(),
+        }
     return results
 
 
@@ -111,7 +129,15 @@ def _run_worker(num_devices: int, quick: bool, seed: int) -> dict:
         "JAX_PLATFORMS": "cpu",
         "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]),
     }
-    command = [sys.executable, "-m", "benchmarks.scaling", "--worker", str(num_devices), "--seed", str(seed)]
+    command = [
+        sys.executable,
+        "-m",
+        "benchmarks.scaling",
+        "--worker",
+        str(num_devices),
+        "--seed",
+        str(seed),
+    ]
     if quick:
         command.append("--quick")
     done = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=1800)
@@ -126,20 +152,37 @@ def main(quick: bool, seed: int, out_dir: Path) -> list[dict]:
     by_devices = {}
     for num_devices in DEVICE_COUNTS:
         by_devices[num_devices] = _run_worker(num_devices, quick, seed)
-        print(f"{num_devices} devices: " + ", ".join(
-            f"{name} {result['seconds']:.4g} s" for name, result in by_devices[num_devices].items()), flush=True)
+        print(
+            f"{num_devices} devices: "
+            + ", ".join(
+                f"{name} {result['seconds']:.4g} s"
+                for name, result in by_devices[num_devices].items()
+            ),
+            flush=True,
+        )
     rows = []
     for name in by_devices[1]:
         reference = np.array(by_devices[1][name]["mean"])
         for num_devices in DEVICE_COUNTS:
             result = by_devices[num_devices][name]
-            rows.append({
-                "strategy": name,
-                "devices": num_devices,
-                "seconds": result["seconds"],
-                "max_abs_diff_vs_1": float(np.max(np.abs(np.array(result["mean"]) - reference))),
-            })
-    write_results(NAME, rows, out_dir, quick=quick, seed=seed, extra={"steps": STEPS, "host_cores": os.cpu_count()})
+            rows.append(
+                {
+                    "strategy": name,
+                    "devices": num_devices,
+                    "seconds": result["seconds"],
+                    "max_abs_diff_vs_1": float(
+                        np.max(np.abs(np.array(result["mean"]) - reference))
+                    ),
+                }
+            )
+    write_results(
+        NAME,
+        rows,
+        out_dir,
+        quick=quick,
+        seed=seed,
+        extra={"steps": STEPS, "host_cores": os.cpu_count()},
+    )
     _plot(rows, out_dir)
     return rows
 
@@ -149,7 +192,12 @@ def _plot(rows, out_dir):
     for name in dict.fromkeys(row["strategy"] for row in rows):
         mine = [row for row in rows if row["strategy"] == name]
         base = mine[0]["seconds"]
-        ax.plot([row["devices"] for row in mine], [row["seconds"] / base for row in mine], "o-", label=name)
+        ax.plot(
+            [row["devices"] for row in mine],
+            [row["seconds"] / base for row in mine],
+            "o-",
+            label=name,
+        )
     ax.axhline(1.0, color="gray", linewidth=1, linestyle="--")
     ax.set_xscale("log", base=2)
     ax.set_xticks(DEVICE_COUNTS, [str(n) for n in DEVICE_COUNTS])

@@ -29,7 +29,7 @@ import matplotlib.pyplot as plt
 import optax
 
 import evopes
-from benchmarks.common import block, cli, save_figure, write_results
+from benchmarks.common import block, cli, save_figure, time_alternating, write_results
 from evopes.strategies.open_es import OpenES
 
 NAME = "speed_classic"
@@ -139,20 +139,6 @@ def _runner(strategy, num_dims, generations, seed):
     return run, block(state)
 
 
-def _time_pair(runs, repeats):
-    """Median seconds per call of each (run, state), timed in alternation."""
-    key = jax.random.key(1)
-    for run, state in runs:  # compile and warm up
-        block(run(state, key))
-    times = [[] for _ in runs]
-    for _ in range(repeats):
-        for index, (run, state) in enumerate(runs):
-            start = time.perf_counter()
-            block(run(state, key))
-            times[index].append(time.perf_counter() - start)
-    return [statistics.median(t) for t in times]
-
-
 def _compile_once(make, num_dims, population_size, seed) -> float:
     """Seconds to trace and compile one ask + tell of a freshly built strategy."""
     strategy = make(num_dims, population_size)
@@ -237,7 +223,7 @@ def main(quick: bool, seed: int, out_dir: Path) -> list[dict]:
             )
             for make in (config.make_evopes, config.make_evosax)
         ]
-        evopes_s, evosax_s = (t / config.generations for t in _time_pair(runs, repeats))
+        evopes_s, evosax_s = (t / config.generations for t in time_alternating(runs, repeats))
         rows.append(
             {
                 "config": config.name,

@@ -56,7 +56,7 @@ import numpy as np
 import optax
 
 import evopes
-from benchmarks.common import block, cli, save_figure, write_results
+from benchmarks.common import block, cli, save_figure, time_alternating, write_results
 from evopes.tasks import lorenz
 
 NAME = "speed_online"
@@ -139,8 +139,12 @@ def _evopes_window(es, system):
     def window(state, key):
         ask_key, unroll_key, tell_key = jax.random.split(key, 3)
         population, state = es.ask(ask_key, state, params)
-        inner, losses, dones = evopes.unroll(system.step, population, state.inner_state, unroll_key, WINDOW)
-        state, _ = es.tell(tell_key, population, losses, state, params, inner_state=inner, dones=dones)
+        inner, losses, dones = evopes.unroll(
+            system.step, population, state.inner_state, unroll_key, WINDOW
+        )
+        state, _ = es.tell(
+            tell_key, population, losses, state, params, inner_state=inner, dones=dones
+        )
         return state
 
     def init(key):
@@ -161,7 +165,9 @@ def _evosax_window(es, system):
         state, _ = es.tell(tell_key, population, jnp.mean(losses, axis=0), state, params)
         # evosax keeps no inner states: the loop restarts them at the horizon.
         time_ = time_ + WINDOW
-        inner = jax.lax.cond(time_ >= system.horizon, lambda: _fresh(system, population_size), lambda: inner)
+        inner = jax.lax.cond(
+            time_ >= system.horizon, lambda: _fresh(system, population_size), lambda: inner
+        )
         return state, inner, jnp.where(time_ >= system.horizon, 0, time_)
 
     def init(key):
@@ -193,27 +199,18 @@ def _scanned(init, window, num_windows, seed):
 
     @jax.jit
     def run(carry, key):
-        return jax.lax.scan(lambda c, k: (window(c, k), None), carry, jax.random.split(key, num_windows))[0]
+        return jax.lax.scan(
+            lambda c, k: (window(c, k), None), carry, jax.random.split(key, num_windows)
+        )[0]
 
     return run, block(jax.jit(init)(jax.random.key(seed)))
 
 
-def _time_alternating(runs, repeats):
-    key = jax.random.key(1)
-    for run, carry in runs:  # compile and warm up
-        block(run(carry, key))
-    times = [[] for _ in runs]
-    for _ in range(repeats):
-        for index, (run, carry) in enumerate(runs):
-            start = time.perf_counter()
-            block(run(carry, key))
-            times[index].append(time.perf_counter() - start)
-    return [statistics.median(t) for t in times]
-
-
 def _state_bytes(init: Callable) -> int:
     shapes = jax.eval_shape(init, jax.random.key(0))
-    return int(sum(math.prod(x.shape) * x.dtype.itemsize for x in jax.tree_util.tree_leaves(shapes)))
+    return int(
+        sum(math.prod(x.shape) * x.dtype.itemsize for x in jax.tree_util.tree_leaves(shapes))
+    )
 
 
 # -- compile time ---------------------------------------------------------------------
@@ -232,10 +229,12 @@ def compile_rows(population_size: int, repeats: int) -> list[dict]:
     makers = {}
     for kind in ("TES", "PES", "GPES", "NRES"):
         makers[("evopes", kind)] = lambda kind=kind: _evopes_window(
-            _evopes_strategy(kind, system, population_size), system)
+            _evopes_strategy(kind, system, population_size), system
+        )
     for kind in ("PES", "NRES"):
         makers[("evosax", kind)] = lambda kind=kind: _evosax_window(
-            _evosax_strategy(kind, system, population_size), system)
+            _evosax_strategy(kind, system, population_size), system
+        )
     seconds = {name: [] for name in makers}
     for repeat in range(repeats + 1):  # the first round pays one-off import and tracing costs
         for name, make in makers.items():
@@ -245,13 +244,17 @@ def compile_rows(population_size: int, repeats: int) -> list[dict]:
     rows = []
     for kind in ("TES", "PES", "GPES", "NRES"):
         evopes_s = statistics.median(seconds[("evopes", kind)])
-        evosax_s = statistics.median(seconds[("evosax", kind)]) if ("evosax", kind) in seconds else None
-        rows.append({
-            "strategy": kind,
-            "evopes_compile_s": evopes_s,
-            "evosax_compile_s": evosax_s,
-            "ratio": evopes_s / evosax_s if evosax_s else None,
-        })
+        evosax_s = (
+            statistics.median(seconds[("evosax", kind)]) if ("evosax", kind) in seconds else None
+        )
+        rows.append(
+            {
+                "strategy": kind,
+                "evopes_compile_s": evopes_s,
+                "evosax_compile_s": evosax_s,
+                "ratio": evopes_s / evosax_s if evosax_s else None,
+            }
+        )
     return rows
 
 
@@ -278,19 +281,36 @@ def memory_rows() -> list[dict]:
     n = MEMORY_POPULATION
 
     def online(cls, d, **extra):
-        return cls(population_size=n, solution=jnp.zeros(d), truncation_length=WINDOW, horizon=10 * WINDOW,
-                   init_inner=_tiny_inner, **extra)
+        return cls(
+            population_size=n,
+            solution=jnp.zeros(d),
+            truncation_length=WINDOW,
+            horizon=10 * WINDOW,
+            init_inner=_tiny_inner,
+            **extra,
+        )
 
     evopes_cases = {
-        "CMAES": ("3 d^2 floats (C, B, C^1/2)", lambda d: CMAES(population_size=n, solution=jnp.zeros(d))),
+        "CMAES": (
+            "3 d^2 floats (C, B, C^1/2)",
+            lambda d: CMAES(population_size=n, solution=jnp.zeros(d)),
+        ),
         "SepCMAES": ("O(d) floats", lambda d: SepCMAES(population_size=n, solution=jnp.zeros(d))),
-        "OpenES (noise table)": ("table 2^24 floats + O(d) + O(P) ids",
-                                 lambda d: evopes.OpenES(n, jnp.zeros(d), noise=evopes.NoiseTable())),
-        "OpenES (gaussian)": ("O(d) + O(P) ids", lambda d: evopes.OpenES(n, jnp.zeros(d), noise=evopes.GaussianNoise())),
+        "OpenES (noise table)": (
+            "table 2^24 floats + O(d) + O(P) ids",
+            lambda d: evopes.OpenES(n, jnp.zeros(d), noise=evopes.NoiseTable()),
+        ),
+        "OpenES (gaussian)": (
+            "O(d) + O(P) ids",
+            lambda d: evopes.OpenES(n, jnp.zeros(d), noise=evopes.GaussianNoise()),
+        ),
         "FullES": ("O(d) + O(P) ids", lambda d: evopes.FullES(n, jnp.zeros(d))),
         "TES": ("O(d) + O(P) ids + inner", lambda d: online(evopes.TES, d)),
         "PES": ("2P d floats (accumulator)", lambda d: online(evopes.PES, d)),
-        "GPES": ("2P d floats (accumulator)", lambda d: online(evopes.GPES, d, noise_period=2 * WINDOW)),
+        "GPES": (
+            "2P d floats (accumulator)",
+            lambda d: online(evopes.GPES, d, noise_period=2 * WINDOW),
+        ),
         "NRES": ("O(d) + O(P) ids + inner", lambda d: online(evopes.NRES, d)),
     }
     evosax_cases = {
@@ -306,13 +326,27 @@ def memory_rows() -> list[dict]:
         for name, (model, make) in evopes_cases.items():
             es = make(d)
             params = es.default_params
-            evopes_bytes = _state_bytes(lambda key: es.init(key, jnp.zeros(d), params))
+            evopes_bytes = _state_bytes(
+                lambda key, es=es, d=d, p=params: es.init(key, jnp.zeros(d), p)
+            )
             evosax_bytes = None
             if name in evosax_cases:
                 other = evosax_cases[name](d)
-                evosax_bytes = _state_bytes(lambda key: other.init(key, jnp.zeros(d), other.default_params))
-            rows.append({"strategy": name, "num_dims": d, "population": n, "model": model,
-                         "evopes_state_bytes": evopes_bytes, "evosax_state_bytes": evosax_bytes})
+                evosax_bytes = _state_bytes(
+                    lambda key, other=other, d=d: other.init(
+                        key, jnp.zeros(d), other.default_params
+                    )
+                )
+            rows.append(
+                {
+                    "strategy": name,
+                    "num_dims": d,
+                    "population": n,
+                    "model": model,
+                    "evopes_state_bytes": evopes_bytes,
+                    "evosax_state_bytes": evosax_bytes,
+                }
+            )
     return rows
 
 
@@ -323,8 +357,22 @@ def _configs(quick: bool):
     table = evopes.NoiseTable()
     return [
         # name, strategy kind, system, particles, windows per timed call, noise
-        (f"PES Lorenz P={pairs} W={WINDOW}", "PES", Lorenz, 2 * pairs, Lorenz.horizon // WINDOW, None),
-        (f"NRES Lorenz P={pairs} W={WINDOW}", "NRES", Lorenz, 2 * pairs, Lorenz.horizon // WINDOW, None),
+        (
+            f"PES Lorenz P={pairs} W={WINDOW}",
+            "PES",
+            Lorenz,
+            2 * pairs,
+            Lorenz.horizon // WINDOW,
+            None,
+        ),
+        (
+            f"NRES Lorenz P={pairs} W={WINDOW}",
+            "NRES",
+            Lorenz,
+            2 * pairs,
+            Lorenz.horizon // WINDOW,
+            None,
+        ),
         (f"NRES d=1e6 {big} particles (gaussian)", "NRES", BlockDriven, big, 2, None),
         (f"NRES d=1e6 {big} particles (noise table)", "NRES", BlockDriven, big, 2, table),
     ]
@@ -340,31 +388,47 @@ def main(quick: bool, seed: int, out_dir: Path) -> list[dict]:
             _bare_window(system, particles),
         ]
         runs = [_scanned(init, window, num_windows, seed) for init, window in loops]
-        evopes_s, evosax_s, bare_s = (t / num_windows for t in _time_alternating(runs, repeats))
+        evopes_s, evosax_s, bare_s = (t / num_windows for t in time_alternating(runs, repeats))
         del runs
         if system is BlockDriven:  # memory at 1000 particles, counted without allocating
-            evopes_init = _evopes_window(_evopes_strategy(kind, system, STATE_PARTICLES, noise), system)[0]
+            evopes_init = _evopes_window(
+                _evopes_strategy(kind, system, STATE_PARTICLES, noise), system
+            )[0]
             evosax_init = _evosax_window(_evosax_strategy(kind, system, STATE_PARTICLES), system)[0]
         else:
             evopes_init, evosax_init = loops[0][0], loops[1][0]
-        evosax_bytes = _state_bytes(lambda key: evosax_init(key)[0])  # without the loop's inner states
-        rows.append({
-            "config": name,
-            "evopes_s": evopes_s,
-            "evosax_s": evosax_s,
-            "ratio": evopes_s / evosax_s,
-            "bare_s": bare_s,
-            "overhead": evopes_s / bare_s,
-            "evopes_state_bytes": _state_bytes(evopes_init),
-            "evosax_state_bytes": evosax_bytes,
-        })
+        evosax_bytes = _state_bytes(
+            lambda key, init=evosax_init: init(key)[0]
+        )  # without the loop's inner states
+        rows.append(
+            {
+                "config": name,
+                "evopes_s": evopes_s,
+                "evosax_s": evosax_s,
+                "ratio": evopes_s / evosax_s,
+                "bare_s": bare_s,
+                "overhead": evopes_s / bare_s,
+                "evopes_state_bytes": _state_bytes(evopes_init),
+                "evosax_state_bytes": evosax_bytes,
+            }
+        )
         print(rows[-1], flush=True)
 
     compiles = compile_rows(population_size=2 * (100 if quick else 200), repeats=1 if quick else 3)
     memory = memory_rows()
-    write_results(NAME, rows, out_dir, quick=quick, seed=seed,
-                  extra={"window": WINDOW, "compile_rows": compiles, "memory_rows": memory,
-                         "state_particles_d1e6": STATE_PARTICLES})
+    write_results(
+        NAME,
+        rows,
+        out_dir,
+        quick=quick,
+        seed=seed,
+        extra={
+            "window": WINDOW,
+            "compile_rows": compiles,
+            "memory_rows": memory,
+            "state_particles_d1e6": STATE_PARTICLES,
+        },
+    )
     _plot(rows, compiles, out_dir)
     return rows
 
@@ -374,8 +438,11 @@ def _plot(rows, compiles, out_dir):
     labels = [row["config"].replace(" particles", "").replace(f" W={WINDOW}", "") for row in rows]
     positions = np.arange(len(rows))
     width = 0.27
-    for offset, key, label in [(-width, "evopes_s", "evopes"), (0, "evosax_s", "evosax"),
-                               (width, "bare_s", "bare unroll")]:
+    for offset, key, label in [
+        (-width, "evopes_s", "evopes"),
+        (0, "evosax_s", "evosax"),
+        (width, "bare_s", "bare unroll"),
+    ]:
         speed.bar(positions + offset, [row[key] for row in rows], width, label=label)
     speed.set_yscale("log")
     speed.set_ylabel("seconds per window (W = 100)")
@@ -383,8 +450,10 @@ def _plot(rows, compiles, out_dir):
     speed.legend()
     speed.set_title("time per window")
 
-    for offset, key, label in [(-width / 2, "evopes_state_bytes", "evopes"),
-                               (width / 2, "evosax_state_bytes", "evosax")]:
+    for offset, key, label in [
+        (-width / 2, "evopes_state_bytes", "evopes"),
+        (width / 2, "evosax_state_bytes", "evosax"),
+    ]:
         memory.bar(positions + offset, [row[key] for row in rows], width, label=label)
     memory.set_yscale("log")
     memory.set_ylabel("strategy state bytes")
@@ -396,9 +465,18 @@ def _plot(rows, compiles, out_dir):
 
     kinds = [row["strategy"] for row in compiles]
     kind_positions = np.arange(len(kinds))
-    compile_ax.bar(kind_positions - width / 2, [row["evopes_compile_s"] for row in compiles], width, label="evopes")
-    compile_ax.bar(kind_positions + width / 2, [row["evosax_compile_s"] or 0.0 for row in compiles], width,
-                   label="evosax")
+    compile_ax.bar(
+        kind_positions - width / 2,
+        [row["evopes_compile_s"] for row in compiles],
+        width,
+        label="evopes",
+    )
+    compile_ax.bar(
+        kind_positions + width / 2,
+        [row["evosax_compile_s"] or 0.0 for row in compiles],
+        width,
+        label="evosax",
+    )
     compile_ax.set_xticks(kind_positions, kinds)
     compile_ax.set_ylabel("seconds")
     compile_ax.set_title("compile time of the first ask + tell (Lorenz)")

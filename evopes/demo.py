@@ -49,19 +49,26 @@ def influence_balancing_rows(num_windows: int) -> list[dict]:
         params = es.default_params.replace(std=0.1)
         print(f"influence balancing, {strategy_class.__name__}:")
         result = evopes.run_online(
-            es, theta0, jax.random.key(0), num_windows, step_fn=influence_balancing.step,
-            params=params, chunk_size=max(num_windows // 10, 1),
+            es,
+            theta0,
+            jax.random.key(0),
+            num_windows,
+            step_fn=influence_balancing.step,
+            params=params,
+            chunk_size=max(num_windows // 10, 1),
         )
         theta = float(es.get_mean(result.state))
-        rows.append({
-            "task": "influence balancing",
-            "method": strategy_class.__name__,
-            "sequential steps": int(result.history["sequential_steps"][-1]),
-            "total steps": int(result.history["total_steps"][-1]),
-            "theta": f"{theta:+.5f}",
-            "loss": f"{float(influence_balancing.evaluate(jnp.array(theta))):.3g}",
-            "target": "theta* = -0.16667",
-        })
+        rows.append(
+            {
+                "task": "influence balancing",
+                "method": strategy_class.__name__,
+                "sequential steps": int(result.history["sequential_steps"][-1]),
+                "total steps": int(result.history["total_steps"][-1]),
+                "theta": f"{theta:+.5f}",
+                "loss": f"{float(influence_balancing.evaluate(jnp.array(theta))):.3g}",
+                "target": "theta* = -0.16667",
+            }
+        )
     return rows
 
 
@@ -72,27 +79,50 @@ def lorenz_rows(sequential_budget: int) -> list[dict]:
     rows = []
 
     nres = evopes.NRES(
-        population_size=400, solution=theta0, truncation_length=W, horizon=T,
-        init_inner=lorenz.init_inner, optimizer=optax.sgd(1e-5),
+        population_size=400,
+        solution=theta0,
+        truncation_length=W,
+        horizon=T,
+        init_inner=lorenz.init_inner,
+        optimizer=optax.sgd(1e-5),
     )
     print("Lorenz, NRES:")
     result = evopes.run_online(
-        nres, theta0, jax.random.key(1), sequential_budget // W, step_fn=lorenz.step,
-        params=nres.default_params.replace(std=0.04), chunk_size=100,
+        nres,
+        theta0,
+        jax.random.key(1),
+        sequential_budget // W,
+        step_fn=lorenz.step,
+        params=nres.default_params.replace(std=0.04),
+        chunk_size=100,
     )
-    rows.append(_lorenz_row("NRES", nres.get_mean(result.state), result.history["sequential_steps"][-1],
-                            result.history["total_steps"][-1]))
+    rows.append(
+        _lorenz_row(
+            "NRES",
+            nres.get_mean(result.state),
+            result.history["sequential_steps"][-1],
+            result.history["total_steps"][-1],
+        )
+    )
 
     full_es = evopes.FullES(20, theta0, optimizer=optax.sgd(3e-5))
     fitness = functools.partial(episode_fitness, lorenz.init_inner, lorenz.step, T)
     print("Lorenz, FullES:")
     num_generations = sequential_budget // T
     result = evopes.run(
-        full_es, fitness, theta0, jax.random.key(1), num_generations,
-        params=full_es.default_params.replace(std_init=0.04), chunk_size=max(num_generations // 10, 1),
+        full_es,
+        fitness,
+        theta0,
+        jax.random.key(1),
+        num_generations,
+        params=full_es.default_params.replace(std_init=0.04),
+        chunk_size=max(num_generations // 10, 1),
     )
-    rows.append(_lorenz_row("FullES", full_es.get_mean(result.state), num_generations * T,
-                            num_generations * T * 20))
+    rows.append(
+        _lorenz_row(
+            "FullES", full_es.get_mean(result.state), num_generations * T, num_generations * T * 20
+        )
+    )
     return rows
 
 

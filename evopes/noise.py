@@ -84,3 +84,14 @@ class NoiseTable:
 
 
 NoiseSource = GaussianNoise | NoiseTable
+
+
+def readable_from_population(noise: NoiseSource, spec) -> bool:
+    """Whether a strategy should read its perturbations off a population handed back to it.
+
+    True for Gaussian noise (rebuilding it costs a second round of random-bit
+    generation, a population pass costs one read) on a solution whose leaves are
+    all float32: narrower leaves would round the perturbations or overflow. A
+    table slice is cheaper than reading the population, so tables are rebuilt.
+    """
+    return isinstance(noise, GaussianNoise) and spec.all_float32

@@ -66,7 +66,9 @@ SHARDED_FIELDS = ("inner_state", "accumulator")
 
 
 # -- meshes and shardings -----------------------------------------------------------
-def population_mesh(devices: Sequence[jax.Device] | None = None, axis_name: str = POPULATION_AXIS) -> Mesh:
+def population_mesh(
+    devices: Sequence[jax.Device] | None = None, axis_name: str = POPULATION_AXIS
+) -> Mesh:
     """A one-dimensional mesh over ``devices`` (default: every device of every process)."""
     devices = jax.devices() if devices is None else list(devices)
     if not devices:
@@ -97,7 +99,8 @@ def state_sharding(es: Strategy, state: PyTree, mesh: Mesh) -> PyTree:
         _check_divisible(es.population_size, mesh)
         split = population_sharding(mesh)
         per_particle = {
-            name: jax.tree_util.tree_map(lambda _: split, getattr(state, name)) for name in SHARDED_FIELDS
+            name: jax.tree_util.tree_map(lambda _: split, getattr(state, name))
+            for name in SHARDED_FIELDS
         }
         shardings = shardings.replace(**per_particle)
     return shardings
@@ -147,8 +150,12 @@ def sharded_ask(es: Strategy, mesh: Mesh) -> Callable:
     return jax.jit(ask)
 
 
-def sharded_step(es: Strategy, evaluate: Callable, mesh: Mesh, *, donate_state: bool = False) -> Callable:
-    """One jitted ``ask -> evaluate -> tell`` round: ``step(state, key, params) -> (state, metrics)``.
+def sharded_step(
+    es: Strategy, evaluate: Callable, mesh: Mesh, *, donate_state: bool = False
+) -> Callable:
+    """One jitted ``ask -> evaluate -> tell`` round.
+
+    ``step(state, key, params) -> (state, metrics)``.
 
     Args:
       es: any evopes strategy.
@@ -179,10 +186,19 @@ def sharded_step(es: Strategy, evaluate: Callable, mesh: Mesh, *, donate_state: 
         by_particle = NamedSharding(mesh, PartitionSpec(None, mesh.axis_names[0]))
 
         def evaluate_and_tell(population, state, key, tell_key, params):
-            inner, losses, dones = unroll(evaluate, population, state.inner_state, key, es.truncation_length)
+            inner, losses, dones = unroll(
+                evaluate, population, state.inner_state, key, es.truncation_length
+            )
             losses, dones = _constrain(losses, by_particle), _constrain(dones, by_particle)
-            return es.tell(tell_key, population, losses, state, params,
-                           inner_state=_constrain(inner, split), dones=dones)
+            return es.tell(
+                tell_key,
+                population,
+                losses,
+                state,
+                params,
+                inner_state=_constrain(inner, split),
+                dones=dones,
+            )
 
     else:
 

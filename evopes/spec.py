@@ -39,7 +39,9 @@ class SolutionSpec:
             return solution
         leaves, treedef = jax.tree_util.tree_flatten(solution)
         if not leaves:
-            raise ValueError("solution: expected a pytree with at least one array leaf, got an empty tree")
+            raise ValueError(
+                "solution: expected a pytree with at least one array leaf, got an empty tree"
+            )
         shapes = tuple(tuple(int(s) for s in np.shape(leaf)) for leaf in leaves)
         dtypes = tuple(_float_dtype(leaf) for leaf in leaves)
         return cls(treedef, shapes, dtypes)
@@ -96,7 +98,9 @@ class SolutionSpec:
 
     def _split(self, flat: jax.Array, batch_shape: tuple[int, ...]) -> PyTree:
         if flat.shape[-1] != self.num_dims:
-            raise ValueError(f"flat solution: expected last axis {self.num_dims}, got {flat.shape[-1]}")
+            raise ValueError(
+                f"flat solution: expected last axis {self.num_dims}, got {flat.shape[-1]}"
+            )
         if len(self.shapes) == 1:  # a single leaf: a reshape, no copy
             leaves = [flat.reshape(tuple(batch_shape) + self.shapes[0]).astype(self.dtypes[0])]
         else:

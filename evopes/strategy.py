@@ -92,7 +92,8 @@ class Strategy:
         return type(self) is type(other) and self._config() == other._config()
 
     def __repr__(self) -> str:
-        return f"{type(self).__name__}(population_size={self.population_size}, num_dims={self.num_dims})"
+        name = type(self).__name__
+        return f"{name}(population_size={self.population_size}, num_dims={self.num_dims})"
 
     def __init_subclass__(cls, **kwargs):
         super().__init_subclass__(**kwargs)
@@ -142,7 +143,9 @@ class Strategy:
         flat_population = None
         if self.uses_population:
             if population is None:
-                raise ValueError(f"population: {type(self).__name__}.tell needs the population, got None")
+                raise ValueError(
+                    f"population: {type(self).__name__}.tell needs the population, got None"
+                )
             flat_population = self.spec.ravel_population(population, self.population_size)
         elif population is not None:
             self.spec.check(population, "population", batch_shape=(self.population_size,))
@@ -168,7 +171,9 @@ class Strategy:
             "best_fitness": sign * new_state.best_fitness,
             "best_solution": self.spec.unravel(new_state.best_solution),
             "best_fitness_in_generation": sign * generation_best,
-            "mean_fitness": sign * jnp.sum(jnp.where(finite, raw_fitness, 0.0)) / jnp.maximum(finite.sum(), 1),
+            "mean_fitness": sign
+            * jnp.sum(jnp.where(finite, raw_fitness, 0.0))
+            / jnp.maximum(finite.sum(), 1),
             "num_nonfinite": jnp.sum(~finite),
             "generation_counter": new_state.generation_counter,
             **extra,
@@ -209,7 +214,12 @@ class Strategy:
         raise NotImplementedError
 
     def _tell(
-        self, key: jax.Array, population: jax.Array | None, fitness: jax.Array, state: State, params: Params
+        self,
+        key: jax.Array,
+        population: jax.Array | None,
+        fitness: jax.Array,
+        state: State,
+        params: Params,
     ) -> tuple[State, Metrics]:
         raise NotImplementedError
 

@@ -76,8 +76,17 @@ def main() -> None:
     solution = jnp.zeros(10)
     strategies = {
         "OpenES": (evopes.OpenES(POPULATION_SIZE, solution, noise=evopes.GaussianNoise()), sphere),
-        "NRES": (evopes.NRES(population_size=POPULATION_SIZE, solution=solution, truncation_length=2,
-                             horizon=4, init_inner=init_inner, optimizer=optax.sgd(0.1)), drift_step),
+        "NRES": (
+            evopes.NRES(
+                population_size=POPULATION_SIZE,
+                solution=solution,
+                truncation_length=2,
+                horizon=4,
+                init_inner=init_inner,
+                optimizer=optax.sgd(0.1),
+            ),
+            drift_step,
+        ),
     }
     everywhere = sharding.population_mesh()  # the devices of every process
     here = sharding.population_mesh(jax.local_devices()[:1])

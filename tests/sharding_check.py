@@ -3,7 +3,8 @@
 Run by ``tests/test_sharding.py`` in ONE subprocess (the pytest process has
 already initialised JAX with a single device)::
 
-    XLA_FLAGS=--xla_force_host_platform_device_count=8 JAX_PLATFORMS=cpu python tests/sharding_check.py
+    XLA_FLAGS=--xla_force_host_platform_device_count=8 JAX_PLATFORMS=cpu \
+        python tests/sharding_check.py
 
 For every strategy it runs ``NUM_GENERATIONS`` steps of
 :func:`evopes.sharding.sharded_step` on a one-device mesh and on the 8-device
@@ -67,7 +68,10 @@ SMALL_SOLUTION = {"w": jnp.zeros((2, 3)), "b": jnp.zeros(4)}
 
 def sphere(population, key):
     del key
-    return sum(jnp.sum(jnp.reshape(x, (x.shape[0], -1)) ** 2, axis=1) for x in jax.tree_util.tree_leaves(population))
+    return sum(
+        jnp.sum(jnp.reshape(x, (x.shape[0], -1)) ** 2, axis=1)
+        for x in jax.tree_util.tree_leaves(population)
+    )
 
 
 def init_inner(key):
@@ -76,15 +80,29 @@ def init_inner(key):
 
 
 def walk_step(inner, theta, key):
-    """The inner position drifts by theta's leaf means plus pair-shared noise; loss = distance to 1."""
+    """The inner position drifts by theta's leaf means plus pair-shared noise.
+
+    The loss is the distance to 1.
+    """
     drift = jnp.resize(jnp.stack([jnp.mean(x) for x in jax.tree_util.tree_leaves(theta)]), (3,))
     position = 0.9 * inner["position"] + drift + 0.01 * jax.random.normal(key, (3,))
-    return {"position": position, "count": inner["count"] + 1}, jnp.sum((position - 1.0) ** 2), False
+    return (
+        {"position": position, "count": inner["count"] + 1},
+        jnp.sum((position - 1.0) ** 2),
+        False,
+    )
 
 
 def online(cls, **kwargs):
-    return cls(population_size=POPULATION_SIZE, solution=SOLUTION, truncation_length=2, horizon=8,
-               init_inner=init_inner, optimizer=optax.sgd(1e-2), **kwargs)
+    return cls(
+        population_size=POPULATION_SIZE,
+        solution=SOLUTION,
+        truncation_length=2,
+        horizon=8,
+        init_inner=init_inner,
+        optimizer=optax.sgd(1e-2),
+        **kwargs,
+    )
 
 
 def strategies() -> dict:
@@ -94,7 +112,12 @@ def strategies() -> dict:
         # SGD, not OpenES's default Adam: Adam divides by the gradient's running
         # size, so a coordinate whose gradient is ~0 turns a 1e-9 rounding
         # difference into a full learning-rate step in either direction.
-        "OpenES": OpenES(POPULATION_SIZE, SOLUTION, optimizer=optax.sgd(1e-2), noise=evopes.NoiseTable(size=2**16)),
+        "OpenES": OpenES(
+            POPULATION_SIZE,
+            SOLUTION,
+            optimizer=optax.sgd(1e-2),
+            noise=evopes.NoiseTable(size=2**16),
+        ),
         "FullES": FullES(POPULATION_SIZE, SOLUTION),
         "TES": online(evopes.TES),
         "PES": online(evopes.PES),
@@ -119,7 +142,7 @@ def float_leaves(state) -> list[np.ndarray]:
 
 
 def population_gathers(hlo: str, rows_per_device: int, num_dims: int) -> list[str]:
-    shapes = re.findall(r"= (\w+\[(\d+),%d\])\S* all-gather" % num_dims, hlo)
+    shapes = re.findall(rf"= (\w+\[(\d+),{num_dims}\])\S* all-gather", hlo)
     return [shape for shape, rows in shapes if int(rows) > rows_per_device]
 
 
@@ -132,26 +155,40 @@ def check(name, es) -> dict:
     params = es.default_params
     one = sharding.population_mesh(jax.devices()[:1])
     many = sharding.population_mesh(jax.devices()[:NUM_DEVICES])
-    initial = sharding.sharded_init(es, many)(key, es.spec.unravel(jnp.linspace(-0.5, 0.5, es.num_dims)), params)
+    initial = sharding.sharded_init(es, many)(
+        key, es.spec.unravel(jnp.linspace(-0.5, 0.5, es.num_dims)), params
+    )
     reference, compiled_one = run(es, initial, one, key, params)
     sharded, compiled_many = run(es, initial, many, key, params)
 
     # Leaves such as CMA-ES's fitness history hold +inf on purpose: compare
     # where the unsharded run is finite, and require the same non-finite pattern.
     with np.errstate(invalid="ignore"):
-        diffs = [np.max(np.where(np.isfinite(b), np.abs(a - b) / (1.0 + np.abs(b)), np.where(a == b, 0.0, np.inf)),
-                        initial=0.0)
-                 for a, b in zip(float_leaves(sharded), float_leaves(reference), strict=True)]
+        diffs = [
+            np.max(
+                np.where(
+                    np.isfinite(b), np.abs(a - b) / (1.0 + np.abs(b)), np.where(a == b, 0.0, np.inf)
+                ),
+                initial=0.0,
+            )
+            for a, b in zip(float_leaves(sharded), float_leaves(reference), strict=True)
+        ]
     population, _ = sharding.sharded_ask(es, many)(key, sharded, params)
     result = {
         "max_rel_diff": float(max(diffs)),
         "mean_finite": bool(np.all(np.isfinite(np.asarray(sharded.mean)))),
         "num_dims": es.num_dims,
         "population_spec": spec_of(population),
-        "shard_rows": sorted({s.data.shape[0] for leaf in jax.tree_util.tree_leaves(population)
-                              for s in leaf.addressable_shards}),
-        "population_gathers": population_gathers(compiled_many.as_text(), POPULATION_SIZE // NUM_DEVICES,
-                                                 es.num_dims),
+        "shard_rows": sorted(
+            {
+                s.data.shape[0]
+                for leaf in jax.tree_util.tree_leaves(population)
+                for s in leaf.addressable_shards
+            }
+        ),
+        "population_gathers": population_gathers(
+            compiled_many.as_text(), POPULATION_SIZE // NUM_DEVICES, es.num_dims
+        ),
         "flops_ratio": flops(compiled_many) / flops(compiled_one),
     }
     return result
@@ -174,7 +211,9 @@ def docs_example() -> str:
 
 def main() -> None:
     if jax.device_count() < NUM_DEVICES:
-        raise SystemExit(f"expected {NUM_DEVICES} devices, got {jax.device_count()} (set XLA_FLAGS)")
+        raise SystemExit(
+            f"expected {NUM_DEVICES} devices, got {jax.device_count()} (set XLA_FLAGS)"
+        )
     names = sys.argv[1:] or list(strategies())
     cases = strategies()
     results = {name: check(name, cases[name]) for name in names}

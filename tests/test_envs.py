@@ -56,7 +56,9 @@ def scan_return(raw_env, env_params, apply, params, key, num_steps):
     return total
 
 
-pendulum_fitness = envs.EpisodicFitness(PENDULUM, PENDULUM_POLICY, num_steps=NUM_STEPS, num_rollouts=3)
+pendulum_fitness = envs.EpisodicFitness(
+    PENDULUM, PENDULUM_POLICY, num_steps=NUM_STEPS, num_rollouts=3
+)
 pendulum_fitness_jit = jax.jit(pendulum_fitness)
 pendulum_reference = jax.jit(
     jax.vmap(
@@ -70,7 +72,9 @@ pendulum_reference = jax.jit(
 
 def pendulum_population(size):
     scales = jnp.linspace(-2.0, 2.0, size)
-    return jax.tree.map(lambda leaf: scales.reshape((-1,) + (1,) * leaf.ndim) * leaf, PENDULUM_PARAMS)
+    return jax.tree.map(
+        lambda leaf: scales.reshape((-1,) + (1,) * leaf.ndim) * leaf, PENDULUM_PARAMS
+    )
 
 
 # -- gymnax: episodic fitness --------------------------------------------------------------
@@ -118,7 +122,9 @@ def test_antithetic_partners_share_environment_randomness():
     population = {"w": jnp.zeros((2 * num_pairs, 4))}
     key = jax.random.key(3)
     fitnesses = [
-        envs.EpisodicFitness(CARTPOLE, bang_bang, num_steps=60, num_rollouts=2, common_random_numbers=sharing)
+        envs.EpisodicFitness(
+            CARTPOLE, bang_bang, num_steps=60, num_rollouts=2, common_random_numbers=sharing
+        )
         for sharing in ("pairs", "none", "population")
     ]
     # One jit for the three modes: compilation, not running, is the cost here.
@@ -164,7 +170,11 @@ def test_normalizer_matches_numpy_moments_over_batches():
 
 def test_fitness_normalisation_counts_only_observations_before_the_end():
     fitness = envs.EpisodicFitness(
-        CARTPOLE, always_right, num_steps=100, num_rollouts=5, normalizer=envs.ObservationNormalizer()
+        CARTPOLE,
+        always_right,
+        num_steps=100,
+        num_rollouts=5,
+        normalizer=envs.ObservationNormalizer(),
     )
     key = jax.random.key(2)
     population = {"w": jnp.zeros((2, 4))}
@@ -195,9 +205,11 @@ def test_online_step_auto_resets_and_absorbing_ends_match_the_episodic_return():
         return jax.lax.scan(one_step, task.init_inner(reset_key), step_keys)
 
     # One compilation for the three rollouts.
-    (_, (losses, dones, observations)), (final, (absorbed_losses, absorbed_dones, _)), (episode_return, _) = (
-        jax.jit(lambda: (scan(auto_reset), scan(absorbing), episodic.episode_return(None, key)))()
-    )
+    (
+        (_, (losses, dones, observations)),
+        (final, (absorbed_losses, absorbed_dones, _)),
+        (episode_return, _),
+    ) = jax.jit(lambda: (scan(auto_reset), scan(absorbing), episodic.episode_return(None, key)))()
     dones, episode_return = np.asarray(dones), float(episode_return)
     first_end = int(np.argmax(dones))
     assert dones.sum() >= 2, "40 steps of always-right hold several CartPole episodes"
@@ -221,13 +233,17 @@ def test_online_partners_see_identical_randomness_through_unroll():
     w = jnp.array([[0.0, 0.0, 1.0, 0.3], [0.0, 0.1, 1.0, 0.0]])
     population = {"w": jnp.concatenate([w, w])}  # partners with equal parameters
     inner = jax.vmap(task.init_inner)(pair_keys(jax.random.key(5), num_pairs))
-    _, losses, dones = jax.jit(unroll, static_argnums=(0, 4))(task.step, population, inner, jax.random.key(6), 25)
+    _, losses, dones = jax.jit(unroll, static_argnums=(0, 4))(
+        task.step, population, inner, jax.random.key(6), 25
+    )
     np.testing.assert_array_equal(losses[:, :num_pairs], losses[:, num_pairs:])
     np.testing.assert_array_equal(dones[:, :num_pairs], dones[:, num_pairs:])
 
 
 def test_online_normalizer_statistics_follow_the_observations():
-    task = envs.OnlineRollout(PENDULUM, PENDULUM_POLICY.apply, normalizer=envs.ObservationNormalizer())
+    task = envs.OnlineRollout(
+        PENDULUM, PENDULUM_POLICY.apply, normalizer=envs.ObservationNormalizer()
+    )
     inner = task.init_inner(jax.random.key(7))
     first_obs = inner.obs
     inner, _, _ = jax.jit(task.step)(inner, PENDULUM_PARAMS, jax.random.key(8))
@@ -265,7 +281,9 @@ def test_brax_fitness_equals_hand_written_scan_with_termination(inverted_pendulu
             total = total + jnp.where(alive, state.reward, 0.0)
             return (state, alive & (state.done < 0.5), total), state.done
 
-        (_, _, total), dones = jax.lax.scan(body, (state, jnp.array(True), jnp.float32(0)), None, 40)
+        (_, _, total), dones = jax.lax.scan(
+            body, (state, jnp.array(True), jnp.float32(0)), None, 40
+        )
         return total, dones
 
     # One compilation for both (brax compiles slowly).

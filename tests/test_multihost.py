@@ -35,11 +35,18 @@ def free_port() -> int:
 @pytest.fixture(scope="module")
 def results() -> list[dict]:
     port = free_port()
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
+    env = {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]),
+    }
     workers = [
         subprocess.Popen(
             [sys.executable, str(TESTS / "multihost_worker.py"), str(process_id), "2", str(port)],
-            cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+            cwd=ROOT,
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
         )
         for process_id in (0, 1)
     ]
@@ -59,7 +66,7 @@ def results() -> list[dict]:
     for returncode, stdout, stderr in outputs:
         lines = [line for line in stdout.splitlines() if line.startswith("RESULT ")]
         assert returncode == 0 and lines, f"worker failed (exit {returncode}):\n{stderr[-3000:]}"
-        parsed.append(json.loads(lines[-1][len("RESULT "):]))
+        parsed.append(json.loads(lines[-1][len("RESULT ") :]))
     return parsed
 
 

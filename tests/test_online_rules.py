@@ -495,7 +495,9 @@ def test_state_memory_nres_and_tes_hold_no_perturbations(cls):
         jax.tree_util.keystr(path): np.prod(leaf.shape)
         for path, leaf in jax.tree_util.tree_flatten_with_path(shapes)[0]
     }
-    per_particle = {name: size for name, size in sizes.items() if name not in (".mean", ".inner_state")}
+    per_particle = {
+        name: size for name, size in sizes.items() if name not in (".mean", ".inner_state")
+    }
     big = {name for name, size in per_particle.items() if size >= d}
     assert big == ({".accumulator"} if cls is evopes.PES else set()), sizes
     assert max(size for name, size in per_particle.items() if name not in big) <= 4 * pairs

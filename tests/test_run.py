@@ -197,28 +197,17 @@ def test_tensorboard_scalars(tmp_path):
 
 def test_resume_refuses_foreign_checkpoints(tmp_path):
     evopes.save_checkpoint(tmp_path, 3, {"x": jnp.zeros(2)})
-    with pytest.raises(ValueError, match="was not written by evopes.run"):
-        evopes.run_loop(
-            _count,
-            jnp.array(0.0),
-            jax.random.key(0),
-            5,
-            params=jnp.array(1.0),
-            checkpoint_dir=tmp_path,
-            progress=False,
+
+    def count_to_five(**options):
+        return evopes.run_loop(
+            _count, jnp.array(0.0), jax.random.key(0), 5, params=jnp.array(1.0),
+            checkpoint_dir=tmp_path, progress=False, **options,
         )
+
+    with pytest.raises(ValueError, match="was not written by evopes.run"):
+        count_to_five()
     # resume=False starts afresh (and then writes its own checkpoints).
-    result = evopes.run_loop(
-        _count,
-        jnp.array(0.0),
-        jax.random.key(0),
-        5,
-        params=jnp.array(1.0),
-        checkpoint_dir=tmp_path,
-        resume=False,
-        chunk_size=CHUNK,
-        progress=False,
-    )
+    result = count_to_five(resume=False, chunk_size=CHUNK)
     assert float(result.state) == 5.0
 
 

@@ -34,8 +34,14 @@ def results() -> dict:
         "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]),
     }
     try:
-        done = subprocess.run([sys.executable, str(TESTS / "sharding_check.py"), *STRATEGIES], cwd=ROOT, env=env,
-                              capture_output=True, text=True, timeout=TIMEOUT)
+        done = subprocess.run(
+            [sys.executable, str(TESTS / "sharding_check.py"), *STRATEGIES],
+            cwd=ROOT,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=TIMEOUT,
+        )
     except subprocess.TimeoutExpired:
         pytest.fail(f"sharding_check.py did not finish within {TIMEOUT} s")
     assert done.returncode == 0, done.stderr[-4000:]

@@ -29,7 +29,9 @@ def load(name: str):
 
 def test_pendulum_cma_tutorial_runs():
     tutorial = load("pendulum_cma")
-    result = tutorial.main(quick=True, num_generations=4, population_size=12, num_rollouts=2, eval_rollouts=4)
+    result = tutorial.main(
+        quick=True, num_generations=4, population_size=12, num_rollouts=2, eval_rollouts=4
+    )
     curves = result["curves"]
     assert curves["step_size"].shape == (4,)
     assert math.isfinite(result["final_cost"])

@@ -54,7 +54,8 @@ class BraxEnv:
     def __post_init__(self):
         if self.max_episode_steps is not None and self.max_episode_steps < 1:
             raise ValueError(
-                f"max_episode_steps: expected None or an integer >= 1, got {self.max_episode_steps!r}"
+                "max_episode_steps: expected None or an integer >= 1, "
+                f"got {self.max_episode_steps!r}"
             )
 
     @classmethod
@@ -72,10 +73,12 @@ class BraxEnv:
 
     def reset(self, key: jax.Array) -> tuple[BraxEnvState, jax.Array]:
         brax_state = self.env.reset(key)
-        brax_state = strongly_typed(brax_state.replace(
-            reward=jnp.asarray(brax_state.reward, jnp.float32),
-            done=jnp.asarray(brax_state.done, jnp.float32),
-        ))
+        brax_state = strongly_typed(
+            brax_state.replace(
+                reward=jnp.asarray(brax_state.reward, jnp.float32),
+                done=jnp.asarray(brax_state.done, jnp.float32),
+            )
+        )
         return BraxEnvState(brax_state, jnp.zeros((), jnp.int32)), brax_state.obs
 
     def step(self, key: jax.Array, env_state: BraxEnvState, action: jax.Array):

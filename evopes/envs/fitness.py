@@ -76,7 +76,8 @@ class EpisodicFitness:
                 raise ValueError(f"{name}: expected an integer >= 1, got {value!r}")
         if self.common_random_numbers not in SHARING:
             raise ValueError(
-                f"common_random_numbers: expected one of {SHARING}, got {self.common_random_numbers!r}"
+                f"common_random_numbers: expected one of {SHARING}, "
+                f"got {self.common_random_numbers!r}"
             )
         as_apply_fn(self.policy)  # validates the policy early
 
@@ -102,20 +103,27 @@ class EpisodicFitness:
     def evaluate(
         self, population: PyTree, key: jax.Array, obs_stats: NormalizerState | None = None
     ) -> tuple[jax.Array, NormalizerState | None]:
-        """Fitness of every member, and the statistics updated with this generation's observations."""
+        """Fitness of every member, and the statistics updated with this generation's
+        observations."""
         population_size = _population_size(population)
         if self.normalizer is not None and obs_stats is None:
-            raise ValueError("obs_stats: expected NormalizerState statistics (see init_obs_stats), got None")
+            raise ValueError(
+                "obs_stats: expected NormalizerState statistics (see init_obs_stats), got None"
+            )
         keys, members_share_keys = self._rollout_keys(key, population_size)
         per_member = jax.vmap(self.episode_return, in_axes=(None, 0, None))
         in_axes = (0, None, None) if members_share_keys else (0, 0, None)
         returns, moments = jax.vmap(per_member, in_axes=in_axes)(population, keys, obs_stats)
         fitness = -jnp.mean(returns, axis=1)
         if self.normalizer is not None:
-            obs_stats = self.normalizer.update(obs_stats, jax.tree.map(lambda m: m.sum((0, 1)), moments))
+            obs_stats = self.normalizer.update(
+                obs_stats, jax.tree.map(lambda m: m.sum((0, 1)), moments)
+            )
         return fitness, obs_stats
 
-    def returns(self, params: PyTree, key: jax.Array, obs_stats: NormalizerState | None = None) -> jax.Array:
+    def returns(
+        self, params: PyTree, key: jax.Array, obs_stats: NormalizerState | None = None
+    ) -> jax.Array:
         """Returns of one policy over ``num_rollouts`` rollouts, shape (num_rollouts,)."""
         keys = jax.random.split(key, self.num_rollouts)
         returns, _ = jax.vmap(self.episode_return, in_axes=(None, 0, None))(params, keys, obs_stats)
@@ -177,7 +185,9 @@ def _population_size(population: PyTree) -> int:
     sizes = {leaf.shape[0] if leaf.ndim else None for leaf in leaves}
     if len(sizes) != 1 or None in sizes:
         shapes = [tuple(leaf.shape) for leaf in leaves]
-        raise ValueError(f"population: expected leaves with one common leading axis, got shapes {shapes}")
+        raise ValueError(
+            f"population: expected leaves with one common leading axis, got shapes {shapes}"
+        )
     return sizes.pop()
 
 

@@ -75,7 +75,9 @@ class ObservationNormalizer:
             normalized = jnp.clip(normalized, -self.clip, self.clip)
         return normalized.astype(jnp.result_type(obs, jnp.float32))
 
-    def moments(self, state: NormalizerState, obs: jax.Array, weight: jax.Array = 1.0) -> ObservationMoments:
+    def moments(
+        self, state: NormalizerState, obs: jax.Array, weight: jax.Array = 1.0
+    ) -> ObservationMoments:
         """Moments of one observation counted ``weight`` times (0 or 1 to mask it)."""
         weight = jnp.asarray(weight, jnp.float32)
         shifted = obs.astype(jnp.float32) - state.mean

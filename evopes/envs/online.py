@@ -121,7 +121,9 @@ class OnlineRollout:
     ) -> tuple[OnlineInnerState, jax.Array, jax.Array]:
         obs_stats, policy_obs = inner.obs_stats, inner.obs
         if self.normalizer is not None:
-            obs_stats = self.normalizer.update(obs_stats, self.normalizer.moments(obs_stats, inner.obs))
+            obs_stats = self.normalizer.update(
+                obs_stats, self.normalizer.moments(obs_stats, inner.obs)
+            )
             policy_obs = self.normalizer.normalize(obs_stats, inner.obs)
         action = self.apply(theta, policy_obs)
         env_state, obs, reward, done = self.env.step(key, inner.env_state, action)
@@ -132,7 +134,9 @@ class OnlineRollout:
         # step that ends the episode still pays its reward. No done is reported,
         # so the strategy keeps the episode's noise until its horizon.
         alive = inner.alive
-        stepped = OnlineInnerState(env_state, obs, obs_stats, jnp.logical_and(alive, jnp.logical_not(done)))
+        stepped = OnlineInnerState(
+            env_state, obs, obs_stats, jnp.logical_and(alive, jnp.logical_not(done))
+        )
         inner = jax.tree.map(lambda new, old: jnp.where(alive, new, old), stepped, inner)
         return inner, jnp.where(alive, loss, 0.0), jnp.array(False)
 

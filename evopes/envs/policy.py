@@ -25,7 +25,8 @@ def as_apply_fn(policy: nn.Module | ApplyFn) -> ApplyFn:
         return policy.apply
     if not callable(policy):
         raise ValueError(
-            f"policy: expected a flax linen Module or a function apply(params, obs) -> action, got {policy!r}"
+            "policy: expected a flax linen Module or a function apply(params, obs) -> action, "
+            f"got {policy!r}"
         )
     return policy
 
@@ -60,7 +61,9 @@ class MLPPolicy(nn.Module):
             )
         x = jnp.ravel(obs).astype(jnp.float32)
         for width in self.hidden_sizes:
-            x = self.activation(nn.Dense(width, use_bias=self.use_bias, kernel_init=self.kernel_init)(x))
+            x = self.activation(
+                nn.Dense(width, use_bias=self.use_bias, kernel_init=self.kernel_init)(x)
+            )
         x = nn.Dense(self.action_dim, use_bias=self.use_bias, kernel_init=self.kernel_init)(x)
         if self.output == "tanh":
             return jnp.tanh(x)

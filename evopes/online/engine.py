@@ -97,7 +97,7 @@ import numpy as np
 import optax
 from flax import struct
 
-from evopes.noise import GaussianNoise, NoiseSource
+from evopes.noise import GaussianNoise, NoiseSource, readable_from_population
 from evopes.online.keys import pair_keys
 from evopes.spec import PyTree
 from evopes.strategies.antithetic import static_key
@@ -629,8 +629,7 @@ class OnlineES(Strategy):
         error of about eps32 |theta| / (std |z|). Solutions with leaves
         narrower than float32 (rounding, overflow) are always regenerated.
         """
-        reads_population = isinstance(self.noise, GaussianNoise) and self.spec.all_float32
-        if population is not None and reads_population:
+        if population is not None and readable_from_population(self.noise, self.spec):
             flat = self.spec.ravel_population(population, self.population_size)
             std = state.noise_std[:, None]
             # Divide twice: std^2 underflows float32 for std below ~1e-19.

@@ -42,9 +42,9 @@ gradient, never 0/0.
 
 sigma is kept in [``std_min``, ``std_max``]. The estimate scales like 1 / sigma,
 so a tiny sigma (or a huge ``weight_decay``) can overflow the optimizer's
-state (Adam's second moment is g^2): an update whose new mean (in float32 or
-in the solution's own dtypes) or optimizer state is not finite is skipped, the state keeps its last finite values, and
-the ``update_skipped`` metric reports it.
+state (Adam's second moment is g^2): an update whose new mean (in the
+solution's own dtypes) or optimizer state is not finite is skipped, the state
+keeps its last finite values, and the ``update_skipped`` metric reports it.
 """
 
 from __future__ import annotations
@@ -60,7 +60,7 @@ import numpy as np
 import optax
 from flax import struct
 
-from evopes.noise import GaussianNoise, NoiseSource, NoiseTable
+from evopes.noise import GaussianNoise, NoiseSource, NoiseTable, readable_from_population
 from evopes.spec import PyTree
 from evopes.strategy import Params, State, Strategy, check_positive
 
@@ -133,9 +133,7 @@ class AntitheticES(Strategy):
 
     @property
     def reads_population_if_given(self) -> bool:
-        # Only float32 populations hold the perturbations exactly enough
-        # (a float16 or bfloat16 leaf would round them, or overflow).
-        return isinstance(self.noise, GaussianNoise) and self.spec.all_float32
+        return readable_from_population(self.noise, self.spec)
 
     def __init__(
         self,
@@ -239,7 +237,7 @@ class AntitheticES(Strategy):
         mean = optax.apply_updates(state.mean, updates)
         # An overflowed update (see the module docstring) is skipped whole; the
         # mean must also be finite in the solution's own dtypes (e.g. float16).
-        usable = _all_finite((self.spec.unravel(mean), mean, opt_state))
+        usable = _all_finite((self.spec.unravel(mean), opt_state))
         mean, opt_state = jax.tree_util.tree_map(
             lambda new, old: jnp.where(usable, new, old),
             (mean, opt_state),
@@ -259,8 +257,9 @@ class AntitheticES(Strategy):
         }
         return new_state, metrics
 
-    def _estimate(self, fitness: jax.Array, state: AntitheticState,
-                  population: jax.Array | None = None) -> tuple[jax.Array, jax.Array]:
+    def _estimate(
+        self, fitness: jax.Array, state: AntitheticState, population: jax.Array | None = None
+    ) -> tuple[jax.Array, jax.Array]:
         """Eq. (1) on raw (minimised) fitness; returns the flat gradient and P_valid.
 
         ``population``: the flat population of the last ``ask``, or None to
