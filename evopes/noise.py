@@ -5,8 +5,9 @@ population of perturbations. Each perturbation is named by a small *noise id*
 and rebuilt on demand, in ``ask`` and again in ``tell``:
 
 * :class:`GaussianNoise` — the id is a PRNG key's data; the perturbation is
-  ``jax.random.normal(key, (num_dims,))``. Exact, independent normals; drawing
-  them is the dominant cost of OpenES at large ``num_dims`` on CPU.
+  ``jax.random.normal(key, (num_dims,))`` (computed by :mod:`evopes.threefry`,
+  bit for bit the same). Exact, independent normals; drawing them is the
+  dominant cost of OpenES at large ``num_dims`` on CPU.
 * :class:`NoiseTable` — the shared noise table of Salimans et al. (2017,
   "Evolution Strategies as a Scalable Alternative to Reinforcement Learning",
   section 2.1): one fixed vector of ``size`` standard normals is drawn once in
@@ -26,6 +27,8 @@ from dataclasses import dataclass
 import jax
 import jax.numpy as jnp
 
+from evopes import threefry
+
 
 @dataclass(frozen=True)
 class GaussianNoise:
@@ -38,18 +41,12 @@ class GaussianNoise:
     def draw_ids(self, key: jax.Array, num: int, num_dims: int) -> jax.Array:
         """``num`` independent ids, shape (num, 2) uint32."""
         del num_dims
-        return jax.random.bits(key, (num, 2), jnp.uint32)
+        return threefry.bits(key, (num, 2))
 
     def sample(self, noise_state: jax.Array, ids: jax.Array, num_dims: int) -> jax.Array:
         """Standard normals of shape ids.shape[:-1] + (num_dims,)."""
         del noise_state
-
-        def one(key_data):
-            key = jax.random.wrap_key_data(key_data, impl="threefry2x32")
-            return jax.random.normal(key, (num_dims,), jnp.float32)
-
-        flat_ids = ids.reshape(-1, 2)
-        return jax.vmap(one)(flat_ids).reshape(ids.shape[:-1] + (num_dims,))
+        return threefry.normal(ids, (num_dims,))
 
 
 @dataclass(frozen=True)

@@ -67,6 +67,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import struct
 
+from evopes import threefry
 from evopes.spec import PyTree, SolutionSpec
 from evopes.strategy import Metrics, Params, State, Strategy, check_positive
 
@@ -337,7 +338,7 @@ class CMAES(Strategy):
         )
 
     def _ask(self, key: jax.Array, state: CMAESState, params: CMAESParams):
-        z = jax.random.normal(key, (self.population_size, self.num_dims), jnp.float32)  # (38)
+        z = threefry.normal(key, (self.population_size, self.num_dims))  # (38)
         y = z @ state.sqrt_C  # (39) with C^{1/2} = B D B^T for B D (see CMAESState)
         return state.mean + state.std * y, state  # (40)
 

@@ -31,6 +31,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import struct
 
+from evopes import threefry
 from evopes.spec import PyTree, SolutionSpec
 from evopes.strategies.cma_es import (
     TINY,
@@ -133,7 +134,7 @@ class SepCMAES(Strategy):
         )
 
     def _ask(self, key, state: SepCMAESState, params: CMAESParams):
-        z = jax.random.normal(key, (self.population_size, self.num_dims), jnp.float32)
+        z = threefry.normal(key, (self.population_size, self.num_dims))
         return state.mean + (state.std * jnp.sqrt(state.variances)) * z, state
 
     def _tell(self, key, population, fitness, state: SepCMAESState, params: CMAESParams):
