@@ -12,6 +12,7 @@ from evopes.online import (
     OnlineES,
     OnlineParams,
     OnlineState,
+    mean_over_steps,
     pair_keys,
     unroll,
 )
@@ -48,6 +49,7 @@ __all__ = [
     "OnlineState",
     "PES",
     "TES",
+    "mean_over_steps",
     "pair_keys",
     "unroll",
     "GaussianNoise",

@@ -138,7 +138,7 @@ class OnlineRollout:
             env_state, obs, obs_stats, jnp.logical_and(alive, jnp.logical_not(done))
         )
         inner = jax.tree.map(lambda new, old: jnp.where(alive, new, old), stepped, inner)
-        return inner, jnp.where(alive, loss, 0.0), jnp.array(False)
+        return inner, jnp.where(alive, loss, 0.0), None
 
 
 jax.tree_util.register_static(OnlineRollout)

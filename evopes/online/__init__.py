@@ -11,7 +11,7 @@ from evopes.online.keys import pair_keys
 from evopes.online.nres import NRES
 from evopes.online.pes import PES
 from evopes.online.tes import TES
-from evopes.online.unroll import unroll
+from evopes.online.unroll import mean_over_steps, unroll
 
 __all__ = [
     "GPES",
@@ -21,6 +21,7 @@ __all__ = [
     "OnlineState",
     "PES",
     "TES",
+    "mean_over_steps",
     "pair_keys",
     "unroll",
 ]

@@ -82,7 +82,7 @@ def make_step(truncation_length: int = 1) -> Callable:
     Returns ``step(inner, theta, key) -> (inner, loss, done)``; ``loss`` is
     ``truncation_length * 0.5 (s[0] - 1)^2`` on the last step of every window of
     ``truncation_length`` steps (counted from ``s_0``) and 0 on the other steps;
-    ``done`` is always False (infinite horizon).
+    ``done`` is always None (infinite horizon).
     """
     if int(truncation_length) != truncation_length or truncation_length < 1:
         raise ValueError(f"truncation_length: expected an integer >= 1, got {truncation_length!r}")
@@ -94,7 +94,7 @@ def make_step(truncation_length: int = 1) -> Callable:
         t = inner.t + 1
         at_window_end = (t % window) == 0
         loss = jnp.where(at_window_end, window * loss_of(s), 0.0)
-        return InnerState(s=s, t=t), loss, jnp.array(False)
+        return InnerState(s=s, t=t), loss, None
 
     return step
 

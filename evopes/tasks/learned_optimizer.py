@@ -38,7 +38,7 @@ heavy-ball momentum), which the tests use as a known answer. theta has
 For the online strategies, :meth:`LearnedOptimizerTask.init_inner` and
 :meth:`LearnedOptimizerTask.step` follow the engine's contract
 ``init_inner(key) -> inner`` and ``step(inner, theta, key) -> (inner, loss,
-done)``; ``done`` is always False because the strategy ends episodes at its
+done)``; ``done`` is always None because the strategy ends episodes at its
 own ``horizon`` (build it with ``horizon=task.horizon``).
 """
 
@@ -189,7 +189,7 @@ class LearnedOptimizerTask:
     def step(self, inner: InnerState, theta: dict, key: jax.Array):
         """One inner step: returns (inner, validation-batch loss after the step, done).
 
-        ``done`` is always False: episodes end at the strategy's ``horizon``,
+        ``done`` is always None: episodes end at the strategy's ``horizon``,
         where the strategy itself restarts the inner state from
         :meth:`init_inner` (a ``done`` flag would tell it that the system had
         already reset itself).
@@ -204,7 +204,7 @@ class LearnedOptimizerTask:
         images, labels = sample_batch(
             valid_key, data.valid_images, data.valid_labels, self.batch_size
         )
-        return inner, self._clip(cross_entropy(inner.params, images, labels)), jnp.array(False)
+        return inner, self._clip(cross_entropy(inner.params, images, labels)), None
 
     # -- evaluation ---------------------------------------------------------------
     def _train_curve(self, init_state, update, key, num_steps):

@@ -25,7 +25,8 @@ sigma-smoothed loss, not the ground truth ``(log 10, log 28) = (2.30, 3.33)``.
 
 The inner state carries both systems, so the step needs no lookup table and a
 fresh episode is just :func:`init_inner`. Episodes last ``T`` steps: give the
-online strategies ``horizon=T``; :func:`step` returns ``done = False``.
+online strategies ``horizon=T``; :func:`step` returns ``done = None`` (the
+system never ends an episode by itself).
 """
 
 from __future__ import annotations
@@ -74,12 +75,12 @@ def init_inner_noisy(key: jax.Array) -> InnerState:
 
 
 def step(inner: InnerState, theta: jax.Array, key: jax.Array | None = None):
-    """One Euler step of both systems: ``(inner, (z - z_true)^2, done=False)``."""
+    """One Euler step of both systems: ``(inner, (z - z_true)^2, done=None)``."""
     del key
     a, r = jnp.exp(theta[0]), jnp.exp(theta[1])
     model = euler_step(inner.model, a, r)
     truth = euler_step(inner.truth, TRUE_A, TRUE_R)
-    return InnerState(model=model, truth=truth), (model[2] - truth[2]) ** 2, jnp.array(False)
+    return InnerState(model=model, truth=truth), (model[2] - truth[2]) ** 2, None
 
 
 def losses(theta: jax.Array, inner: InnerState | None = None, horizon: int = HORIZON) -> jax.Array:

@@ -29,7 +29,7 @@ Stochastic Meta-Optimization"): that is what separates truncated ES from PES
 on this task.
 
 :meth:`LRScheduleTask.init_inner` and :meth:`LRScheduleTask.step` follow the
-online engine's contract (``done`` is always False: the strategy ends episodes
+online engine's contract (``done`` is always None: the strategy ends episodes
 at its ``horizon``).
 """
 
@@ -92,7 +92,7 @@ class LRScheduleTask:
         )
         loss = cross_entropy(params, images, labels)
         loss = jnp.where(jnp.isnan(loss), self.max_loss, jnp.minimum(loss, self.max_loss))
-        return InnerState(params, inner.step + 1), loss, jnp.array(False)
+        return InnerState(params, inner.step + 1), loss, None
 
     def losses(self, theta: jax.Array, key: jax.Array, num_steps: int | None = None) -> jax.Array:
         """The per-step losses of a fresh run with theta, shape (num_steps,)."""

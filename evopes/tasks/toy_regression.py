@@ -23,7 +23,7 @@ from it; PES is unbiased and finds it.
 Episodes last ``T`` steps: give the online strategies ``horizon=T``. The inner
 state carries its own step index ``t`` (the schedule needs it); the strategy
 resets the inner state from :func:`init_inner` at every horizon end, so ``t``
-never exceeds ``T``. :func:`step` returns ``done = False``: the horizon, counted
+never exceeds ``T``. :func:`step` returns ``done = None``: the horizon, counted
 by the strategy, is the only episode end (so that step-unlocked particles, whose
 first episode is shortened by their time offset, are not ended twice).
 
@@ -80,10 +80,10 @@ def init_inner(key: jax.Array | None = None) -> InnerState:
 
 
 def step(inner: InnerState, theta: jax.Array, key: jax.Array | None = None):
-    """One SGD step on ``f``: returns ``(inner, f(x after the step), done=False)``."""
+    """One SGD step on ``f``: returns ``(inner, f(x after the step), done=None)``."""
     del key
     x = inner.x - learning_rate(theta, inner.t) * jax.grad(inner_loss)(inner.x)
-    return InnerState(x=x, t=inner.t + 1), inner_loss(x), jnp.array(False)
+    return InnerState(x=x, t=inner.t + 1), inner_loss(x), None
 
 
 def losses(theta: jax.Array, horizon: int = HORIZON) -> jax.Array:

@@ -26,7 +26,7 @@ from typing import Any, NamedTuple
 import jax
 import jax.numpy as jnp
 
-from evopes.online import pair_keys, unroll
+from evopes.online import mean_over_steps, pair_keys, unroll
 
 PyTree = Any
 
@@ -182,7 +182,7 @@ def episode_fitness(init_inner, step_fn, horizon, population, key):
     init_key, unroll_key = jax.random.split(key)
     inner = jax.vmap(init_inner)(pair_keys(init_key, num_pairs))
     _, losses, _ = unroll(step_fn, population, inner, unroll_key, horizon)
-    return jnp.mean(losses, axis=0)
+    return mean_over_steps(losses)
 
 
 @functools.partial(jax.jit, static_argnums=(0, 1, 2, 3, 4, 5, 6))
