@@ -43,7 +43,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from evopes import checkpoint
+from evopes import checkpoint, threefry
 
 PyTree = Any
 Metrics = dict[str, Any]
@@ -259,7 +259,7 @@ class _ClassicGeneration:
     fitness_fn: Callable
 
     def __call__(self, state, key, params):
-        ask_key, eval_key, tell_key = jax.random.split(key, 3)
+        ask_key, eval_key, tell_key = threefry.split(key, 3)
         population, state = self.es.ask(ask_key, state, params)
         fitness = self.fitness_fn(population, eval_key)
         return self.es.tell(tell_key, population, fitness, state, params)
@@ -274,7 +274,7 @@ class _OnlineWindow:
     unroll_fn: Callable | None
 
     def __call__(self, state, key, params):
-        ask_key, unroll_key, tell_key = jax.random.split(key, 3)
+        ask_key, unroll_key, tell_key = threefry.split(key, 3)
         population, state = self.es.ask(ask_key, state, params)
         inner = self.es.get_inner_state(state)
         if self.unroll_fn is not None:
@@ -321,7 +321,7 @@ def _run_chunk(step_fn, stop, chunk_size, carry: _Carry, params, num_steps):
     """``chunk_size`` steps; steps past ``num_steps`` or after a stop leave the carry as is."""
 
     def advance(state, key):
-        key, step_key = jax.random.split(key)
+        key, step_key = threefry.split(key)
         state, metrics = step_fn(state, step_key, params)
         return state, key, metrics
 

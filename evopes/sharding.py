@@ -52,6 +52,7 @@ import jax
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
+from evopes import threefry
 from evopes.online.engine import OnlineES
 from evopes.online.unroll import unroll
 from evopes.strategy import Strategy
@@ -207,7 +208,7 @@ def sharded_step(
             return es.tell(tell_key, population, fitness, state, params)
 
     def step(state, key, params):
-        ask_key, evaluate_key, tell_key = jax.random.split(key, 3)
+        ask_key, evaluate_key, tell_key = threefry.split(key, 3)
         population, state = es.ask(ask_key, state, params)
         population = _constrain(population, split)
         state, metrics = evaluate_and_tell(population, state, evaluate_key, tell_key, params)

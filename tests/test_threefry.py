@@ -32,6 +32,24 @@ def test_batched_keys_equal_vmapped_jax_random():
     )
 
 
+@pytest.mark.parametrize("num", [1, 2, 3, 100])
+def test_split_equals_jax_random_split(num):
+    for key in (jax.random.key(7), jax.random.PRNGKey(7)):
+        ours, theirs = threefry.split(key, num), jax.random.split(key, num)
+        assert ours.dtype == theirs.dtype and ours.shape == theirs.shape
+        if jax.dtypes.issubdtype(theirs.dtype, jax.dtypes.prng_key):
+            ours, theirs = jax.random.key_data(ours), jax.random.key_data(theirs)
+        np.testing.assert_array_equal(jax.jit(lambda k: k)(ours), theirs)
+    # Under jit; a batch of keys is refused, as by jax.random.split.
+    key = jax.random.key(8)
+    np.testing.assert_array_equal(
+        jax.random.key_data(jax.jit(threefry.split, static_argnums=1)(key, 5)),
+        jax.random.key_data(jax.random.split(key, 5)),
+    )
+    with pytest.raises(ValueError, match="single key"):  # as jax.random.split
+        threefry.split(jax.random.split(key, 3), 2)
+
+
 def test_hash_known_answer():
     # Threefry-2x32, 20 rounds, known-answer vector of the Random123 distribution
     # (key = counter = (0, 0)), as also checked by JAX's own tests.

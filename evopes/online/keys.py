@@ -15,6 +15,8 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
+from evopes import threefry
+
 
 def pair_keys(key: jax.Array, num_pairs: int) -> jax.Array:
     """One key per particle, shared within each antithetic pair.
@@ -29,5 +31,5 @@ def pair_keys(key: jax.Array, num_pairs: int) -> jax.Array:
     """
     if int(num_pairs) != num_pairs or num_pairs < 1:
         raise ValueError(f"num_pairs: expected an integer >= 1, got {num_pairs!r}")
-    keys = jax.random.split(key, int(num_pairs))
+    keys = threefry.split(key, int(num_pairs))
     return jnp.concatenate([keys, keys], axis=0)

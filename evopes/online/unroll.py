@@ -26,6 +26,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
+from evopes import threefry
 from evopes.online.keys import pair_keys
 
 PyTree = Any
@@ -86,7 +87,7 @@ def unroll(
         return inner, (losses, dones)
 
     inner_state, (losses, dones) = jax.lax.scan(
-        one_step, inner_state, jax.random.split(key, int(num_steps))
+        one_step, inner_state, threefry.split(key, int(num_steps))
     )
     return inner_state, losses, dones
 

@@ -55,6 +55,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from evopes import threefry
 from evopes.spec import PyTree, SolutionSpec
 from evopes.strategies.cma_es import (
     CMAES,
@@ -142,7 +143,7 @@ def run_until_stop(es, params, fitness_fn, key, mean, num_active, max_generation
 
     def generation(carry):
         state, key, _, generations = carry
-        key, ask_key, eval_key, tell_key = jax.random.split(key, 4)
+        key, ask_key, eval_key, tell_key = threefry.split(key, 4)
         population, state = es.ask(ask_key, state, params)
         fitness = jnp.where(active, fitness_fn(population, eval_key), jnp.nan)
         state, metrics = es.tell(tell_key, population, fitness, state, params)

@@ -53,6 +53,7 @@ import numpy as np
 import optax
 from jax.flatten_util import ravel_pytree
 
+from evopes import threefry
 from evopes.tasks.digits import load_digits, sample_batch
 from evopes.tasks.mlp import DEFAULT_LAYER_SIZES, cross_entropy, init_mlp
 
@@ -195,7 +196,7 @@ class LearnedOptimizerTask:
         already reset itself).
         """
         data = load_digits()
-        train_key, valid_key = jax.random.split(key)
+        train_key, valid_key = threefry.split(key)
         images, labels = sample_batch(
             train_key, data.train_images, data.train_labels, self.batch_size
         )

@@ -41,6 +41,7 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 
+from evopes import threefry
 from evopes.tasks.digits import load_digits, sample_batch
 from evopes.tasks.mlp import cross_entropy, init_mlp
 
@@ -80,7 +81,7 @@ class LRScheduleTask:
     def step(self, inner: InnerState, theta: jax.Array, key: jax.Array):
         """One SGD step at lr_t: returns (inner, clipped validation-batch loss, False)."""
         data = load_digits()
-        train_key, valid_key = jax.random.split(key)
+        train_key, valid_key = threefry.split(key)
         images, labels = sample_batch(
             train_key, data.train_images, data.train_labels, self.batch_size
         )

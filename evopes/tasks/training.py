@@ -26,6 +26,7 @@ from typing import Any, NamedTuple
 import jax
 import jax.numpy as jnp
 
+from evopes import threefry
 from evopes.online import mean_over_steps, pair_keys, unroll
 
 PyTree = Any
@@ -92,7 +93,7 @@ def _train(es, step_fn, evaluate, num_windows, eval_every, params, theta, key):
     state = es.init(init_key, theta, params)
 
     def window(state, key):
-        ask_key, unroll_key, tell_key = jax.random.split(key, 3)
+        ask_key, unroll_key, tell_key = threefry.split(key, 3)
         population, state = es.ask(ask_key, state, params)
         inner, losses, dones = unroll(
             step_fn, population, es.get_inner_state(state), unroll_key, es.truncation_length
@@ -194,7 +195,7 @@ def _train_episodic(
 
     def generation(carry, key):
         state, count = carry
-        ask_key, episode_key, tell_key = jax.random.split(key, 3)
+        ask_key, episode_key, tell_key = threefry.split(key, 3)
         population, state = es.ask(ask_key, state, params)
         fitness = episode_fitness(init_inner, step_fn, horizon, population, episode_key)
         state, _ = es.tell(tell_key, population, fitness, state, params)
@@ -249,7 +250,7 @@ def _online_gradients(es, step_fn, num_windows, params, theta, key):
     state = es.init(init_key, theta, params)
 
     def window(state, key):
-        ask_key, unroll_key, tell_key = jax.random.split(key, 3)
+        ask_key, unroll_key, tell_key = threefry.split(key, 3)
         population, state = es.ask(ask_key, state, params)
         inner, losses, dones = unroll(
             step_fn, population, es.get_inner_state(state), unroll_key, es.truncation_length
