@@ -24,11 +24,16 @@ def block(tree):
     return jax.block_until_ready(tree)
 
 
-def time_alternating(runs: Sequence[tuple[Callable, object]], repeats: int) -> list[float]:
-    """Median seconds per call of each jitted ``run(carry, key)``, timed in alternation.
+def time_alternating(
+    runs: Sequence[tuple[Callable, object]],
+    repeats: int,
+    statistic: Callable[[list[float]], float] = statistics.median,
+) -> list[float]:
+    """Seconds per call of each jitted ``run(carry, key)``, timed in alternation.
 
     Every run is compiled and warmed up first; then the runs take turns, so that
     load on a shared machine hits them alike and their ratios stay meaningful.
+    ``statistic`` (median by default) summarises each run's repeats.
     """
     key = jax.random.key(1)
     for run, carry in runs:  # compile and warm up
@@ -39,7 +44,7 @@ def time_alternating(runs: Sequence[tuple[Callable, object]], repeats: int) -> l
             start = time.perf_counter()
             block(run(carry, key))
             times[index].append(time.perf_counter() - start)
-    return [statistics.median(t) for t in times]
+    return [statistic(t) for t in times]
 
 
 def time_call(fn: Callable[[], object], repeats: int = 5, warmup: int = 1) -> float:

@@ -12,7 +12,11 @@ each as one jitted ``lax.scan`` over ``K`` windows (time / K is reported):
 * **bare**: the same unroll with fixed parameters, no strategy at all.
 
 All runs are lock-step (evosax cannot step-unlock), with ``W = 100``. The loops
-are timed in alternation so that load on a shared machine hits them alike.
+are timed in alternation so that load on a shared machine hits them alike, and
+each loop's time is the **minimum** over its repeats: a Lorenz window takes
+about 0.1 ms, and on this shared machine the median of repeats moved by up to
+50% between two measurements of the same bare loop, while interference only
+ever adds time. A timed call runs 10 Lorenz episodes (200 windows).
 Both user loops (evosax's and the bare one) reduce the window's losses with
 :func:`evopes.mean_over_steps` (a product with ones) instead of
 ``jnp.mean(losses, axis=0)``, which XLA runs several times slower on CPU: a
@@ -76,6 +80,7 @@ LEARNING_RATE = 1e-5
 BIG_DIMS = 1_000_000
 BIG_HORIZON = 1000
 STATE_PARTICLES = 1000  # particles at which the d = 10^6 state bytes are counted
+LORENZ_EPISODES = 10  # episodes of T steps per timed call (200 windows, tens of ms)
 
 
 # -- the systems --------------------------------------------------------------------
@@ -372,7 +377,7 @@ def _configs(quick: bool):
             "PES",
             Lorenz,
             2 * pairs,
-            Lorenz.horizon // WINDOW,
+            LORENZ_EPISODES * Lorenz.horizon // WINDOW,
             None,
         ),
         (
@@ -380,7 +385,7 @@ def _configs(quick: bool):
             "NRES",
             Lorenz,
             2 * pairs,
-            Lorenz.horizon // WINDOW,
+            LORENZ_EPISODES * Lorenz.horizon // WINDOW,
             None,
         ),
         (f"NRES d=1e6 {big} particles (gaussian)", "NRES", BlockDriven, big, 2, None),
@@ -389,7 +394,7 @@ def _configs(quick: bool):
 
 
 def main(quick: bool, seed: int, out_dir: Path) -> list[dict]:
-    repeats = 5 if quick else 11
+    repeats = 7 if quick else 21
     rows = []
     for name, kind, system, particles, num_windows, noise in _configs(quick):
         loops = [
@@ -398,7 +403,9 @@ def main(quick: bool, seed: int, out_dir: Path) -> list[dict]:
             _bare_window(system, particles),
         ]
         runs = [_scanned(init, window, num_windows, seed) for init, window in loops]
-        evopes_s, evosax_s, bare_s = (t / num_windows for t in time_alternating(runs, repeats))
+        evopes_s, evosax_s, bare_s = (
+            t / num_windows for t in time_alternating(runs, repeats, statistic=min)
+        )
         del runs
         if system is BlockDriven:  # memory at 1000 particles, counted without allocating
             evopes_init = _evopes_window(
