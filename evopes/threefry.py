@@ -81,15 +81,11 @@ def split(key: jax.Array, num: int = 2) -> jax.Array:
     typed, or ``(2,)`` raw), as for ``jax.random.split``, which handles (and
     refuses) everything else.
     """
-    num = int(num)
     words = _key_words(key)
-    typed = jax.dtypes.issubdtype(key.dtype, jax.dtypes.prng_key)
     if words is None or words.shape != (2,):
         return jax.random.split(key, num)
-    out0, out1 = hash2x32(
-        words[0], words[1], jnp.zeros((), jnp.uint32), jnp.arange(num, dtype=jnp.uint32)
-    )
-    data = jnp.stack([out0, out1], axis=-1)
+    data = jnp.stack(_hash_counters(words, (int(num),)), axis=-1)
+    typed = jax.dtypes.issubdtype(key.dtype, jax.dtypes.prng_key)
     return jax.random.wrap_key_data(data, impl="threefry2x32") if typed else data
 
 
@@ -103,14 +99,21 @@ def bits(key: jax.Array, shape: tuple[int, ...]) -> jax.Array:
     shape = tuple(int(n) for n in shape)
     words = _key_words(key)
     if words is None or math.prod(shape) >= 2**32:
-        return _fallback(jax.random.bits, key, shape, jnp.uint32)
-    batch = words.shape[:-1]
-    expand = (slice(None),) * len(batch) + (None,) * len(shape)
-    counts = jnp.arange(math.prod(shape), dtype=jnp.uint32).reshape(shape)
-    out0, out1 = hash2x32(
-        words[..., 0][expand], words[..., 1][expand], jnp.zeros((), jnp.uint32), counts
-    )
+        return _fallback(jax.random.bits, key, shape)
+    out0, out1 = _hash_counters(words, shape)
     return out0 ^ out1
+
+
+def _hash_counters(words: jax.Array, shape: tuple[int, ...]) -> tuple[jax.Array, jax.Array]:
+    """The hash of the counters ``0 .. prod(shape) - 1`` (high word 0) under every key.
+
+    ``words`` holds keys of shape ``batch + (2,)``; the outputs have shape
+    ``batch + shape``. The layout of ``jax.random``'s split and bits.
+    """
+    expand = (..., *(None,) * len(shape))
+    counts = jnp.arange(math.prod(shape), dtype=jnp.uint32).reshape(shape)
+    zero = jnp.zeros((), jnp.uint32)
+    return hash2x32(words[..., 0][expand], words[..., 1][expand], zero, counts)
 
 
 def uniform_open(key: jax.Array, shape: tuple[int, ...]) -> jax.Array:
@@ -130,20 +133,18 @@ def uniform_open(key: jax.Array, shape: tuple[int, ...]) -> jax.Array:
 def normal(key: jax.Array, shape: tuple[int, ...]) -> jax.Array:
     """float32 standard normals, equal to ``jax.random.normal(key, shape)``.
 
-    ``sqrt(2) erfinv(u)`` of the uniforms above; batched keys as in :func:`bits`.
+    ``sqrt(2) erfinv(u)`` of the uniforms above (for other key impls these are
+    ``jax.random``'s own bits, transformed the same way); batched keys as in
+    :func:`bits`.
     """
-    shape = tuple(int(n) for n in shape)
-    words = _key_words(key)
-    if words is None or math.prod(shape) >= 2**32:
-        return _fallback(jax.random.normal, key, shape, jnp.float32)
-    return np.float32(np.sqrt(2.0)) * jax.lax.erf_inv(uniform_open(words, shape))
+    return np.float32(np.sqrt(2.0)) * jax.lax.erf_inv(uniform_open(key, shape))
 
 
-def _fallback(draw, key, shape, dtype):
+def _fallback(draw, key, shape):
     """``jax.random`` itself, vmapped over batch axes (other key impls, huge shapes)."""
     if not jax.dtypes.issubdtype(key.dtype, jax.dtypes.prng_key):
         key = jax.random.wrap_key_data(key)
-    one = lambda k: draw(k, shape, dtype)
+    one = lambda k: draw(k, shape)
     for _ in range(key.ndim):
         one = jax.vmap(one)
     return one(key)

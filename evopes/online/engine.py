@@ -441,11 +441,8 @@ class OnlineES(Strategy):
         """
         W, P = self.truncation_length, self.num_pairs
         losses = self._check_window_array(losses, "losses")
-        dones = (
-            jnp.zeros((W, 2 * P), bool)
-            if dones is None
-            else self._check_window_array(dones, "dones").astype(bool)
-        )
+        if dones is not None:
+            dones = self._check_window_array(dones, "dones").astype(bool)
         inner_state = self._check_inner_state(inner_state, state)
         if population is not None:
             self.spec.check(population, "population", batch_shape=(self.population_size,))
@@ -517,7 +514,7 @@ class OnlineES(Strategy):
         return metrics["gradient"], state
 
     # -- the estimator ------------------------------------------------------------
-    def _window_statistics(self, objective: jax.Array, dones: jax.Array) -> WindowStatistics:
+    def _window_statistics(self, objective: jax.Array, dones: jax.Array | None) -> WindowStatistics:
         """Everything ``tell`` needs from the (W, 2P) losses and dones, in one pass when it can.
 
         A non-finite loss masks its pair at that step; a ``done`` splits a
@@ -526,6 +523,8 @@ class OnlineES(Strategy):
         losses give every number, and the masks are only built when needed.
         A column sum is finite exactly when all its losses are (an overflowing
         sum also takes the masked path, which then reports the overflow).
+        ``dones=None`` (a system that never ends episodes itself) leaves the
+        done handling out of the compiled program.
 
         Sums over the W steps are products with a vector of ones
         (:func:`evopes.online.unroll.sum_over_steps`): reductions over the
@@ -534,8 +533,7 @@ class OnlineES(Strategy):
         W, P = self.truncation_length, self.num_pairs
         sign = self._signs()
         maximize = -1.0 if self.maximize else 1.0
-        column_sum = sum_over_steps
-        total = column_sum(objective)
+        total = sum_over_steps(objective)
 
         def plain():
             return WindowStatistics(
@@ -552,27 +550,35 @@ class OnlineES(Strategy):
             valid_pairs = finite[:, :P] & finite[:, P:]
             valid = jnp.concatenate([valid_pairs, valid_pairs], axis=1)
             loss = jnp.where(valid, objective, 0.0)
-            steps = jnp.arange(W)[:, None]
-            # Index reductions as plain max/min of masked step indices: XLA's
-            # argmax is a two-operand reduction that CPU backends do not
-            # vectorise, and a cumulative sum over W is O(W^2) on CPU.
-            last_done = jnp.max(jnp.where(dones, steps, -1), axis=0).astype(jnp.int32)
-            # The step that reports ``done`` still belongs to the old episode.
-            first_done = jnp.min(jnp.where(dones, steps, W), axis=0)
-            before_done = steps <= first_done[None, :]
+            current = sign * sum_over_steps(loss)
+            if dones is None:
+                last_done, before_done = jnp.full((2 * P,), -1, jnp.int32), current
+            else:
+                steps = jnp.arange(W)[:, None]
+                # Index reductions as plain max/min of masked step indices: XLA's
+                # argmax is a two-operand reduction that CPU backends do not
+                # vectorise, and a cumulative sum over W is O(W^2) on CPU.
+                last_done = jnp.max(jnp.where(dones, steps, -1), axis=0).astype(jnp.int32)
+                # The step that reports ``done`` still belongs to the old episode.
+                first_done = jnp.min(jnp.where(dones, steps, W), axis=0)
+                in_old_episode = steps <= first_done[None, :]
+                before_done = sign * sum_over_steps(jnp.where(in_old_episode, loss, 0.0))
             # Counts as float sums are exact below 2^24 entries per particle.
             return WindowStatistics(
-                current=sign * column_sum(loss),
-                before_done=sign * column_sum(jnp.where(before_done, loss, 0.0)),
-                num_valid=jnp.sum(column_sum(valid_pairs)).astype(jnp.int32),
+                current=current,
+                before_done=before_done,
+                num_valid=jnp.sum(sum_over_steps(valid_pairs)).astype(jnp.int32),
                 last_done=last_done,
-                num_finite=jnp.sum(column_sum(finite)).astype(jnp.int32),
-                finite_loss_sum=jnp.sum(column_sum(jnp.where(finite, objective, 0.0))) * maximize,
+                num_finite=jnp.sum(sum_over_steps(finite)).astype(jnp.int32),
+                finite_loss_sum=jnp.sum(sum_over_steps(jnp.where(finite, objective, 0.0)))
+                * maximize,
             )
 
-        # (Whether any done is set: the max of the flags as bytes is the cheapest
-        # test on CPU, several times cheaper than any() or a float conversion.)
-        usual = jnp.all(jnp.isfinite(total)) & (jnp.max(dones.astype(jnp.uint8)) == 0)
+        usual = jnp.all(jnp.isfinite(total))
+        if dones is not None:
+            # The max of the flags as bytes: on CPU several times cheaper than
+            # any() or a float conversion.
+            usual = usual & (jnp.max(dones.astype(jnp.uint8)) == 0)
         return jax.lax.cond(usual, plain, masked)
 
     def _gradient(self, stats: WindowStatistics, current, accumulator, state) -> jax.Array:

@@ -72,13 +72,15 @@ def unroll(
     def one_particle(inner, theta, key):
         inner, loss, done = step_fn(inner, theta, key)
         loss = jnp.asarray(loss)
-        done = None if done is None else jnp.asarray(done)
-        if loss.shape != () or (done is not None and done.shape != ()):
+        if done is not None:
+            done = jnp.asarray(done).astype(bool)
+        done_shape = () if done is None else done.shape
+        if loss.shape != () or done_shape != ():
             raise ValueError(
                 "step_fn: expected a scalar loss and a scalar done (or None), "
-                f"got shapes {loss.shape} and {None if done is None else done.shape}"
+                f"got shapes {loss.shape} and {done_shape}"
             )
-        return inner, loss, None if done is None else done.astype(bool)
+        return inner, loss, done
 
     def one_step(inner, step_key):
         inner, losses, dones = jax.vmap(one_particle)(
