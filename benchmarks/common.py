@@ -47,6 +47,26 @@ def time_alternating(
     return [statistic(t) for t in times]
 
 
+def compile_seconds(makers: Sequence[Callable[[], tuple]], repeats: int) -> list[float]:
+    """Median seconds to trace and compile ``jax.jit(fn)(*args)``, cold, for each maker.
+
+    ``make()`` builds a fresh ``(fn, args)`` (not timed) after JAX's caches are
+    cleared, so every measurement is a first compile, as a user's first call
+    is. The makers take turns; a first, untimed round pays each library's
+    one-off import and tracing costs.
+    """
+    seconds: list[list[float]] = [[] for _ in makers]
+    for repeat in range(repeats + 1):
+        for index, make in enumerate(makers):
+            jax.clear_caches()
+            fn, args = make()
+            start = time.perf_counter()
+            jax.jit(fn).lower(*args).compile()
+            if repeat:
+                seconds[index].append(time.perf_counter() - start)
+    return [statistics.median(s) for s in seconds]
+
+
 def time_call(fn: Callable[[], object], repeats: int = 5, warmup: int = 1) -> float:
     """Median wall time of ``fn()`` in seconds, after ``warmup`` untimed calls."""
     for _ in range(warmup):
@@ -82,8 +102,9 @@ def format_table(rows: Sequence[dict]) -> str:
     return "\n".join(lines)
 
 
-def write_results(name: str, rows: list[dict], out_dir: Path, *, quick: bool, seed: int,
-                  extra: dict | None = None) -> Path:
+def write_results(
+    name: str, rows: list[dict], out_dir: Path, *, quick: bool, seed: int, extra: dict | None = None
+) -> Path:
     """Writes ``out_dir/NAME.json`` with the rows and the run's context; prints the table.
 
     NAME is the command-line name (``speed_classic`` is written as ``speed-classic``).

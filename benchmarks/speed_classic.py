@@ -17,8 +17,6 @@ regenerated in ``tell`` (two draws per generation against evosax's one).
 from __future__ import annotations
 
 import importlib
-import statistics
-import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,7 +27,14 @@ import matplotlib.pyplot as plt
 import optax
 
 import evopes
-from benchmarks.common import block, cli, save_figure, time_alternating, write_results
+from benchmarks.common import (
+    block,
+    cli,
+    compile_seconds,
+    save_figure,
+    time_alternating,
+    write_results,
+)
 from evopes.strategies.open_es import OpenES
 
 NAME = "speed_classic"
@@ -139,32 +144,16 @@ def _runner(strategy, num_dims, generations, seed):
     return run, block(state)
 
 
-def _compile_once(make, num_dims, population_size, seed) -> float:
-    """Seconds to trace and compile one ask + tell of a freshly built strategy.
+def _first_step(make, num_dims, population_size, seed):
+    """A maker for ``compile_seconds``: one ask + tell of a freshly built strategy."""
 
-    JAX's caches are cleared first, so that every measurement is a cold first
-    compile, as a user's first call is (and as ``speed-online`` measures it).
-    """
-    jax.clear_caches()
-    strategy = make(num_dims, population_size)
-    params = _params(strategy)
-    state = strategy.init(jax.random.key(seed), jnp.full((num_dims,), 0.5), params)
-    step = _step(strategy, params)
-    start = time.perf_counter()
-    jax.jit(step).lower(state, jax.random.key(seed)).compile()
-    return time.perf_counter() - start
+    def build():
+        strategy = make(num_dims, population_size)
+        params = _params(strategy)
+        state = strategy.init(jax.random.key(seed), jnp.full((num_dims,), 0.5), params)
+        return _step(strategy, params), (state, jax.random.key(seed))
 
-
-def _compile_seconds(makers, num_dims, population_size, seed, repeats):
-    """Median compile seconds of each maker, measured in alternation after one untimed
-    round (which pays each library's one-off tracing costs)."""
-    seconds = [[] for _ in makers]
-    for repeat in range(repeats + 1):
-        for index, make in enumerate(makers):
-            elapsed = _compile_once(make, num_dims, population_size, seed)
-            if repeat:
-                seconds[index].append(elapsed)
-    return [statistics.median(s) for s in seconds]
+    return build
 
 
 def _configs(quick: bool) -> list[Config]:
@@ -249,9 +238,11 @@ def main(quick: bool, seed: int, out_dir: Path) -> list[dict]:
         if make_evopes is _evopes_cma and _evopes_class("CMAES") is None:
             skipped.append(f"compile {name}")
             continue
-        evopes_c, evosax_c = _compile_seconds(
-            (make_evopes, make_evosax), num_dims, population_size, seed, repeats
-        )
+        makers = [
+            _first_step(make, num_dims, population_size, seed)
+            for make in (make_evopes, make_evosax)
+        ]
+        evopes_c, evosax_c = compile_seconds(makers, repeats)
         compile_rows.append(
             {
                 "strategy": name,

@@ -57,8 +57,6 @@ at ``d = 1000`` and ``d = 10^6``, counted from shapes.
 from __future__ import annotations
 
 import math
-import statistics
-import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -69,7 +67,14 @@ import numpy as np
 import optax
 
 import evopes
-from benchmarks.common import block, cli, save_figure, time_alternating, write_results
+from benchmarks.common import (
+    block,
+    cli,
+    compile_seconds,
+    save_figure,
+    time_alternating,
+    write_results,
+)
 from evopes import threefry
 from evopes.tasks import lorenz
 
@@ -229,39 +234,31 @@ def _state_bytes(init: Callable) -> int:
 
 
 # -- compile time ---------------------------------------------------------------------
-def _compile_seconds(make_loop, system, population_size) -> float:
-    """Seconds to trace and compile one window (ask + unroll + tell) of a fresh strategy."""
-    jax.clear_caches()
-    init, window = make_loop()
-    carry = jax.jit(init)(jax.random.key(0))
-    start = time.perf_counter()
-    jax.jit(window).lower(carry, jax.random.key(1)).compile()
-    return time.perf_counter() - start
+def _first_window(make_loop, make_strategy, kind, population_size):
+    """A maker for ``compile_seconds``: one Lorenz window (ask + unroll + tell), fresh strategy."""
+
+    def build():
+        init, window = make_loop(make_strategy(kind, Lorenz, population_size), Lorenz)
+        return window, (jax.jit(init)(jax.random.key(0)), jax.random.key(1))
+
+    return build
 
 
 def compile_rows(population_size: int, repeats: int) -> list[dict]:
-    system = Lorenz
     makers = {}
     for kind in ("TES", "PES", "GPES", "NRES"):
-        makers[("evopes", kind)] = lambda kind=kind: _evopes_window(
-            _evopes_strategy(kind, system, population_size), system
+        makers[("evopes", kind)] = _first_window(
+            _evopes_window, _evopes_strategy, kind, population_size
         )
     for kind in ("PES", "NRES"):
-        makers[("evosax", kind)] = lambda kind=kind: _evosax_window(
-            _evosax_strategy(kind, system, population_size), system
+        makers[("evosax", kind)] = _first_window(
+            _evosax_window, _evosax_strategy, kind, population_size
         )
-    seconds = {name: [] for name in makers}
-    for repeat in range(repeats + 1):  # the first round pays one-off import and tracing costs
-        for name, make in makers.items():
-            elapsed = _compile_seconds(make, system, population_size)
-            if repeat:
-                seconds[name].append(elapsed)
+    seconds = dict(zip(makers, compile_seconds(list(makers.values()), repeats), strict=True))
     rows = []
     for kind in ("TES", "PES", "GPES", "NRES"):
-        evopes_s = statistics.median(seconds[("evopes", kind)])
-        evosax_s = (
-            statistics.median(seconds[("evosax", kind)]) if ("evosax", kind) in seconds else None
-        )
+        evopes_s = seconds[("evopes", kind)]
+        evosax_s = seconds.get(("evosax", kind))
         rows.append(
             {
                 "strategy": kind,
