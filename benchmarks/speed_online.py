@@ -125,8 +125,10 @@ class BlockDriven:
 
 
 # -- the three loops ---------------------------------------------------------------
-def _evopes_strategy(kind: str, system, population_size: int, noise=None):
-    cls = {"TES": evopes.TES, "PES": evopes.PES, "GPES": evopes.GPES, "NRES": evopes.NRES}[kind]
+def _evopes_strategy(kind: str, system, population_size: int, noise=None, cls=None):
+    """The benchmark's ``kind`` strategy on ``system``; ``cls`` replaces its class (a subclass)."""
+    if cls is None:
+        cls = {"TES": evopes.TES, "PES": evopes.PES, "GPES": evopes.GPES, "NRES": evopes.NRES}[kind]
     extra = {"noise_period": 2 * WINDOW} if kind == "GPES" else {}
     return cls(
         population_size=population_size,
