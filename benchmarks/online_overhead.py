@@ -99,7 +99,7 @@ class _BranchFreeTell(_NoNaNMasking):
 VARIANTS = {"no NaN masking": _NoNaNMasking, "branch-free tell": _BranchFreeTell}
 CLASSES = {"PES": evopes.PES, "NRES": evopes.NRES}
 #: The XLA flag of the second run (XLA reads its flags once, so it runs in a child process).
-SEQUENTIAL_FLAG = "--xla_cpu_enable_concurrency_optimized_scheduler=false"
+SCHEDULER_FLAG = "--xla_cpu_enable_concurrency_optimized_scheduler=false"
 
 
 def _variant_class(kind: str, mixin):
@@ -164,8 +164,9 @@ def _measure_in_child(quick: bool, seed: int, xla_flag: str) -> list[dict]:
         cwd=Path(__file__).resolve().parent.parent,
         capture_output=True,
         text=True,
-        check=True,
     )
+    if result.returncode:
+        raise RuntimeError(f"the run with {xla_flag} failed:\n{result.stderr[-3000:]}")
     line = next(line for line in result.stdout.splitlines() if line.startswith("ROWS"))
     return json.loads(line[len("ROWS") :])
 
@@ -174,7 +175,7 @@ def main(quick: bool, seed: int, out_dir: Path) -> list[dict]:
     rows = [{"xla_scheduler": "default", **row} for row in measure(quick, seed)]
     rows += [
         {"xla_scheduler": "concurrency-optimized off", **row}
-        for row in _measure_in_child(quick, seed, SEQUENTIAL_FLAG)
+        for row in _measure_in_child(quick, seed, SCHEDULER_FLAG)
     ]
     for row in rows:
         print(row, flush=True)
@@ -184,7 +185,7 @@ def main(quick: bool, seed: int, out_dir: Path) -> list[dict]:
         out_dir,
         quick=quick,
         seed=seed,
-        extra={"window": speed_online.WINDOW, "second_run_xla_flags": SEQUENTIAL_FLAG},
+        extra={"window": speed_online.WINDOW, "second_run_xla_flags": SCHEDULER_FLAG},
     )
     _plot(rows, out_dir)
     return rows
