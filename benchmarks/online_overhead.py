@@ -53,8 +53,7 @@ import numpy as np
 
 import evopes
 from benchmarks import speed_online
-from benchmarks.common import block, cli, save_figure, time_alternating, write_results
-from evopes.online.engine import WindowStatistics
+from benchmarks.common import block, cli, save_figure, write_results
 from evopes.online.unroll import sum_over_steps
 
 NAME = "online_overhead"
@@ -66,17 +65,7 @@ class _NoNaNMasking:
 
     def _window_statistics(self, objective, dones):
         assert dones is None, "this variant only runs systems without done flags"
-        W, P = self.truncation_length, self.num_pairs
-        total = sum_over_steps(objective)
-        signed = self._signs() * total
-        return WindowStatistics(
-            current=signed,
-            before_done=signed,
-            num_valid=jnp.int32(W * P),
-            last_done=jnp.full((2 * P,), -1, jnp.int32),
-            num_finite=jnp.int32(W * 2 * P),
-            finite_loss_sum=jnp.sum(total) * (-1.0 if self.maximize else 1.0),
-        )
+        return self._unmasked_statistics(sum_over_steps(objective))
 
 
 class _BranchFreeTell(_NoNaNMasking):
@@ -91,9 +80,7 @@ class _BranchFreeTell(_NoNaNMasking):
         return gradient / (2.0 * jnp.maximum(stats.num_valid, 1))
 
     def _reset_inner(self, key, inner_state, reset):
-        fresh = self._fresh_inner(key)
-        pick = lambda new, old: jnp.where(reset.reshape((-1,) + (1,) * (old.ndim - 1)), new, old)
-        return jax.tree_util.tree_map(pick, fresh, inner_state)
+        return self._replace_inner(key, inner_state, reset)
 
 
 VARIANTS = {"no NaN masking": _NoNaNMasking, "branch-free tell": _BranchFreeTell}
@@ -129,8 +116,7 @@ def measure(quick: bool, seed: int) -> list[dict]:
             ),
             speed_online._bare_window(SYSTEM, particles),
         ]
-        runs = [speed_online._scanned(init, window, num_windows, seed) for init, window in loops]
-        seconds = [t / num_windows for t in time_alternating(runs, repeats, statistic=min)]
+        runs, seconds = speed_online._time_loops(loops, num_windows, seed, repeats)
         # The reduced versions compute what the shipped one does in these windows.
         key = jax.random.key(seed + 1)
         means = [block(run(carry, key)).mean for run, carry in runs[: len(classes)]]

@@ -228,6 +228,17 @@ def _scanned(init, window, num_windows, seed):
     return run, block(jax.jit(init)(jax.random.key(seed)))
 
 
+def _time_loops(loops, num_windows: int, seed: int, repeats: int):
+    """Each ``(init, window)`` loop scanned over ``num_windows``, timed in alternation.
+
+    Returns the ``(run, carry)`` pairs and each loop's seconds per window: the
+    minimum over ``repeats`` calls (interference on a shared machine only adds time).
+    """
+    runs = [_scanned(init, window, num_windows, seed) for init, window in loops]
+    seconds = time_alternating(runs, repeats, statistic=min)
+    return runs, [t / num_windows for t in seconds]
+
+
 def _state_bytes(init: Callable) -> int:
     shapes = jax.eval_shape(init, jax.random.key(0))
     return int(
@@ -401,11 +412,8 @@ def main(quick: bool, seed: int, out_dir: Path) -> list[dict]:
             _evosax_window(_evosax_strategy(kind, system, particles), system),
             _bare_window(system, particles),
         ]
-        runs = [_scanned(init, window, num_windows, seed) for init, window in loops]
-        evopes_s, evosax_s, bare_s = (
-            t / num_windows for t in time_alternating(runs, repeats, statistic=min)
-        )
-        del runs
+        runs, (evopes_s, evosax_s, bare_s) = _time_loops(loops, num_windows, seed, repeats)
+        del runs  # the d = 10^6 loops hold large carries
         if system is BlockDriven:  # memory at 1000 particles, counted without allocating
             evopes_init = _evopes_window(
                 _evopes_strategy(kind, system, STATE_PARTICLES, noise), system

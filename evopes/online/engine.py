@@ -535,16 +535,6 @@ class OnlineES(Strategy):
         maximize = -1.0 if self.maximize else 1.0
         total = sum_over_steps(objective)
 
-        def plain():
-            return WindowStatistics(
-                current=sign * total,
-                before_done=sign * total,
-                num_valid=jnp.int32(W * P),
-                last_done=jnp.full((2 * P,), -1, jnp.int32),
-                num_finite=jnp.int32(W * 2 * P),
-                finite_loss_sum=jnp.sum(total) * maximize,
-            )
-
         def masked():
             finite = jnp.isfinite(objective)
             valid_pairs = finite[:, :P] & finite[:, P:]
@@ -579,7 +569,24 @@ class OnlineES(Strategy):
             # The max of the flags as bytes: on CPU several times cheaper than
             # any() or a float conversion.
             usual = usual & (jnp.max(dones.astype(jnp.uint8)) == 0)
-        return jax.lax.cond(usual, plain, masked)
+        return jax.lax.cond(usual, lambda: self._unmasked_statistics(total), masked)
+
+    def _unmasked_statistics(self, total: jax.Array) -> WindowStatistics:
+        """The statistics of a window without non-finite losses or ``done`` flags.
+
+        ``total``: (2P,) column sums of the window's objective (losses, negated
+        when maximising).
+        """
+        W, P = self.truncation_length, self.num_pairs
+        signed = self._signs() * total
+        return WindowStatistics(
+            current=signed,
+            before_done=signed,
+            num_valid=jnp.int32(W * P),
+            last_done=jnp.full((2 * P,), -1, jnp.int32),
+            num_finite=jnp.int32(W * 2 * P),
+            finite_loss_sum=jnp.sum(total) * (-1.0 if self.maximize else 1.0),
+        )
 
     def _gradient(self, stats: WindowStatistics, current, accumulator, state) -> jax.Array:
         """``1/(2 N_valid) sum_p sum_s sign_p l_{p,s} w_{p,s}``, flat (d,).
@@ -668,15 +675,23 @@ class OnlineES(Strategy):
         """Replaces the inner state of particles with ``reset`` by a fresh one."""
         if self.init_inner is None:
             return inner_state
+        return jax.lax.cond(
+            jnp.any(reset),
+            lambda inner: self._replace_inner(key, inner, reset),
+            lambda inner: inner,
+            inner_state,
+        )
 
-        def replace(inner):
-            fresh = self._fresh_inner(key)
-            pick = lambda new, old: jnp.where(
-                reset.reshape((-1,) + (1,) * (old.ndim - 1)), new, old
-            ).astype(old.dtype)
-            return jax.tree_util.tree_map(pick, fresh, inner)
+    def _replace_inner(self, key, inner_state, reset: jax.Array) -> PyTree:
+        """``inner_state`` with the particles where ``reset`` holds restarted from ``init_inner``.
 
-        return jax.lax.cond(jnp.any(reset), replace, lambda inner: inner, inner_state)
+        Builds fresh states for every particle (pair-shared keys) and selects:
+        :meth:`_reset_inner` runs it only in windows where some particle resets.
+        """
+        pick = lambda new, old: jnp.where(
+            reset.reshape((-1,) + (1,) * (old.ndim - 1)), new, old
+        ).astype(old.dtype)
+        return jax.tree_util.tree_map(pick, self._fresh_inner(key), inner_state)
 
     def _signs(self) -> jax.Array:
         """(2P,) +1 for the first half of the particles, -1 for the second."""
