@@ -79,7 +79,7 @@ class LRScheduleTask:
         return InnerState(init_mlp(key, self.layer_sizes), jnp.zeros((), jnp.int32))
 
     def step(self, inner: InnerState, theta: jax.Array, key: jax.Array):
-        """One SGD step at lr_t: returns (inner, clipped validation-batch loss, False)."""
+        """One SGD step at lr_t: returns (inner, clipped validation-batch loss, None)."""
         data = load_digits()
         train_key, valid_key = threefry.split(key)
         images, labels = sample_batch(

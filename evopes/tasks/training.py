@@ -180,7 +180,7 @@ def train_episodic(
 def episode_fitness(init_inner, step_fn, horizon, population, key):
     """Time-average loss of one fresh episode per member (pairs share the start)."""
     num_pairs = jax.tree_util.tree_leaves(population)[0].shape[0] // 2
-    init_key, unroll_key = jax.random.split(key)
+    init_key, unroll_key = threefry.split(key)
     inner = jax.vmap(init_inner)(pair_keys(init_key, num_pairs))
     _, losses, _ = unroll(step_fn, population, inner, unroll_key, horizon)
     return mean_over_steps(losses)
