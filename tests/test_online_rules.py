@@ -194,48 +194,56 @@ def test_done_in_the_middle_of_a_window():
     """Pair 0 ends at step 1 of window 2 (W = 3), pair 1 at its last step.
 
     Pair 0: steps 0 and 1 (the done step) keep the old episode's weight e1 + e2;
-    step 2 starts the new episode: e2. Next window: e2 + e3 (e2 joined the new
-    episode), time 1. Pair 1: all of window 2 weighs e1 + e2; then time 0 and
-    window 3 weighs e3 alone.
+    step 2 belongs to no episode (weight 0: the particle's next episode starts
+    at the next window, so no noise drawn before it ever weighs its losses).
+    Every particle then restarts from ``init_inner`` at time 0, and window 3
+    weighs its fresh noise e3 alone.
     """
     es, params = PES_W3, PES_W3.default_params
     state = init(es, jax.random.key(0), jnp.zeros(2), params)
     w1 = run_window(es, state, params, 1)
-    w2 = run_window(es, w1.state, params, 2, dones=[(1, 0), (1, 2), (2, 1), (2, 3)])
-    np.testing.assert_array_equal(w2.state.time, [1, 0, 1, 0])
+    moved = w1.state.inner_state + 5.0
+    w2 = run_window(
+        es, w1.state, params, 2, dones=[(1, 0), (1, 2), (2, 1), (2, 3)], inner_after=moved
+    )
+    np.testing.assert_array_equal(w2.state.time, [0, 0, 0, 0])
+    np.testing.assert_array_equal(w2.state.inner_state, 0.0)  # zero_inner, not the moved state
+    np.testing.assert_array_equal(w2.state.accumulator, 0.0)
     w3 = run_window(es, w2.state, params, 3)
     c1, c2, c3 = w1.blocks, w2.blocks, w3.blocks
     for p in (0, 2):
         for s in (0, 1):
             assert_weights(w2.weights, s, p, c1[p] + c2[p])
-        assert_weights(w2.weights, 2, p, c2[p])
-        for s in range(3):
-            assert_weights(w3.weights, s, p, c2[p] + c3[p])
+        assert_weights(w2.weights, 2, p, 0.0)
     for p in (1, 3):
         for s in range(3):
             assert_weights(w2.weights, s, p, c1[p] + c2[p])
+    for p in range(4):
+        for s in range(3):
             assert_weights(w3.weights, s, p, c3[p])
+    assert not np.allclose(c3, c2)
 
 
 def test_desynchronised_partners():
     """Only the positive partner of pair 0 ends an episode (at step 0 of window 2).
 
-    The positive partner weighs e1 + e2 at the done step, e2 after it, and e2 + e3
-    in window 3; its negative partner keeps accumulating: e1 + e2, then e1 + e2 + e3.
+    The positive partner weighs e1 + e2 at the done step, nothing after it,
+    restarts at the next window and weighs its fresh e3 there; its negative
+    partner keeps accumulating: e1 + e2, then e1 + e2 + e3'.
     """
     es, params = PES_W3, PES_W3.default_params
     state = init(es, jax.random.key(0), jnp.zeros(2), params)
     w1 = run_window(es, state, params, 1)
     w2 = run_window(es, w1.state, params, 2, dones=[(0, 0)])
-    np.testing.assert_array_equal(w2.state.time, [2, 6, 6, 6])
+    np.testing.assert_array_equal(w2.state.time, [0, 6, 6, 6])
     w3 = run_window(es, w2.state, params, 3)
     c1, c2, c3 = w1.blocks, w2.blocks, w3.blocks
     assert_weights(w2.weights, 0, 0, c1[0] + c2[0])
-    assert_weights(w2.weights, 1, 0, c2[0])
-    assert_weights(w2.weights, 2, 0, c2[0])
+    assert_weights(w2.weights, 1, 0, 0.0)
+    assert_weights(w2.weights, 2, 0, 0.0)
     for s in range(3):
         assert_weights(w2.weights, s, 2, c1[2] + c2[2])
-        assert_weights(w3.weights, s, 0, c2[0] + c3[0])
+        assert_weights(w3.weights, s, 0, c3[0])
         assert_weights(w3.weights, s, 2, c1[2] + c2[2] + c3[2])
 
 
@@ -318,12 +326,18 @@ def test_all_masked_or_overflowing_window_keeps_the_mean():
     np.testing.assert_array_equal(w.metrics["gradient"], 0.0)
     np.testing.assert_array_equal(w.state.mean, 1.0)
     assert int(w.metrics["num_masked"]) == 6 and int(w.metrics["num_nonfinite"]) == 12
-    assert np.all(np.isfinite(w.state.accumulator)) and np.isfinite(w.metrics["mean_loss"])
-    # Finite but huge losses overflow the estimate: the update is skipped, the state stays finite.
+    assert np.all(np.isfinite(w.state.accumulator))
+    # Nothing finite was seen: the mean loss says so (NaN), it does not read as a perfect 0.
+    assert np.isnan(w.metrics["mean_loss"])
+    # Finite but huge losses overflow the estimate: the update is skipped, the state stays
+    # finite, and the mean loss is computed without overflow.
     huge = jnp.full((3, 4), 3e38).at[:, 2:].set(-3e38)
     w = run_window(es, state, params, 2, losses=huge)
     assert not bool(w.metrics["finite_gradient"]) and int(w.metrics["num_nonfinite"]) == 0
     np.testing.assert_array_equal(w.state.mean, 1.0)
+    np.testing.assert_allclose(w.metrics["mean_loss"], 0.0, atol=1e33)
+    w = run_window(es, state, params, 3, losses=jnp.full((3, 4), 3e38))
+    np.testing.assert_allclose(w.metrics["mean_loss"], 3e38, rtol=1e-6)
 
 
 # -- classic public-code bugs -----------------------------------------------------------

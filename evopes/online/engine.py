@@ -115,22 +115,25 @@ class WindowStatistics(NamedTuple):
     """What ``tell`` takes from one window's (W, 2P) losses and dones.
 
     Attributes:
-      current: (2P,) ``sign_p sum_s l_{p,s}`` over the valid steps (those whose
-        pair has two finite losses): the coefficient of the current block.
-      before_done: (2P,) the same sum over the valid steps at or before the
-        particle's first ``done``: the coefficient of the accumulator.
-      num_valid: number of valid (pair, step) entries, ``N_valid``.
-      last_done: (2P,) int32 step of the particle's last ``done``, -1 if none.
-      num_finite: number of finite loss entries.
-      finite_loss_sum: sum of the finite losses (for the ``mean_loss`` metric).
+      current: (2P,) ``sign_p sum_s l_{p,s}`` over the counted steps: those
+        at or before the particle's first ``done`` of the window whose pair
+        has no non-finite counted loss. It is the coefficient of the current
+        block and of the accumulator.
+      num_valid: number of valid (pair, step) entries, ``N_valid``: ``P W``
+        less the entries masked for a non-finite loss (steps after a
+        ``done`` count, so the normalisation does not depend on the noise).
+      ended: (2P,) bool, the particle's episode ended inside the window.
+      num_finite: number of finite counted loss entries.
+      num_counted: number of counted loss entries (``2 P W`` without dones).
+      finite_loss_mean: mean of the finite counted losses (NaN if none).
     """
 
     current: jax.Array
-    before_done: jax.Array
     num_valid: jax.Array
-    last_done: jax.Array
+    ended: jax.Array
     num_finite: jax.Array
-    finite_loss_sum: jax.Array
+    num_counted: jax.Array
+    finite_loss_mean: jax.Array
 
 
 @struct.dataclass
@@ -452,7 +455,7 @@ class OnlineES(Strategy):
         current = self._current_block(state, population)  # built once, used twice
         gradient = self._gradient(stats, current, state.accumulator, state)
 
-        new_state = self._end_window(key, state, inner_state, stats.last_done, current)
+        new_state = self._end_window(key, state, inner_state, stats.ended, current)
         burn_in = state.generation_counter < self.burn_in_windows
         finite_gradient = jnp.all(jnp.isfinite(gradient))
         if apply_update:
@@ -473,11 +476,11 @@ class OnlineES(Strategy):
 
         metrics = {
             "gradient": self.spec.unravel(gradient),
-            "mean_loss": stats.finite_loss_sum / jnp.maximum(stats.num_finite, 1),
+            "mean_loss": stats.finite_loss_mean,
             "total_steps": new_state.total_steps,
             "sequential_steps": new_state.sequential_steps,
             "burn_in": burn_in,
-            "num_nonfinite": losses.size - stats.num_finite,
+            "num_nonfinite": stats.num_counted - stats.num_finite,
             "num_masked": W * P - stats.num_valid,
             "finite_gradient": finite_gradient,
             "generation_counter": new_state.generation_counter,
@@ -517,8 +520,9 @@ class OnlineES(Strategy):
     def _window_statistics(self, objective: jax.Array, dones: jax.Array | None) -> WindowStatistics:
         """Everything ``tell`` needs from the (W, 2P) losses and dones, in one pass when it can.
 
-        A non-finite loss masks its pair at that step; a ``done`` splits a
-        particle's window between two episodes. In the usual window (all
+        A non-finite loss masks its pair at that step; a ``done`` ends the
+        particle's episode, and its later steps in the window are not counted.
+        In the usual window (all
         losses finite, no ``done``) neither matters: the column sums of the
         losses give every number, and the masks are only built when needed.
         A column sum is finite exactly when all its losses are (an overflowing
@@ -536,32 +540,35 @@ class OnlineES(Strategy):
         total = sum_over_steps(objective)
 
         def masked():
-            finite = jnp.isfinite(objective)
-            valid_pairs = finite[:, :P] & finite[:, P:]
-            valid = jnp.concatenate([valid_pairs, valid_pairs], axis=1)
-            loss = jnp.where(valid, objective, 0.0)
-            current = sign * sum_over_steps(loss)
             if dones is None:
-                last_done, before_done = jnp.full((2 * P,), -1, jnp.int32), current
+                counted = jnp.ones(objective.shape, bool)
+                ended = jnp.zeros((2 * P,), bool)
             else:
-                steps = jnp.arange(W)[:, None]
-                # Index reductions as plain max/min of masked step indices: XLA's
+                # Index reductions as a plain min of masked step indices: XLA's
                 # argmax is a two-operand reduction that CPU backends do not
-                # vectorise, and a cumulative sum over W is O(W^2) on CPU.
-                last_done = jnp.max(jnp.where(dones, steps, -1), axis=0).astype(jnp.int32)
-                # The step that reports ``done`` still belongs to the old episode.
+                # vectorise. The step that reports ``done`` still belongs to
+                # the old episode; the steps after it belong to no episode
+                # (the particle starts its next one at the next window).
+                steps = jnp.arange(W)[:, None]
                 first_done = jnp.min(jnp.where(dones, steps, W), axis=0)
-                in_old_episode = steps <= first_done[None, :]
-                before_done = sign * sum_over_steps(jnp.where(in_old_episode, loss, 0.0))
-            # Counts as float sums are exact below 2^24 entries per particle.
+                counted = steps <= first_done[None, :]
+                ended = first_done < W
+            finite = jnp.isfinite(objective)
+            bad = counted & ~finite
+            valid_pairs = ~(bad[:, :P] | bad[:, P:])
+            used = counted & jnp.concatenate([valid_pairs, valid_pairs], axis=1)
+            num_finite = jnp.sum(sum_over_steps(counted & finite))
+            finite_counted = jnp.where(counted & finite, objective, 0.0)
+            # Counts as float sums are exact below 2^24 entries per particle;
+            # the mean divides before summing so that huge finite losses
+            # cannot overflow it.
             return WindowStatistics(
-                current=current,
-                before_done=before_done,
+                current=sign * sum_over_steps(jnp.where(used, objective, 0.0)),
                 num_valid=jnp.sum(sum_over_steps(valid_pairs)).astype(jnp.int32),
-                last_done=last_done,
-                num_finite=jnp.sum(sum_over_steps(finite)).astype(jnp.int32),
-                finite_loss_sum=jnp.sum(sum_over_steps(jnp.where(finite, objective, 0.0)))
-                * maximize,
+                ended=ended,
+                num_finite=num_finite.astype(jnp.int32),
+                num_counted=jnp.sum(sum_over_steps(counted)).astype(jnp.int32),
+                finite_loss_mean=jnp.sum(sum_over_steps(finite_counted / num_finite)) * maximize,
             )
 
         usual = jnp.all(jnp.isfinite(total))
@@ -578,42 +585,46 @@ class OnlineES(Strategy):
         when maximising).
         """
         W, P = self.truncation_length, self.num_pairs
-        signed = self._signs() * total
         return WindowStatistics(
-            current=signed,
-            before_done=signed,
+            current=self._signs() * total,
             num_valid=jnp.int32(W * P),
-            last_done=jnp.full((2 * P,), -1, jnp.int32),
+            ended=jnp.zeros((2 * P,), bool),
             num_finite=jnp.int32(W * 2 * P),
-            finite_loss_sum=jnp.sum(total) * (-1.0 if self.maximize else 1.0),
+            num_counted=jnp.int32(W * 2 * P),
+            finite_loss_mean=jnp.sum(total / (W * 2 * P)) * (-1.0 if self.maximize else 1.0),
         )
 
     def _gradient(self, stats: WindowStatistics, current, accumulator, state) -> jax.Array:
         """``1/(2 N_valid) sum_p sum_s sign_p l_{p,s} w_{p,s}``, flat (d,).
 
-        ``w_{p,s} = c_p + [step s at or before p's first done of the window] * a_p``,
-        where ``c_p = e_p / std_p^2`` is the particle's current block. Summing
-        over steps first leaves two numbers per particle: the cost is O(P d).
+        ``w_{p,s} = c_p + a_p`` for every counted step (Eq. of the module
+        docstring), where ``c_p = e_p / std_p^2`` is the particle's current
+        block and ``a_p`` its accumulator (PES, GPES). A step after the
+        particle's ``done`` is not counted: the Stein weight of a step never
+        holds noise drawn before its episode began. Summing over steps first
+        leaves one number per particle: the cost is O(P d).
         """
         P = self.num_pairs
         shares_block = jnp.all(state.noise_ids[:P] == state.noise_ids[P:]) & jnp.all(
             state.noise_std[:P] == state.noise_std[P:]
         )
-        gradient = _pairwise_product(stats.current, current, shares_block)
+        weight = current
         if self.accumulates:
-            gradient = gradient + _pairwise_product(
-                stats.before_done, accumulator, jnp.all(accumulator[:P] == accumulator[P:])
-            )
+            weight = current + accumulator
+            shares_block = shares_block & jnp.all(accumulator[:P] == accumulator[P:])
+        gradient = _pairwise_product(stats.current, weight, shares_block)
         return gradient / (2.0 * jnp.maximum(stats.num_valid, 1))
 
     # -- episode bookkeeping --------------------------------------------------------
-    def _end_window(self, key, state: OnlineState, inner_state, last_done, current) -> OnlineState:
+    def _end_window(self, key, state: OnlineState, inner_state, ended, current) -> OnlineState:
         """Advances time, ends episodes and updates the accumulator after a window.
 
-        1. time: ``t + W``, or the number of steps after the last ``done``.
+        1. time: ``t + W``; 0 where the particle's episode ended inside the
+           window (a ``done``): its next episode starts at the next window.
         2. TES: the negative partner takes over the positive partner's state.
-        3. horizon: particles at ``t >= T`` restart from ``init_inner`` (a pair-shared
-           key) at ``t = 0``.
+        3. episode ends: particles with a ``done`` in the window and particles
+           at ``t >= T`` restart from ``init_inner`` (a pair-shared key) at
+           ``t = 0``; the next ``ask`` draws their fresh noise.
         4. accumulator: cleared where an episode ended; then, where the next
            ``ask`` will redraw, the current block joins it if the particle's
            episode has already used it (``t > 0``).
@@ -622,8 +633,7 @@ class OnlineES(Strategy):
         redrawn = self._redraw(
             state.time, state.noise_age, state.generation_counter
         )  # as ask decided
-        ended = last_done >= 0
-        time = jnp.where(ended, W - 1 - last_done, state.time + W).astype(jnp.int32)
+        time = jnp.where(ended, 0, state.time + W).astype(jnp.int32)
 
         if self.branches_from_positive:
             positive_half = lambda x: jnp.concatenate([x[:P], x[:P]])
@@ -631,10 +641,9 @@ class OnlineES(Strategy):
             time, ended = positive_half(time), positive_half(ended)
 
         if self.horizon is not None:
-            at_horizon = time >= self.horizon
-            inner_state = self._reset_inner(key, inner_state, at_horizon)
-            time = jnp.where(at_horizon, 0, time)
-            ended = ended | at_horizon
+            ended = ended | (time >= self.horizon)
+            time = jnp.where(ended, 0, time)
+        inner_state = self._reset_inner(key, inner_state, ended)
 
         state = state.replace(
             inner_state=inner_state,
