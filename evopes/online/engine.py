@@ -420,7 +420,10 @@ class OnlineES(Strategy):
           key: randomness for fresh inner states of particles that reach the horizon.
           population: what ``ask`` returned, or None. With Gaussian noise the
             perturbations are read off it (cheaper than regenerating them);
-            otherwise, or when None, they are rebuilt from the state's ids.
+            otherwise, when None, or when it is not what ``ask`` produced
+            (clipped, edited: ``metrics["population_mismatch"]``), they are
+            rebuilt from the state's ids. To evaluate a clipped population,
+            evaluate the clipped copy and hand back the unclipped one.
           losses: (W, 2P) per-step losses; a non-finite loss masks its pair at
             that step.
           state: the state returned by ``ask``.
@@ -440,7 +443,9 @@ class OnlineES(Strategy):
           applied because of the burn-in), ``num_nonfinite`` (non-finite loss
           entries), ``num_masked`` ((pair, step) entries left out),
           ``finite_gradient`` (False when the estimate overflowed; the update
-          is then skipped) and ``generation_counter``.
+          is then skipped), ``population_mismatch`` (the population handed
+          back was not ``ask``'s; the noise was regenerated) and
+          ``generation_counter``.
         """
         W, P = self.truncation_length, self.num_pairs
         losses = self._check_window_array(losses, "losses")
@@ -452,7 +457,7 @@ class OnlineES(Strategy):
 
         objective = -losses if self.maximize else losses
         stats = self._window_statistics(objective, dones)
-        current = self._current_block(state, population)  # built once, used twice
+        current, population_mismatch = self._current_block(state, population)
         gradient = self._gradient(stats, current, state.accumulator, state)
 
         new_state = self._end_window(key, state, inner_state, stats.ended, current)
@@ -483,6 +488,7 @@ class OnlineES(Strategy):
             "num_nonfinite": stats.num_counted - stats.num_finite,
             "num_masked": W * P - stats.num_valid,
             "finite_gradient": finite_gradient,
+            "population_mismatch": population_mismatch,
             "generation_counter": new_state.generation_counter,
         }
         return new_state, metrics
@@ -720,22 +726,51 @@ class OnlineES(Strategy):
             lambda: sample(ids),
         )
 
-    def _current_block(self, state: OnlineState, population: PyTree | None = None) -> jax.Array:
+    def _current_block(
+        self, state: OnlineState, population: PyTree | None = None
+    ) -> tuple[jax.Array, jax.Array]:
         """(2P, d) unsigned Stein weight ``e / std^2 = z / std`` of each particle's block.
 
-        With Gaussian noise and the population of the last ``ask`` at hand, it
-        is read off the population, ``sign (x - theta) / std^2``: one pass
-        instead of generating the random bits again (which dominates at large
-        d on CPU). The difference is the rounding of x at |theta|, a relative
-        error of about eps32 |theta| / (std |z|). Solutions with leaves
-        narrower than float32 (rounding, overflow) are always regenerated.
+        Returns ``(block, mismatch)``: ``mismatch`` is True when a population
+        was handed back that is not the one ``ask`` produced (clipped, edited,
+        from another ``ask``); the noise is then regenerated from the state's
+        ids, so such a population never changes the estimate.
+
+        With Gaussian noise, partners in step and the population of the last
+        ``ask`` at hand, the block is read off the population antithetically,
+        ``(x_i - x_{i+P}) / (2 std^2)``: one pass instead of generating the
+        random bits again (which dominates at large d on CPU), and both
+        partners get the bit-identical block, so equal partner losses cancel
+        exactly. The read is trusted only if the population passes two cheap
+        checks: every pair is centred on theta (``x_i + x_{i+P} = 2 theta`` up
+        to float32 rounding: catches a clipped or edited member) and the first
+        few coordinates agree with the noise regenerated from the ids
+        (catches a symmetric population from another draw).
         """
-        if population is not None and readable_from_population(self.noise, self.spec):
-            flat = self.spec.ravel_population(population, self.population_size)
-            std = state.noise_std[:, None]
-            # Divide twice: std^2 underflows float32 for std below ~1e-19.
-            return (flat - state.mean) / std * self._signs()[:, None] / std
-        return self._standard_noise(state) / state.noise_std[:, None]
+        std = state.noise_std[:, None]
+        regenerate = lambda: self._standard_noise(state) / std
+        if population is None or not readable_from_population(self.noise, self.spec):
+            return regenerate(), jnp.array(False)
+        P = self.num_pairs
+        flat = self.spec.ravel_population(population, self.population_size)
+        plus, minus = flat[:P], flat[P:]
+        half_difference = 0.5 * (plus - minus)
+        eps = float(jnp.finfo(jnp.float32).eps)
+        size = jnp.abs(plus) + jnp.abs(minus)
+        centred = jnp.all(jnp.abs(plus + minus - 2.0 * state.mean) <= 4 * eps * size)
+        num_checked = min(4, self.num_dims)
+        expected = std[:P] * self.noise.sample(state.noise_state, state.noise_ids[:P], num_checked)
+        same_draw = jnp.all(
+            jnp.abs(half_difference[:, :num_checked] - expected)
+            <= 4 * eps * size[:, :num_checked] + 1e-30
+        )
+        in_step = jnp.all(state.noise_ids[:P] == state.noise_ids[P:]) & jnp.all(
+            state.noise_std[:P] == state.noise_std[P:]
+        )
+        read = lambda: jnp.tile(half_difference / std[:P] / std[:P], (2, 1))
+        # Divide twice: std^2 underflows float32 for std below ~1e-19.
+        block = jax.lax.cond(in_step & centred & same_draw, read, regenerate)
+        return block, ~(centred & same_draw)
 
     # -- accessors and validation -----------------------------------------------
     def get_inner_state(self, state: OnlineState) -> PyTree:
