@@ -98,17 +98,22 @@ import optax
 from flax import struct
 
 from evopes.noise import GaussianNoise, NoiseSource, readable_from_population
+from evopes.online.count import Count
 from evopes.online.keys import pair_keys
 from evopes.online.unroll import sum_over_steps
 from evopes.spec import PyTree
 from evopes.strategies.antithetic import static_key
-from evopes.strategy import Metrics, Params, Strategy, check_positive
+from evopes.strategy import Metrics, Params, Strategy
 
 InitInner = Callable[[jax.Array], PyTree]
 
 #: The optimizer used when none is given: plain SGD, learning rate 0.01.
 DEFAULT_OPTIMIZER = optax.sgd(learning_rate=1e-2)
 DEFAULT_NOISE = GaussianNoise()
+DEFAULT_STD = 0.1
+#: Valid ``params.std``: the Stein weights ``e / std^2`` and ``1 / std^2`` must
+#: stay finite in float32 with room for the losses they multiply.
+STD_RANGE = (1e-18, 1e18)
 
 
 class WindowStatistics(NamedTuple):
@@ -158,18 +163,20 @@ class OnlineState:
       inner_state: the particles' inner states (user pytree, leading axis 2P),
         or None for a stateless system.
       time: (2P,) int32, each particle's step within its episode at the start
-        of the next window.
+        of the next window (saturates at 2^30 when there is no horizon).
       noise_ids: (2P, ...) ids of each particle's current noise block
         (partners in step hold the same id and apply it with opposite signs).
       noise_std: (2P,) std the current block was drawn with.
-      noise_age: (2P,) int32, steps the current block has been used for.
+      noise_age: (2P,) int32, steps the current block has been used for
+        (saturates at 2^30, far beyond any noise period).
       accumulator: (2P, d), ``sum_j e_j / std_j^2`` over the blocks each
         particle applied in its episode before the current block (PES, GPES);
         None for TES and NRES.
       noise_state: the noise source's array state (a table, or empty).
-      generation_counter: number of ``tell`` calls.
-      total_steps: particle-steps unrolled so far (``2P W`` per window).
-      sequential_steps: steps unrolled so far along one particle (``W`` per window).
+      generation_counter: number of ``tell`` calls (windows), an exact
+        :class:`~evopes.online.count.Count` that never wraps. Every window
+        unrolls ``2P W`` particle-steps (``W`` along one particle): see
+        :meth:`OnlineES.total_steps` and :meth:`OnlineES.sequential_steps`.
     """
 
     mean: jax.Array
@@ -181,9 +188,7 @@ class OnlineState:
     noise_age: jax.Array
     accumulator: jax.Array | None
     noise_state: jax.Array
-    generation_counter: jax.Array
-    total_steps: jax.Array
-    sequential_steps: jax.Array
+    generation_counter: Count
 
 
 class OnlineES(Strategy):
@@ -315,22 +320,52 @@ class OnlineES(Strategy):
 
     @property
     def default_params(self) -> OnlineParams:
-        return OnlineParams(std=jnp.float32(0.1))
+        return OnlineParams(std=jnp.float32(DEFAULT_STD))
 
     def validate_params(self, params: OnlineParams) -> None:
-        check_positive(params, "std")
+        """ValueError unless ``STD_RANGE[0] <= params.std <= STD_RANGE[1]`` (concrete values).
+
+        Traced values cannot be checked here; :meth:`tell` then flags them
+        (``metrics["invalid_params"]``, ``metrics["terminate"]``) and skips the
+        update, and :meth:`ask` never lets them into the state.
+        """
+        self._check_params_type(params)
+        value = params.std
+        if isinstance(value, jax.core.Tracer):
+            return
+        array = np.asarray(value, np.float64)
+        low, high = STD_RANGE
+        if not (np.all(np.isfinite(array)) and np.all(array >= low) and np.all(array <= high)):
+            raise ValueError(
+                f"params.std: expected a finite value in [{low:g}, {high:g}] (the Stein "
+                f"weights divide by std^2, which must stay finite in float32), got {array}"
+            )
+
+    def _check_params_type(self, params) -> None:
+        if not isinstance(params, OnlineParams):
+            raise ValueError(
+                f"params: expected {type(self).__name__}'s OnlineParams "
+                f"(es.default_params), got {type(params).__name__}"
+            )
+
+    @staticmethod
+    def _valid_std(std) -> jax.Array:
+        """Traced check of ``params.std``: finite and in ``STD_RANGE``."""
+        std = jnp.asarray(std, jnp.float32)
+        return jnp.isfinite(std) & (std >= STD_RANGE[0]) & (std <= STD_RANGE[1])
 
     # -- the noise schedule (what subclasses change) -------------------------
-    def _redraw(
-        self, time: jax.Array, noise_age: jax.Array, generation_counter: jax.Array
-    ) -> jax.Array:
-        """(2P,) bool: which particles draw fresh noise at the start of the next window."""
+    def _redraw(self, time: jax.Array, noise_age: jax.Array, first: jax.Array) -> jax.Array:
+        """(2P,) bool: which particles draw fresh noise at the start of the next window.
+
+        ``first`` is True before the first window (nothing is held yet).
+        """
         raise NotImplementedError
 
     @staticmethod
-    def _first_or_episode_start(time, generation_counter) -> jax.Array:
+    def _first_or_episode_start(time, first) -> jax.Array:
         """(2P,) bool: nothing held yet, or the particle starts an episode."""
-        return (time == 0) | (generation_counter == 0)
+        return (time == 0) | first
 
     # -- init / ask -------------------------------------------------------------
     def init(self, key: jax.Array, mean: PyTree, params: OnlineParams) -> OnlineState:
@@ -347,7 +382,9 @@ class OnlineES(Strategy):
             offsets = W * jax.random.randint(offset_key, (P,), 0, self.horizon // W, jnp.int32)
         else:
             offsets = jnp.zeros((P,), jnp.int32)
+        # A traced invalid std never enters the state (tell flags it and stops the run).
         std = jnp.asarray(params.std, jnp.float32)
+        std = jnp.where(self._valid_std(std), std, DEFAULT_STD)
         return OnlineState(
             mean=flat_mean,
             opt_state=self.optimizer.init(self._float32_tree(flat_mean)),
@@ -363,9 +400,7 @@ class OnlineES(Strategy):
             # The init key itself seeds the noise source, as in FullES/OpenES, so
             # that strategies initialised with the same key share the same table.
             noise_state=self.noise.init(key, self.num_dims),
-            generation_counter=jnp.array(0, jnp.int32),
-            total_steps=jnp.array(0, jnp.int32),
-            sequential_steps=jnp.array(0, jnp.int32),
+            generation_counter=Count.zero(),
         )
 
     def ask(
@@ -381,7 +416,7 @@ class OnlineES(Strategy):
         replaces the unused draw (as if only the last ``ask`` had happened).
         """
         P = self.num_pairs
-        redraw = self._redraw(state.time, state.noise_age, state.generation_counter)
+        redraw = self._redraw(state.time, state.noise_age, state.generation_counter.is_zero())
         # Drawing ids costs a round of bit generation: skip it in windows
         # without a redraw (most windows of NRES).
         ids = jax.lax.cond(
@@ -393,7 +428,10 @@ class OnlineES(Strategy):
             ),
             lambda: state.noise_ids,
         )
-        std = jnp.where(redraw, jnp.asarray(params.std, jnp.float32), state.noise_std)
+        self._check_call(key, state, params)
+        # An invalid std (possible under jit) is never drawn: the held std stays.
+        use_new = redraw & self._valid_std(params.std)
+        std = jnp.where(use_new, jnp.asarray(params.std, jnp.float32), state.noise_std)
         # Only the noise changes: the redraw decision depends on (time, age,
         # counter), which ask leaves alone, so asking again decides the same
         # way and just replaces the unused draw; tell re-derives it.
@@ -438,19 +476,31 @@ class OnlineES(Strategy):
 
         Returns:
           ``(state, metrics)``: metrics hold ``gradient`` (pytree like theta),
-          ``mean_loss`` (mean finite loss of the window), ``total_steps``,
-          ``sequential_steps``, ``burn_in`` (True when the update was not
+          ``mean_loss`` (mean finite counted loss of the window; NaN if none),
+          ``total_steps`` and ``sequential_steps`` (float32, exact below 2^24;
+          exact at any size from :meth:`total_steps` and
+          :meth:`sequential_steps` on the host), ``burn_in`` (True when the update was not
           applied because of the burn-in), ``num_nonfinite`` (non-finite loss
           entries), ``num_masked`` ((pair, step) entries left out),
           ``finite_gradient`` (False when the estimate overflowed; the update
           is then skipped), ``population_mismatch`` (the population handed
-          back was not ``ask``'s; the noise was regenerated) and
+          back was not ``ask``'s; the noise was regenerated),
+          ``invalid_params`` (``{"std": bool}``: a traced ``params.std``
+          outside ``STD_RANGE``; the update is then skipped), ``terminate``
+          (True when a parameter is invalid: :func:`evopes.run` stops) and
           ``generation_counter``.
         """
         W, P = self.truncation_length, self.num_pairs
+        self._check_call(key, state, params)
         losses = self._check_window_array(losses, "losses")
         if dones is not None:
             dones = self._check_window_array(dones, "dones").astype(bool)
+            if self.init_inner is None and state.inner_state is not None:
+                raise ValueError(
+                    "dones: an episode that ends inside a window restarts at the next "
+                    "window from init_inner, expected a strategy built with init_inner=..., "
+                    "got init_inner=None with a non-empty inner state"
+                )
         inner_state = self._check_inner_state(inner_state, state)
         if population is not None:
             self.spec.check(population, "population", batch_shape=(self.population_size,))
@@ -461,7 +511,8 @@ class OnlineES(Strategy):
         gradient = self._gradient(stats, current, state.accumulator, state)
 
         new_state = self._end_window(key, state, inner_state, stats.ended, current)
-        burn_in = state.generation_counter < self.burn_in_windows
+        burn_in = state.generation_counter.less_than(self.burn_in_windows)
+        invalid_std = ~self._valid_std(params.std)
         finite_gradient = jnp.all(jnp.isfinite(gradient))
         if apply_update:
             mean_tree = self._float32_tree(state.mean)
@@ -471,8 +522,9 @@ class OnlineES(Strategy):
                 mean_tree,
             )
             mean = self.spec.ravel(optax.apply_updates(mean_tree, updates))
-            # No update during the burn-in, nor from an estimate that overflowed.
-            skip = burn_in | ~finite_gradient
+            # No update during the burn-in, from an estimate that overflowed, or
+            # with invalid hyperparameters (only possible under jit).
+            skip = burn_in | ~finite_gradient | invalid_std
             keep = lambda old, new: jnp.where(skip, old, new)
             new_state = new_state.replace(
                 mean=keep(state.mean, mean),
@@ -482,14 +534,16 @@ class OnlineES(Strategy):
         metrics = {
             "gradient": self.spec.unravel(gradient),
             "mean_loss": stats.finite_loss_mean,
-            "total_steps": new_state.total_steps,
-            "sequential_steps": new_state.sequential_steps,
+            "total_steps": new_state.generation_counter.as_float() * (self.population_size * W),
+            "sequential_steps": new_state.generation_counter.as_float() * W,
             "burn_in": burn_in,
             "num_nonfinite": stats.num_counted - stats.num_finite,
             "num_masked": W * P - stats.num_valid,
             "finite_gradient": finite_gradient,
             "population_mismatch": population_mismatch,
-            "generation_counter": new_state.generation_counter,
+            "invalid_params": {"std": invalid_std},
+            "terminate": invalid_std,
+            "generation_counter": new_state.generation_counter.as_float(),
         }
         return new_state, metrics
 
@@ -637,9 +691,9 @@ class OnlineES(Strategy):
         """
         P, W = self.num_pairs, self.truncation_length
         redrawn = self._redraw(
-            state.time, state.noise_age, state.generation_counter
+            state.time, state.noise_age, state.generation_counter.is_zero()
         )  # as ask decided
-        time = jnp.where(ended, 0, state.time + W).astype(jnp.int32)
+        time = jnp.where(ended, 0, _saturating_add(state.time, W))
 
         if self.branches_from_positive:
             positive_half = lambda x: jnp.concatenate([x[:P], x[:P]])
@@ -654,13 +708,11 @@ class OnlineES(Strategy):
         state = state.replace(
             inner_state=inner_state,
             time=time,
-            noise_age=jnp.where(redrawn, 0, state.noise_age) + W,
-            generation_counter=state.generation_counter + 1,
-            total_steps=state.total_steps + self.population_size * W,
-            sequential_steps=state.sequential_steps + W,
+            noise_age=_saturating_add(jnp.where(redrawn, 0, state.noise_age), W),
+            generation_counter=state.generation_counter.add(1),
         )
         if self.accumulates:
-            redraw = self._redraw(state.time, state.noise_age, state.generation_counter)
+            redraw = self._redraw(state.time, state.noise_age, state.generation_counter.is_zero())
             joins = (redraw & (time > 0))[:, None]
             accumulator = jnp.where(ended[:, None], 0.0, state.accumulator)
             accumulator = accumulator + jnp.where(joins, current, 0.0)
@@ -777,6 +829,14 @@ class OnlineES(Strategy):
         """The particles' inner states, leading axis ``2P``."""
         return state.inner_state
 
+    def total_steps(self, state: OnlineState) -> int:
+        """Particle-steps unrolled so far, exact (``2P W`` per window); on the host."""
+        return int(state.generation_counter) * self.population_size * self.truncation_length
+
+    def sequential_steps(self, state: OnlineState) -> int:
+        """Steps unrolled so far along one particle, exact (``W`` per window); on the host."""
+        return int(state.generation_counter) * self.truncation_length
+
     def get_time(self, state: OnlineState) -> jax.Array:
         """(2P,) each particle's step within its episode at the start of the next window."""
         return state.time
@@ -787,7 +847,37 @@ class OnlineES(Strategy):
             "come from different times of different episodes); use get_mean"
         )
 
+    def _check_call(self, key, state, params) -> None:
+        """ValueErrors naming the argument for a key, state or params of the wrong kind."""
+        if not isinstance(key, jax.Array | np.ndarray) or not (
+            jax.dtypes.issubdtype(key.dtype, jax.dtypes.prng_key)
+            or (key.dtype == np.uint32 and key.shape[-1:] == (2,))
+        ):
+            raise ValueError(
+                f"key: expected a PRNG key (jax.random.key(...)), got {type(key).__name__} "
+                f"{getattr(key, 'dtype', '')}"
+            )
+        if not isinstance(state, OnlineState):
+            raise ValueError(
+                f"state: expected the OnlineState of {type(self).__name__}.init/ask, "
+                f"got {type(state).__name__}"
+            )
+        if jnp.shape(state.mean) != (self.num_dims,) or jnp.shape(state.time) != (
+            self.population_size,
+        ):
+            raise ValueError(
+                f"state: expected a state of this strategy (mean ({self.num_dims},), "
+                f"{self.population_size} particles), got mean {jnp.shape(state.mean)} and "
+                f"time {jnp.shape(state.time)}"
+            )
+        self._check_params_type(params)
+
     def _check_window_array(self, array, name: str) -> jax.Array:
+        if not isinstance(array, jax.Array | np.ndarray | list | tuple | float | int):
+            raise ValueError(
+                f"{name}: expected an array of shape (W, 2P) = "
+                f"{(self.truncation_length, self.population_size)}, got {type(array).__name__}"
+            )
         array = jnp.asarray(array)
         expected = (self.truncation_length, self.population_size)
         if array.shape != expected:
@@ -830,6 +920,16 @@ class OnlineES(Strategy):
         return jax.tree_util.tree_map(
             lambda old, new: jnp.asarray(new, old.dtype), state.inner_state, inner_state
         )
+
+
+#: Where per-particle step counters stop growing: far beyond any horizon or
+#: noise period, and far from int32's wrap at 2^31.
+_SATURATION = 2**30
+
+
+def _saturating_add(counter: jax.Array, increment: int) -> jax.Array:
+    """``min(counter + increment, 2^30)`` in int32: a clock that never wraps."""
+    return jnp.minimum(counter, _SATURATION - increment) + increment
 
 
 def _pairwise_product(

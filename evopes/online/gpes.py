@@ -49,7 +49,7 @@ class GPES(OnlineES):
     def __repr__(self) -> str:
         return super().__repr__()[:-1] + f", noise_period={self.noise_period})"
 
-    def _redraw(self, time, noise_age, generation_counter) -> jax.Array:
-        return self._first_or_episode_start(time, generation_counter) | (
+    def _redraw(self, time, noise_age, first) -> jax.Array:
+        return self._first_or_episode_start(time, first) | (
             noise_age >= self.noise_period
         )

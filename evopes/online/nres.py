@@ -31,5 +31,5 @@ class NRES(OnlineES):
 
     accumulates = False
 
-    def _redraw(self, time, noise_age, generation_counter) -> jax.Array:
-        return self._first_or_episode_start(time, generation_counter)
+    def _redraw(self, time, noise_age, first) -> jax.Array:
+        return self._first_or_episode_start(time, first)

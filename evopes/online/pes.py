@@ -28,5 +28,5 @@ class PES(OnlineES):
 
     accumulates = True
 
-    def _redraw(self, time, noise_age, generation_counter) -> jax.Array:
+    def _redraw(self, time, noise_age, first) -> jax.Array:
         return jnp.ones((self.population_size,), bool)

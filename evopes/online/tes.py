@@ -33,5 +33,5 @@ class TES(OnlineES):
     accumulates = False
     branches_from_positive = True
 
-    def _redraw(self, time, noise_age, generation_counter) -> jax.Array:
+    def _redraw(self, time, noise_age, first) -> jax.Array:
         return jnp.ones((self.population_size,), bool)

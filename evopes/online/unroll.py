@@ -70,7 +70,17 @@ def unroll(
     num_pairs = population_size // 2
 
     def one_particle(inner, theta, key):
-        inner, loss, done = step_fn(inner, theta, key)
+        if inner_state is None:
+            try:
+                inner, loss, done = step_fn(inner, theta, key)
+            except TypeError as error:
+                raise ValueError(
+                    "inner_state: step_fn failed on inner_state=None; a strategy built "
+                    "without init_inner holds no inner states. Give the strategy "
+                    f"init_inner=... (a fresh inner state of one particle). ({error})"
+                ) from error
+        else:
+            inner, loss, done = step_fn(inner, theta, key)
         loss = jnp.asarray(loss)
         if done is not None:
             done = jnp.asarray(done).astype(bool)
