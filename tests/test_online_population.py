@@ -142,7 +142,11 @@ def test_step_counts_are_exact_past_two_to_the_32():
     state = state.replace(time=jnp.full_like(state.time, 2**31 - 50))  # near int32's wrap
     population, state = es.ask(jax.random.key(1), state, params)
     state, metrics = es.tell(
-        jax.random.key(2), population, jnp.ones((100, 4096)), state, params,
+        jax.random.key(2),
+        population,
+        jnp.ones((100, 4096)),
+        state,
+        params,
         inner_state=state.inner_state,
     )
     assert int(state.generation_counter) == windows + 1 == 2**32
@@ -197,8 +201,15 @@ def test_bad_arguments_name_the_argument():
     population, state = es.ask(jax.random.key(1), state, params)
     losses = jnp.ones((1, 2 * PAIRS))
     tell = lambda **kw: es.tell(
-        **{"key": jax.random.key(2), "population": population, "losses": losses,
-           "state": state, "params": params, "inner_state": state.inner_state, **kw}
+        **{
+            "key": jax.random.key(2),
+            "population": population,
+            "losses": losses,
+            "state": state,
+            "params": params,
+            "inner_state": state.inner_state,
+            **kw,
+        }
     )
     with pytest.raises(ValueError, match="^key: expected a PRNG key"):
         tell(key=0)
@@ -210,8 +221,11 @@ def test_bad_arguments_name_the_argument():
     with pytest.raises(ValueError, match="^state: expected a state of this strategy"):
         tell(state=other.init(jax.random.key(0), jnp.zeros(3), other.default_params))
     with pytest.raises(ValueError, match="^state: expected the OnlineState"):
-        tell(state=evopes.CMAES(4, jnp.zeros(2)).init(
-            jax.random.key(0), jnp.zeros(2), evopes.CMAES(4, jnp.zeros(2)).default_params))
+        tell(
+            state=evopes.CMAES(4, jnp.zeros(2)).init(
+                jax.random.key(0), jnp.zeros(2), evopes.CMAES(4, jnp.zeros(2)).default_params
+            )
+        )
 
 
 def test_step_function_that_needs_an_inner_state_names_init_inner():
@@ -231,5 +245,12 @@ def test_dones_without_init_inner_for_a_stateful_system_is_refused():
     state = state.replace(inner_state=jnp.zeros(4))  # a user-held inner state
     population, state = es.ask(jax.random.key(1), state, params)
     with pytest.raises(ValueError, match="^dones: .*init_inner"):
-        es.tell(jax.random.key(2), population, jnp.ones((2, 4)), state, params,
-                inner_state=jnp.zeros(4), dones=jnp.zeros((2, 4), bool))
+        es.tell(
+            jax.random.key(2),
+            population,
+            jnp.ones((2, 4)),
+            state,
+            params,
+            inner_state=jnp.zeros(4),
+            dones=jnp.zeros((2, 4), bool),
+        )

@@ -147,8 +147,6 @@ def test_pes_follows_the_sign_of_the_gradient_with_terminations(W):
 
 def test_random_hazard_episode_length_is_estimated_without_bias():
     """NRES only: GPES and PES smooth each block of an episode separately, another objective."""
-    means = long_run_means(
-        make(evopes.NRES, 3), system_two_step, SYSTEM_TWO_THETA, SYSTEM_TWO_STD
-    )
+    means = long_run_means(make(evopes.NRES, 3), system_two_step, SYSTEM_TWO_THETA, SYSTEM_TWO_STD)
     residual = residual_in_standard_errors(means, system_two_gradient())
     assert np.all(np.abs(residual) < 4.0), residual

@@ -55,11 +55,27 @@ each partner follows its own episode and schedule, and the per-particle
 estimator stays unbiased, only the antithetic variance reduction is lost
 until they meet again at a common episode start). The accumulator ``a_p`` holds
 ``sum_j e_j / sigma_j^2`` over the blocks before the current one; the weight of
-step ``s`` is ``w = e / sigma^2 + a_p``, except for steps that come after an
-environment ``done`` inside the window, which belong to the new episode and get
-``w = e / sigma^2``. The loss of the step that reports ``done`` still belongs
-to the old episode. The accumulator is only ever changed in ``tell``: calling
-``ask`` twice never counts a block twice.
+every counted step is ``w = e / sigma^2 + a_p``. The accumulator is only ever
+changed in ``tell``: calling ``ask`` twice never counts a block twice.
+
+**Objective with episodes ended by the environment.** When ``done`` flags end
+episodes at a time ``L`` that depends on theta (RL with terminations), the
+objective is the expected episode return ``R = sum_{t<L} l_t``, smoothed with
+the schedule's noise. Stein's lemma gives ``E[R e] / sigma^2 = grad E[R]`` only
+if every noise that weighs an episode's losses was drawn after the episode
+began and independently of when it began. So a ``done`` inside a window ends
+the particle's part in that window: its later steps are not counted (they
+run, with the old episode's noise, and are discarded), and at the window end
+the particle restarts from ``init_inner`` at time 0 and draws fresh noise at
+the next ``ask``. Every episode therefore starts at a window boundary, with
+noise drawn at that boundary. Counting every particle-step, the long-run mean
+of the estimates is ``grad E[R] / E[C]`` (renewal-reward), with ``C`` the
+particle-steps one episode occupies (``L`` rounded up to a multiple of ``W``):
+a positive multiple of the gradient. The normalisation ``N_valid`` counts the
+discarded steps too, so it never depends on the noise. The cost is the
+discarded steps: on average fewer than ``W`` per episode (none for ``W = 1``).
+For fixed-length episodes (the horizon) this is the time-average objective
+above times the constant ``T``.
 
 **Episode ends** (all in :meth:`OnlineES._end_window`):
 
@@ -67,13 +83,11 @@ to the old episode. The accumulator is only ever changed in ``tell``: calling
   a window end; ``tell`` then restarts its inner state from
   ``init_inner(key)`` with a key shared by both partners, sets its time to 0,
   clears its accumulator, and the next ``ask`` draws fresh noise.
-* ``done`` from an auto-resetting environment: the environment already reset
-  the inner state; ``tell`` restarts the time at the step after the last
-  ``done`` and clears the accumulator (the current noise block becomes the
-  first block of the new episode and stays in use). If a particle's time has
-  reached ``horizon`` at a window end it is reset as above; with ``done``
-  flags, times are no longer multiples of ``W``, so such an episode may run up
-  to ``W - 1`` steps past the horizon.
+* ``done`` from an auto-resetting environment: the loss of the step that
+  reports ``done`` still belongs to the old episode; the rest of the window is
+  not counted; at the window end the particle restarts exactly as at the
+  horizon (``init_inner``, time 0, accumulator cleared, fresh noise next).
+  Partners that end in the same window restart together, from the same key.
 
 **Step-unlocking** (default when ``horizon`` is given): every pair starts at a
 random multiple of ``W`` in ``[0, horizon)`` with a fresh inner state, so one

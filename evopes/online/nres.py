@@ -14,9 +14,12 @@ only a noise id, a std and a time per particle, and ``e_i`` is regenerated from
 the id in ``ask`` and ``tell``. With ``W = T`` and lock-step particles NRES is
 FullES.
 
-If an environment's ``done`` flags end one partner's episode but not the
-other's, only the particle that starts a new episode draws new noise (its
-partner keeps the old one, which it still needs); see :class:`evopes.OnlineES`.
+When an environment's ``done`` ends a particle's episode inside a window, the
+rest of that window is not counted and the particle restarts at the next
+window from ``init_inner`` with fresh noise (its partner, if still in its
+episode, keeps the old noise, which it still needs); the estimate is then
+unbiased for the expected episode return up to a positive factor, also when
+the episode length depends on theta. See :class:`evopes.OnlineES`.
 """
 
 from __future__ import annotations
