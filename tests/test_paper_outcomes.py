@@ -48,9 +48,12 @@ def test_influence_balancing_pes_finds_the_optimum():
 
 
 def test_influence_balancing_tes_goes_the_wrong_way():
-    # Truncated ES follows the wrong-signed truncated gradient: re-measured ~3.25.
+    # Truncated ES follows the wrong-signed truncated gradient from 0.5 to ~3.26
+    # (re-measured ~3.25; the influence-balancing benchmark 3.260-3.276 over 4 seeds;
+    # this seed 3.265). The band is wide enough for other CPUs' rounding, narrow
+    # enough that an estimator scaled by 0 (stays at 0.5) or 2 fails it.
     theta = _influence_final_theta(evopes.TES, seed=0)
-    assert theta > 1.0
+    assert 3.0 < theta < 3.5
 
 
 # -- toy 2D regression (PES paper, section 5.2) --------------------------------------------
@@ -89,14 +92,23 @@ def test_toy_regression_pes_reaches_the_valley():
     assert float(trace.theta[-1, 0]) > 2.5
 
 
-def test_toy_regression_truncated_methods_stay_above_1000():
-    # TES (sigma = 1) re-measured at L ~ 1080-1940; it never gets below 1000 at
-    # any of the 20 evaluations.
+def test_toy_regression_truncated_methods_stall_where_the_paper_says():
+    # TES (sigma = 1) re-measured at L ~ 1080-1940; the toy-regression benchmark
+    # ends at 1439-1804 over 3 seeds, this seed at 1620 with theta ~ (1.26, 0.27),
+    # bouncing between 1320 and 1840 once it has left L(-4, -4) = 2488. It never
+    # gets below 1000 at any of the 20 evaluations, and it does move: the last ten
+    # evaluations lie in the benchmark's band, widened by 15%.
     tes = _toy_run(evopes.TES, 1.0)
     assert float(np.min(tes.evaluation)) > 1000.0
-    # TBPTT (the paper's baseline, same optimizer, W = 10) stalls at L ~ 2423.
+    assert np.all(
+        (np.asarray(tes.evaluation)[-10:] > 1200) & (np.asarray(tes.evaluation)[-10:] < 2100)
+    )
+    assert 0.9 < float(tes.theta[-1, 0]) < 1.6
+    # TBPTT (the paper's baseline, same optimizer, W = 10) stalls at theta ~ (0.14, -0.78),
+    # L ~ 2423 (re-measured; here (0.141, -0.805), 2423.2).
     tbptt = jax.jit(lambda: toy.tbptt(num_iterations=2000))()
-    assert float(np.min(tbptt.meta_loss)) > 1000.0
+    np.testing.assert_allclose(np.asarray(tbptt.theta[-1]), [0.14, -0.78], atol=0.05)
+    assert 2400.0 < float(tbptt.meta_loss[-1]) < 2450.0
 
 
 # -- Lorenz (NRES paper, section 6.1) --------------------------------------------------------
@@ -134,7 +146,7 @@ def _lorenz_online(name, num_windows, seed=0):
         evaluate=lorenz.test_loss,
         eval_every=10,
     )
-    return np.asarray(trace.sequential_steps)[9::10], np.asarray(trace.evaluation)
+    return np.asarray(trace.sequential_steps)[9::10], np.asarray(trace.evaluation), trace.theta[-1]
 
 
 def _steps_to_target(sequential_steps, test_loss):
@@ -144,7 +156,7 @@ def _steps_to_target(sequential_steps, test_loss):
 
 @pytest.fixture(scope="module")
 def nres_steps_to_50():
-    steps, test_loss = _lorenz_online("NRES", 1500)
+    steps, test_loss, _ = _lorenz_online("NRES", 1500)
     return _steps_to_target(steps, test_loss)
 
 
@@ -156,9 +168,13 @@ def test_lorenz_nres_reaches_50(nres_steps_to_50):
 def test_lorenz_pes_and_full_es_are_slower_than_nres(nres_steps_to_50):
     assert nres_steps_to_50 is not None
     # Give PES and FullES exactly NRES's sequential budget: neither gets below 50
-    # (re-measured: FullES needs 440k-800k steps, PES ~920k).
-    steps, test_loss = _lorenz_online("PES", nres_steps_to_50 // 100)
+    # (re-measured: FullES needs 440k-800k steps, PES ~920k). PES does learn: from
+    # 311 it falls to ~68 within NRES's 81k steps (the lorenz benchmark's PES runs
+    # reach 50 after 104k-583k), so below 100 is a clear improvement that an
+    # estimator scaled by 0 cannot fake.
+    steps, test_loss, _ = _lorenz_online("PES", nres_steps_to_50 // 100)
     assert _steps_to_target(steps, test_loss) is None
+    assert float(np.min(test_loss)) < 100.0
     es = FullES(20, lorenz.INITIAL_THETA, optimizer=optax.sgd(3e-5))
     params = es.default_params.replace(std_init=0.04)
     trace = train_episodic(
@@ -175,11 +191,15 @@ def test_lorenz_pes_and_full_es_are_slower_than_nres(nres_steps_to_50):
     assert float(np.min(trace.evaluation)) >= LORENZ_TARGET
 
 
-def test_lorenz_tes_never_reaches_50():
-    # TES is biased: it plateaus at 65-80 with log a ~ 3.7 (re-measured over 1M steps).
-    # 100k sequential steps, more than NRES needs; TES has plateaued by 30k.
-    _, test_loss = _lorenz_online("TES", 1000)
+def test_lorenz_tes_plateaus_above_50_with_a_biased_log_a():
+    # TES is biased: it plateaus at 65-80 with log a ~ 3.7 (re-measured over 1M steps;
+    # the lorenz benchmark: 65.7-66.7, log a 3.73-3.81 over 3 seeds). 100k sequential
+    # steps, more than NRES needs; TES has plateaued by 50k (this seed: 65.0-68.5 over
+    # the last 50 evaluations). The ES methods that work settle at log a ~ 2.38.
+    _, test_loss, theta = _lorenz_online("TES", 1000)
     assert float(np.min(test_loss)) > LORENZ_TARGET
+    assert 63.0 < float(np.median(test_loss[-20:])) < 70.0
+    assert 3.6 < float(theta[0]) < 3.95
 
 
 # -- gradient variance at the Lorenz initial theta (NRES paper, section 5) --------------------
@@ -230,6 +250,19 @@ def variances():
 @pytest.mark.slow
 def test_variance_nres_below_full_es_below_pes(variances):
     assert variances["NRES", True] < variances["FullES"] < variances["PES", True]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    "method, reference", [(("NRES", True), 7.9e4), ("FullES", 4.6e5), (("PES", True), 9.0e5)]
+)
+def test_variance_matches_the_papers_figures(variances, method, reference):
+    # REFERENCE section 4 (re-measured with the papers' code): NRES 7.9e4, FullES 4.6e5,
+    # PES 9.0e5. The variance benchmark (longer runs) measured 6.9e4, 3.8e5, 7.5e5:
+    # 0.82-0.87 of the reference. Each trace here carries a 10-15% sampling error; a
+    # factor of 1.6 either way allows both, while an estimate scaled by 2 (4x the
+    # variance) or by 0 fails it.
+    assert reference / 1.6 < variances[method] < reference * 1.6, variances[method]
 
 
 @pytest.mark.slow

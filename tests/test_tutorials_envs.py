@@ -7,10 +7,11 @@ each is imported as a module and its entry point called with small sizes.
 from __future__ import annotations
 
 import importlib.util
-import math
 import sys
 from pathlib import Path
 
+import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 
@@ -27,16 +28,24 @@ def load(name: str):
     return module
 
 
-def test_pendulum_cma_tutorial_runs():
+def test_pendulum_cma_tutorial_learns():
+    """30 generations of 24 members on 4 rollouts: the policy clearly beats the zero policy.
+
+    On the same 8 evaluation rollouts the zero policy costs 1368; three seeds of this
+    short run ended at 281, 690 and 762 (the full tutorial reaches ~124). Three quarters
+    of the zero policy's cost is a clear improvement that a run that does nothing,
+    or moves at random, does not reach.
+    """
     tutorial = load("pendulum_cma")
     result = tutorial.main(
-        quick=True, num_generations=4, population_size=12, num_rollouts=2, eval_rollouts=4
+        quick=True, num_generations=30, population_size=24, num_rollouts=4, eval_rollouts=8
     )
     curves = result["curves"]
-    assert curves["step_size"].shape == (4,)
-    assert math.isfinite(result["final_cost"])
-    # Pendulum costs are positive; a zero-initialised policy costs ~1000 per episode.
-    assert 0 < result["final_cost"] < 5000
+    assert curves["step_size"].shape == (30,)
+    _, template = tutorial.make_problem(4)
+    zero_cost = tutorial.evaluate(jax.tree.map(jnp.zeros_like, template), 0, 8)
+    assert 1200 < zero_cost < 1500
+    assert 0 < result["final_cost"] < 0.75 * zero_cost
     assert np.all(np.isfinite(curves["mean_cost"]))
 
 
