@@ -12,6 +12,7 @@ All tests share two jitted functions (``init`` and ``window``) and a handful
 of strategy configurations, so each configuration compiles once.
 """
 
+import functools
 from dataclasses import dataclass
 
 import jax
@@ -47,15 +48,18 @@ def init(es, key, mean, params):
     return es.init(key, mean, params)
 
 
-def probe_weights(es, state, params, dones):
-    """(W, 2P, d) Stein weights w_{p,s} of the window ``state`` was asked for."""
+def probe_weights(es, state, params, dones, population=None):
+    """(W, 2P, d) Stein weights w_{p,s} of the window ``state`` was asked for.
+
+    ``population``: what ``tell`` is handed (None: the noise is regenerated).
+    """
     W, n = es.truncation_length, es.population_size
     one_hots = jnp.eye(W * n).reshape(W * n, W, n)
 
     def gradient(losses):
         _, metrics = es.tell(
             jax.random.key(0),
-            None,
+            population,
             losses,
             state,
             params,
@@ -69,14 +73,28 @@ def probe_weights(es, state, params, dones):
     return jax.vmap(gradient)(one_hots).reshape(W, n, -1) * sign[None, :, None] * (n * W)
 
 
-@jax.jit
-def _window(es, key, state, params, losses, dones, inner_after):
+@functools.partial(jax.jit, static_argnames="hand_back")
+def _window(es, key, state, params, losses, dones, inner_after, hand_back):
     population, asked = es.ask(key, state, params)
-    weights = probe_weights(es, asked, params, dones)
+    handed = population if hand_back else None
+    weights = probe_weights(es, asked, params, dones, handed)
     new_state, metrics = es.tell(
-        key, None, losses, asked, params, inner_state=inner_after, dones=dones
+        key, handed, losses, asked, params, inner_state=inner_after, dones=dones
     )
     return population, asked, weights, new_state, metrics
+
+
+#: Whether ``run_window`` hands the population back to ``tell`` (the default path,
+#: where the noise is read off it) or passes None (the noise is regenerated).
+#: Tests that request the ``hand_back`` fixture run both ways.
+HAND_BACK = {"value": False}
+
+
+@pytest.fixture(params=[False, True], ids=["regenerated", "handed-back"])
+def hand_back(request):
+    HAND_BACK["value"] = request.param
+    yield request.param
+    HAND_BACK["value"] = False
 
 
 @dataclass
@@ -97,7 +115,14 @@ def run_window(es, state, params, seed, dones=(), losses=None, inner_after=None)
     losses = jnp.zeros(shape) if losses is None else losses
     inner_after = state.inner_state if inner_after is None else inner_after
     population, asked, weights, new_state, metrics = _window(
-        es, jax.random.key(seed), state, params, losses, jnp.asarray(done_array), inner_after
+        es,
+        jax.random.key(seed),
+        state,
+        params,
+        losses,
+        jnp.asarray(done_array),
+        inner_after,
+        hand_back=HAND_BACK["value"],
     )
     sign = jnp.repeat(jnp.array([1.0, -1.0]), es.num_pairs)[:, None]
     blocks = sign * (population - asked.mean) / params.std**2
@@ -169,7 +194,7 @@ def test_pes_hand_example_linear_system():
     np.testing.assert_allclose(gradients[2], 6 * e3**2 / (4 * sigma**2), rtol=1e-4)
 
 
-def test_pes_weights_accumulate_until_the_horizon():
+def test_pes_weights_accumulate_until_the_horizon(hand_back):
     es, params = PES_W3, PES_W3.default_params
     state = init(es, jax.random.key(0), jnp.zeros(2), params)
     w1 = run_window(es, state, params, 1)
@@ -190,7 +215,7 @@ def test_pes_weights_accumulate_until_the_horizon():
 # -- environment dones ------------------------------------------------------------------
 
 
-def test_done_in_the_middle_of_a_window():
+def test_done_in_the_middle_of_a_window(hand_back):
     """Pair 0 ends at step 1 of window 2 (W = 3), pair 1 at its last step.
 
     Pair 0: steps 0 and 1 (the done step) keep the old episode's weight e1 + e2;
@@ -224,7 +249,7 @@ def test_done_in_the_middle_of_a_window():
     assert not np.allclose(c3, c2)
 
 
-def test_desynchronised_partners():
+def test_desynchronised_partners(hand_back):
     """Only the positive partner of pair 0 ends an episode (at step 0 of window 2).
 
     The positive partner weighs e1 + e2 at the done step, nothing after it,
@@ -247,7 +272,7 @@ def test_desynchronised_partners():
         assert_weights(w3.weights, s, 2, c1[2] + c2[2] + c3[2])
 
 
-def test_nres_desynchronised_partner_redraws_alone():
+def test_nres_desynchronised_partner_redraws_alone(hand_back):
     """NRES has no accumulator: only a particle that starts an episode draws new noise.
 
     The positive partner of pair 0 ends its episode at the last step of window 1,
@@ -300,7 +325,7 @@ def test_horizon_end_restarts_inner_state_time_and_noise(cls):
 # -- masking ----------------------------------------------------------------------------
 
 
-def test_nonfinite_loss_masks_its_pair_at_that_step():
+def test_nonfinite_loss_masks_its_pair_at_that_step(hand_back):
     es, params = NRES_W2, NRES_W2.default_params
     state = init(es, jax.random.key(0), jnp.zeros(2), params)
     losses = jax.random.uniform(jax.random.key(2), (2, 4))
@@ -378,7 +403,7 @@ def test_calling_ask_twice_does_not_double_count(es):
             np.testing.assert_array_equal(once, twice)
 
 
-def test_std_change_keeps_held_noise_consistent():
+def test_std_change_keeps_held_noise_consistent(hand_back):
     """Noise keeps the std it was drawn with, in ask and in tell.
 
     NRES, T = 4, W = 2: window 2 runs with params.std = 0.5 but still applies
@@ -412,7 +437,7 @@ def test_std_change_keeps_held_noise_consistent():
 # -- TES --------------------------------------------------------------------------------
 
 
-def test_tes_partners_branch_from_one_shared_state():
+def test_tes_partners_branch_from_one_shared_state(hand_back):
     es = make(evopes.TES, 2, 6, init_inner=random_inner)
     params = es.default_params
     state = init(es, jax.random.key(0), jnp.zeros(2), params)
