@@ -118,3 +118,31 @@ def test_unroll_gives_partners_common_random_numbers():
     )  # same noise
     assert np.all(losses[:, 0] != losses[:, 1])  # different pairs, different noise
     np.testing.assert_array_equal(dones[:, 0], [False, True, False])
+
+
+def test_strategies_with_typed_keys_in_their_configuration_hash_and_compare():
+    """init_inner closing over a typed key (jax.random.key) once broke jit's cache lookup."""
+    data_key = jax.random.key(3)
+
+    def init_inner(key):
+        return jax.random.normal(jax.random.fold_in(data_key, 0), (2,)) + 0 * key_data(key)
+
+    def key_data(key):
+        return jax.random.key_data(key)[..., 0].astype(jnp.float32)
+
+    make = lambda k: evopes.NRES(4, jnp.zeros(2), 1, None, lambda key: init_inner(key) + 0 * k)
+    es, same = make(1.0), make(1.0)
+    assert es == same and hash(es) == hash(same)
+    other_key = jax.random.key(4)
+    other = evopes.NRES(
+        4, jnp.zeros(2), 1, None, lambda key: jax.random.normal(other_key, (2,)) + 0 * key_data(key)
+    )
+    assert other != es
+
+    @jax.jit
+    def first_state(es, key):
+        return es.init(key, jnp.zeros(2), es.default_params).inner_state
+
+    a = first_state(es, jax.random.key(0))
+    b = first_state(same, jax.random.key(0))  # the second call looks the strategy up
+    np.testing.assert_array_equal(a, b)

@@ -381,6 +381,11 @@ def static_key(value: Any, _active: frozenset = frozenset()) -> Any:
         return (type(value).__name__, tuple(static_key(item, active) for item in value))
     if isinstance(value, dict):
         return ("dict", tuple(sorted((repr(k), static_key(v, active)) for k, v in value.items())))
+    if isinstance(value, jax.Array) and jax.dtypes.issubdtype(value.dtype, jax.dtypes.prng_key):
+        # Typed keys (jax.random.key) have no buffer of their own: key them by
+        # their implementation and their raw uint32 data.
+        data = np.asarray(jax.random.key_data(value))
+        return ("key", str(jax.random.key_impl(value)), value.shape, data.tobytes())
     if isinstance(value, np.ndarray | jax.Array):
         return ("array", value.shape, str(value.dtype), np.asarray(value).tobytes())
     try:
