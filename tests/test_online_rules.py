@@ -456,6 +456,41 @@ def test_tes_partners_branch_from_one_shared_state(hand_back):
             assert_weights(w2.weights, s, p, w2.blocks[p])  # no accumulation
 
 
+def test_tes_unperturbed_branch_carries_the_shared_state():
+    """The papers' TES (3PW): ask adds P rows of theta; both partners continue from theirs."""
+    P, W = 2, 2
+    es = evopes.TES(2 * P, jnp.zeros(2), W, 6, random_inner, OPTIMIZER, False, branch="unperturbed")
+    assert es.num_particles == 3 * P and es != make(evopes.TES, W, 6, init_inner=random_inner)
+    params = es.default_params
+    state = init(es, jax.random.key(0), jnp.ones(2), params)
+    assert state.inner_state.shape == (3 * P, 3)
+    np.testing.assert_array_equal(state.inner_state[2 * P :], state.inner_state[:P])
+    population, state = es.ask(jax.random.key(1), state, params)
+    assert population.shape == (3 * P, 2)
+    np.testing.assert_array_equal(population[2 * P :], 1.0)  # the unperturbed rows are theta
+    np.testing.assert_allclose(population[:P] - 1.0, -(population[P : 2 * P] - 1.0), atol=1e-6)
+    after = state.inner_state + jnp.arange(3.0 * P)[:, None]  # every particle moved differently
+    losses = jax.random.normal(jax.random.key(2), (W, 3 * P))
+    new, metrics = es.tell(jax.random.key(3), population, losses, state, params, inner_state=after)
+    for shared in (new.inner_state[:P], new.inner_state[P : 2 * P], new.inner_state[2 * P :]):
+        np.testing.assert_array_equal(shared, after[2 * P :])
+    assert es.total_steps(new) == 3 * P * W == int(metrics["total_steps"])
+    # The estimate uses the perturbed rows only: the unperturbed losses do not matter.
+    _, same = es.tell(
+        jax.random.key(3),
+        population,
+        losses.at[:, 2 * P :].set(99.0),
+        state,
+        params,
+        inner_state=after,
+    )
+    np.testing.assert_array_equal(metrics["gradient"], same["gradient"])
+    with pytest.raises(ValueError, match=r"losses: expected shape \(W, 3P\)"):
+        es.tell(jax.random.key(3), population, losses[:, : 2 * P], state, params, inner_state=after)
+    with pytest.raises(ValueError, match="branch: expected one of"):
+        evopes.TES(4, jnp.zeros(2), 2, 6, random_inner, branch="negative")
+
+
 # -- step-unlocking and burn-in -----------------------------------------------------------
 
 

@@ -25,7 +25,7 @@ from evopes.tasks.training import episodic_gradient, online_gradients, train_epi
 # 1/(P 2 sigma^2)), so the learning rate is the paper's.
 
 
-def _influence_final_theta(strategy_class, seed):
+def _influence_final_theta(strategy_class, seed, **kwargs):
     es = strategy_class(
         population_size=1000,
         solution=ib.INITIAL_THETA,
@@ -34,6 +34,7 @@ def _influence_final_theta(strategy_class, seed):
         init_inner=ib.init_inner,
         optimizer=optax.sgd(1e-4),
         step_unlocked=False,
+        **kwargs,
     )
     params = es.default_params.replace(std=0.1)
     trace = train_online(es, params, ib.INITIAL_THETA, jax.random.key(seed), ib.step, 3000)
@@ -47,12 +48,15 @@ def test_influence_balancing_pes_finds_the_optimum():
     assert float(ib.evaluate(np.float32(theta))) < 1e-6
 
 
-def test_influence_balancing_tes_goes_the_wrong_way():
+@pytest.mark.parametrize("branch", ["positive", "unperturbed"])
+def test_influence_balancing_tes_goes_the_wrong_way(branch):
     # Truncated ES follows the wrong-signed truncated gradient from 0.5 to ~3.26
     # (re-measured ~3.25; the influence-balancing benchmark 3.260-3.276 over 4 seeds;
     # this seed 3.265). The band is wide enough for other CPUs' rounding, narrow
-    # enough that an estimator scaled by 0 (stays at 0.5) or 2 fails it.
-    theta = _influence_final_theta(evopes.TES, seed=0)
+    # enough that an estimator scaled by 0 (stays at 0.5) or 2 fails it. Both ways of
+    # advancing the shared state (the positive branch, 2PW; an unperturbed particle,
+    # the papers' 3PW) are biased alike: 3.2653 and 3.2657.
+    theta = _influence_final_theta(evopes.TES, seed=0, branch=branch)
     assert 3.0 < theta < 3.5
 
 

@@ -328,6 +328,11 @@ class OnlineES(Strategy):
         return self.population_size // 2
 
     @property
+    def num_particles(self) -> int:
+        """Particles the user unrolls per window: ``2P`` (3P for TES's unperturbed branch)."""
+        return self.population_size
+
+    @property
     def burn_in_windows(self) -> int:
         """Windows whose estimates are not applied: ``horizon / W`` when step-unlocked, else 0."""
         return self.horizon // self.truncation_length if self.step_unlocked else 0
@@ -548,7 +553,7 @@ class OnlineES(Strategy):
         metrics = {
             "gradient": self.spec.unravel(gradient),
             "mean_loss": stats.finite_loss_mean,
-            "total_steps": new_state.generation_counter.as_float() * (self.population_size * W),
+            "total_steps": new_state.generation_counter.as_float() * (self.num_particles * W),
             "sequential_steps": new_state.generation_counter.as_float() * W,
             "burn_in": burn_in,
             "num_nonfinite": stats.num_counted - stats.num_finite,
@@ -845,7 +850,7 @@ class OnlineES(Strategy):
 
     def total_steps(self, state: OnlineState) -> int:
         """Particle-steps unrolled so far, exact (``2P W`` per window); on the host."""
-        return int(state.generation_counter) * self.population_size * self.truncation_length
+        return int(state.generation_counter) * self.num_particles * self.truncation_length
 
     def sequential_steps(self, state: OnlineState) -> int:
         """Steps unrolled so far along one particle, exact (``W`` per window); on the host."""
