@@ -6,6 +6,7 @@ strategies differ only in their noise schedule.
 """
 
 from evopes.online.engine import OnlineES, OnlineParams, OnlineState
+from evopes.online.evosax_compat import NoiseReuseES, PersistentES
 from evopes.online.gpes import GPES
 from evopes.online.keys import pair_keys
 from evopes.online.nres import NRES
@@ -16,10 +17,12 @@ from evopes.online.unroll import mean_over_steps, unroll
 __all__ = [
     "GPES",
     "NRES",
+    "NoiseReuseES",
     "OnlineES",
     "OnlineParams",
     "OnlineState",
     "PES",
+    "PersistentES",
     "TES",
     "mean_over_steps",
     "pair_keys",
