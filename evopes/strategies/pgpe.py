@@ -1,0 +1,304 @@
+"""PGPE: policy gradients with parameter-based exploration.
+
+Sehnke, Osendorfer, Rückstieß, Graves, Peters, Schmidhuber (2010),
+"Parameter-exploring policy gradients", Neural Networks 23(4); the symmetric
+sampling of its section 2.3 ("symmetric sampling") and the reward
+normalisation that follows it; ClipUp (Toklu et al. 2020) as the default
+optimizer of the mean, as in Toklu et al.'s PGPE experiments.
+
+The search distribution is N(mu, diag(sigma^2)) with one sigma_i per
+coordinate. Each generation draws N = population_size / 2 perturbations
+eps_k = sigma * z_k, z_k ~ N(0, I), and evaluates the symmetric pair
+x_k = mu + eps_k (member k) and x_{k+N} = mu - eps_k (member k + N). With F
+the shaped fitness (minimised; the paper's reward is r = -F), F_k^+ and F_k^-
+the pair's values and b a baseline:
+
+    r_T,k = (F_k^+ - F_k^-) / 2                                    (mean term)
+    r_S,k = (F_k^+ + F_k^-) / 2 - b                                (std term)
+    g_mu    = 1/N sum_k r_T,k eps_k
+    g_sigma = 1/N sum_k r_S,k (eps_k^2 - sigma^2) / sigma           (elementwise)
+    mu    <- mu + optimizer(g_mu)                    (sgd(alpha): mu - alpha g_mu)
+    sigma <- sigma - alpha_sigma g_sigma
+
+These are the paper's symmetric-sampling updates with its per-coordinate
+learning rates alpha_i = alpha sigma_i^2 folded in (the log-likelihood
+gradients (theta_i - mu_i) / sigma_i^2 and ((theta_i - mu_i)^2 - sigma_i^2) /
+sigma_i^3, times sigma_i^2), written for minimisation. The paper sums over the
+N pairs; here they are averaged, so that learning rates do not depend on the
+population size (alpha_paper = alpha / N).
+
+* Baseline: the paper's b is a moving average of past rewards (its rate is
+  not fixed there): b <- beta b + (1 - beta) mean_k (F_k^+ + F_k^-) / 2,
+  with ``params.baseline_decay`` = beta, updated before use; the first
+  generation sets b to its own mean. beta = 0 (default) is the current
+  generation's mean, which with centered ranks is 0.
+* Reward normalisation (``normalize_rewards=True``; the paper's section 2.3,
+  for rewards of unknown scale): with m the best (lowest) shaped fitness seen
+  so far, including this generation,
+
+      r_T,k = (F_k^+ - F_k^-) / (F_k^+ + F_k^- - 2 m)
+      r_S,k = ((F_k^+ + F_k^-) / 2 - b) / (b - m)
+
+  (the paper's (r^+ - r^-) / (2 m_r - r^+ - r^-) and (r - b) / (m_r - b) with
+  r = -F). A zero denominator has a zero numerator and gives 0. Use it with
+  ``shaping.identity``; centered ranks already fix the scale.
+* Fitness shaping: centered ranks by default (Toklu et al.; it makes PGPE
+  invariant to monotone transformations of f); ``shaping.identity`` is the
+  paper's raw rewards.
+* sigma safeguards (Toklu et al.'s ``stdev_max_change``, not in Sehnke et
+  al.): each sigma_i moves by at most ``std_max_change`` times its value per
+  generation, then is clipped to [``std_min``, ``std_max``]; a large
+  ``std_max_change`` and ``std_min = 0`` give the paper's update.
+* Non-finite fitness: rank shapings rank it worst; a pair whose shaped values
+  are not finite (identity shaping) is left out of both sums and the means
+  are over the N_valid remaining pairs. An update whose mean, sigma or
+  optimizer state is not finite is skipped (``update_skipped``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from flax import struct
+
+from evopes import shaping, threefry
+from evopes.clipup import clipup
+from evopes.spec import PyTree
+from evopes.strategies.antithetic import static_key
+from evopes.strategy import Params, State, Strategy, check_positive
+
+#: ClipUp with Toklu et al.'s rule alpha = v_max / 2; the speed suits a
+#: problem whose solution is O(1) away; set it to your problem's scale.
+DEFAULT_OPTIMIZER = clipup(learning_rate=0.15, max_speed=0.3)
+
+
+@struct.dataclass
+class PGPEParams(Params):
+    """Hyperparameters of :class:`PGPE` (vmappable).
+
+    Attributes:
+      std_init: initial sigma of every coordinate (> 0).
+      std_lr: alpha_sigma, the learning rate of sigma (>= 0; 0 freezes sigma).
+      std_max_change: largest relative change of each sigma_i per generation (> 0).
+      std_min: floor of sigma (>= 0).
+      std_max: ceiling of sigma (>= std_min).
+      baseline_decay: beta of the moving-average baseline, in [0, 1).
+    """
+
+    std_init: float = 1.0
+    std_lr: float = 0.1
+    std_max_change: float = 0.2
+    std_min: float = 0.0
+    std_max: float = 1e20
+    baseline_decay: float = 0.0
+
+
+@struct.dataclass
+class PGPEState(State):
+    """State of :class:`PGPE`.
+
+    Attributes:
+      std: sigma, one per coordinate.
+      opt_state: the optimizer's state for the mean.
+      baseline: b, the moving average of the pairs' mean shaped fitness.
+      best_shaped: m, the lowest finite shaped fitness seen so far (for the
+        reward normalisation; +inf before the first generation).
+    """
+
+    std: jax.Array
+    opt_state: optax.OptState
+    baseline: jax.Array
+    best_shaped: jax.Array
+
+
+class PGPE(Strategy):
+    """Policy gradients with parameter-based exploration, symmetric sampling.
+
+    Args:
+      population_size: number of members, even (``population_size // 2`` symmetric pairs).
+      solution: template pytree of one solution.
+      optimizer: optax transformation of the mean's gradient estimate g_mu;
+        default ClipUp (learning rate 0.15, max speed 0.3);
+        ``optax.sgd(alpha)`` is the paper's plain step.
+      fitness_shaping: ``shaped = fitness_shaping(fitness)`` on the raw
+        (minimised) fitness; default centered ranks.
+      normalize_rewards: the paper's reward normalisation (module docstring).
+      maximize: maximise fitness instead of minimising it.
+    """
+
+    def __init__(
+        self,
+        population_size: int,
+        solution: PyTree,
+        *,
+        optimizer: optax.GradientTransformation = DEFAULT_OPTIMIZER,
+        fitness_shaping: Callable[[jax.Array], jax.Array] = shaping.centered_rank,
+        normalize_rewards: bool = False,
+        maximize: bool = False,
+    ):
+        if int(population_size) != population_size or population_size < 2 or population_size % 2:
+            raise ValueError(
+                "population_size: expected an even integer >= 2 (symmetric pairs), "
+                f"got {population_size!r}"
+            )
+        super().__init__(population_size, solution, maximize=maximize)
+        if not (callable(getattr(optimizer, "init", None))
+                and callable(getattr(optimizer, "update", None))):
+            raise ValueError(
+                f"optimizer: expected an optax GradientTransformation, got {optimizer!r}"
+            )
+        if not callable(fitness_shaping):
+            raise ValueError(
+                f"fitness_shaping: expected a function of the fitness, got {fitness_shaping!r}"
+            )
+        self.optimizer = optimizer
+        self.fitness_shaping = fitness_shaping
+        self.normalize_rewards = bool(normalize_rewards)
+
+    @property
+    def num_pairs(self) -> int:
+        return self.population_size // 2
+
+    @property
+    def default_params(self) -> PGPEParams:
+        return PGPEParams()
+
+    def _config(self) -> tuple:
+        # The optimizer is a pair of closures: compare it by code and captured values.
+        return tuple(sorted((name, static_key(value)) for name, value in vars(self).items()))
+
+    def validate_params(self, params: PGPEParams) -> None:
+        check_positive(params, "std_init", "std_max_change", "std_max")
+        _check_range(params, "std_lr", 0.0, np.inf)
+        _check_range(params, "std_min", 0.0, np.inf)
+        _check_range(params, "baseline_decay", 0.0, 1.0, upper_open=True)
+        if not any(isinstance(v, jax.core.Tracer) for v in (params.std_min, params.std_max)):
+            if np.any(np.asarray(params.std_min) > np.asarray(params.std_max)):
+                raise ValueError(
+                    f"params.std_min: expected <= params.std_max ({params.std_max}), "
+                    f"got {params.std_min}"
+                )
+
+    # -- the algorithm on flat arrays ----------------------------------------------
+    def _init(self, key, mean, params: PGPEParams) -> PGPEState:
+        std = jnp.clip(jnp.asarray(params.std_init, jnp.float32), params.std_min, params.std_max)
+        return PGPEState(
+            mean=mean,
+            best_solution=mean,
+            best_fitness=jnp.array(jnp.inf, jnp.float32),
+            generation_counter=jnp.array(0, jnp.int32),
+            std=jnp.full((self.num_dims,), std, jnp.float32),
+            opt_state=self.optimizer.init(mean),
+            baseline=jnp.array(0.0, jnp.float32),
+            best_shaped=jnp.array(jnp.inf, jnp.float32),
+        )
+
+    def _ask(self, key, state: PGPEState, params: PGPEParams):
+        perturbation = state.std * threefry.normal(key, (self.num_pairs, self.num_dims))
+        return jnp.concatenate([state.mean + perturbation, state.mean - perturbation]), state
+
+    def _tell(self, key, population, fitness, state: PGPEState, params: PGPEParams):
+        del key
+        shaped = self.fitness_shaping(fitness)
+        plus, minus = shaped[: self.num_pairs], shaped[self.num_pairs:]
+        valid = jnp.isfinite(plus) & jnp.isfinite(minus)
+        num_valid = valid.sum()
+        plus, minus = jnp.where(valid, plus, 0.0), jnp.where(valid, minus, 0.0)
+        # eps_k = (x_k - x_{k+N}) / 2, exact up to the rounding of x; a masked
+        # pair must add 0 even if its members overflowed (0 * inf = NaN).
+        eps = jnp.where(valid[:, None], 0.5 * (population[: self.num_pairs]
+                                               - population[self.num_pairs:]), 0.0)
+
+        pair_means = 0.5 * (plus + minus)
+        generation_mean = pair_means.sum() / jnp.maximum(num_valid, 1)
+        decay = jnp.where(state.generation_counter > 0, params.baseline_decay, 0.0)
+        baseline = jnp.where(
+            num_valid > 0, decay * state.baseline + (1 - decay) * generation_mean, state.baseline
+        )
+        best_shaped = jnp.minimum(
+            state.best_shaped, jnp.min(jnp.where(valid, jnp.minimum(plus, minus), jnp.inf))
+        )
+        mean_terms, std_terms = reward_terms(
+            plus, minus, baseline, best_shaped, self.normalize_rewards
+        )
+        mean_gradient, std_gradient = pgpe_gradients(
+            jnp.where(valid, mean_terms, 0.0), jnp.where(valid, std_terms, 0.0),
+            eps, state.std, num_valid,
+        )
+
+        updates, opt_state = self.optimizer.update(mean_gradient, state.opt_state, state.mean)
+        mean = optax.apply_updates(state.mean, updates)
+        std = update_std(state.std, std_gradient, params)
+
+        usable = _all_finite((self.spec.unravel(mean), std, opt_state, baseline))
+        mean, std, opt_state, baseline = jax.tree.map(
+            lambda new, old: jnp.where(usable, new, old),
+            (mean, std, opt_state, baseline),
+            (state.mean, state.std, state.opt_state, state.baseline),
+        )
+        new_state = state.replace(
+            mean=mean, std=std, opt_state=opt_state, baseline=baseline,
+            best_shaped=jnp.where(usable, best_shaped, state.best_shaped),
+        )
+        metrics = {
+            "update_skipped": ~usable,
+            "gradient": self.spec.unravel(mean_gradient),
+            "gradient_norm": jnp.linalg.norm(mean_gradient),
+            "std": self.spec.unravel(std),
+            "std_mean": jnp.mean(std),
+            "baseline": baseline,
+            "num_masked_pairs": self.num_pairs - num_valid,
+        }
+        return new_state, metrics
+
+
+def reward_terms(plus, minus, baseline, best, normalize: bool):
+    """(r_T, r_S) per pair, plain or with the paper's reward normalisation."""
+    mean_terms = 0.5 * (plus - minus)
+    std_terms = 0.5 * (plus + minus) - baseline
+    if normalize:
+        mean_terms = _safe_divide(plus - minus, plus + minus - 2.0 * best)
+        std_terms = _safe_divide(std_terms, baseline - best)
+    return mean_terms, std_terms
+
+
+def pgpe_gradients(mean_terms, std_terms, eps, std, num_valid):
+    """g_mu = 1/N sum_k r_T,k eps_k and g_sigma = 1/N sum_k r_S,k (eps_k^2 - sigma^2) / sigma."""
+    count = jnp.maximum(num_valid, 1)
+    mean_gradient = mean_terms @ eps / count
+    std_gradient = std_terms @ (eps**2 - std**2) / (std * count)
+    return mean_gradient, std_gradient
+
+
+def update_std(std, std_gradient, params: PGPEParams):
+    """sigma - alpha_sigma g_sigma, within a relative change of std_max_change, then clipped."""
+    step = jnp.clip(-params.std_lr * std_gradient,
+                    -params.std_max_change * std, params.std_max_change * std)
+    return jnp.clip(std + step, params.std_min, params.std_max)
+
+
+def _safe_divide(numerator, denominator):
+    """numerator / denominator, 0 where the denominator is 0 (then so is the numerator)."""
+    safe = jnp.where(denominator != 0, denominator, 1.0)
+    return jnp.where(denominator != 0, numerator / safe, 0.0)
+
+
+def _all_finite(tree) -> jax.Array:
+    leaves = [leaf for leaf in jax.tree.leaves(tree) if jnp.issubdtype(leaf.dtype, jnp.inexact)]
+    return jnp.all(jnp.stack([jnp.all(jnp.isfinite(leaf)) for leaf in leaves]))
+
+
+def _check_range(params, name, low, high, upper_open=False):
+    """ValueError unless a concrete ``params.name`` lies in [low, high] (or [low, high))."""
+    value = getattr(params, name)
+    if isinstance(value, jax.core.Tracer):
+        return
+    array = np.asarray(value)
+    above = array >= high if upper_open else array > high
+    if np.any(np.isnan(array)) or np.any(array < low) or np.any(above):
+        bracket = ")" if upper_open else "]"
+        raise ValueError(f"params.{name}: expected a value in [{low}, {high}{bracket}, got {array}")
