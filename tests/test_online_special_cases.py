@@ -66,9 +66,15 @@ def test_gpes_with_period_w_is_pes():
     params = evopes.OnlineParams(std=0.1)
     pes = train(strategies(evopes.PES), jax.random.key(0), params)
     gpes = train(strategies(evopes.GPES, noise_period=W), jax.random.key(0), params)
-    np.testing.assert_array_equal(gpes[0], pes[0])
-    np.testing.assert_array_equal(gpes[1], pes[1])
+    # Equal up to float32 rounding: the two programs differ only in the redraw test
+    # (constant for PES), and XLA fuses the population and the estimate differently
+    # around it (last-bit differences, ~2e-7 relative). A schedule error (below:
+    # GPES with K = 2W) changes the estimates at order one.
+    np.testing.assert_allclose(gpes[0], pes[0], rtol=1e-6, atol=1e-6)
+    np.testing.assert_allclose(gpes[1], pes[1], rtol=1e-6, atol=1e-6)
     assert np.all(np.abs(pes[0]).sum(axis=1) > 0)
+    slower = train(strategies(evopes.GPES, noise_period=2 * W), jax.random.key(0), params)
+    assert np.max(np.abs(slower[0] - pes[0])) > 0.1
 
 
 def test_gpes_with_period_at_least_t_is_nres():

@@ -111,6 +111,7 @@ import numpy as np
 import optax
 from flax import struct
 
+from evopes.compiled import compiled_method
 from evopes.noise import GaussianNoise, NoiseSource, readable_from_population
 from evopes.online.count import Count
 from evopes.online.keys import pair_keys
@@ -227,7 +228,10 @@ class OnlineES(Strategy):
     ``lax.scan``; strategies with equal configuration are equal and hash alike
     (functions such as ``init_inner`` and the optimizer compare by code and
     captured values: rebuilding an equal ``optax.adam(1e-3)`` is fine), so
-    they share compiled code.
+    they share compiled code. Called eagerly (outside any ``jit``), ``init``,
+    ``ask``, ``tell`` and ``estimate`` compile themselves, as evosax's do
+    (:func:`evopes.compiled.compiled_method`); inside your own ``jit`` they
+    add nothing. A strategy is immutable once built.
 
     Args:
       population_size: ``2P``, even. Particle ``i`` runs ``theta + e_i`` and
@@ -321,7 +325,24 @@ class OnlineES(Strategy):
     def _config(self) -> tuple:
         # init_inner and the optimizer are closures: compare them by code and
         # captured values, so that equal configurations share compiled code.
-        return tuple(sorted((name, static_key(value)) for name, value in vars(self).items()))
+        # Computed once: every eager call of a compiled method looks it up.
+        cached = self.__dict__.get("_cached_config")
+        if cached is None:
+            cached = tuple(
+                sorted(
+                    (name, static_key(value))
+                    for name, value in vars(self).items()
+                    if not name.startswith("_cached")
+                )
+            )
+            self.__dict__["_cached_config"] = cached
+        return cached
+
+    def __hash__(self) -> int:
+        cached = self.__dict__.get("_cached_hash")
+        if cached is None:
+            cached = self.__dict__["_cached_hash"] = hash((type(self), self._config()))
+        return cached
 
     @property
     def num_pairs(self) -> int:
@@ -387,6 +408,7 @@ class OnlineES(Strategy):
         return (time == 0) | first
 
     # -- init / ask -------------------------------------------------------------
+    @compiled_method(before=lambda self, key, mean, params: self.validate_params(params))
     def init(self, key: jax.Array, mean: PyTree, params: OnlineParams) -> OnlineState:
         """State centred on ``mean``: fresh inner states (shared within pairs) and times.
 
@@ -422,6 +444,7 @@ class OnlineES(Strategy):
             generation_counter=Count.zero(),
         )
 
+    @compiled_method()
     def ask(
         self, key: jax.Array, state: OnlineState, params: OnlineParams
     ) -> tuple[PyTree, OnlineState]:
@@ -459,6 +482,7 @@ class OnlineES(Strategy):
         return self.spec.unravel_population(state.mean + perturbation), state
 
     # -- tell -------------------------------------------------------------------
+    @compiled_method(static_argnames=("apply_update",))
     def tell(
         self,
         key: jax.Array,
@@ -566,6 +590,7 @@ class OnlineES(Strategy):
         }
         return new_state, metrics
 
+    @compiled_method()
     def estimate(
         self,
         key: jax.Array,

@@ -35,6 +35,7 @@ import jax.numpy as jnp
 import optax
 from flax import struct
 
+from evopes.compiled import compiled_method
 from evopes.online.engine import OnlineES, OnlineParams, OnlineState
 from evopes.online.nres import NRES
 from evopes.online.pes import PES
@@ -102,6 +103,7 @@ class _EvosaxOnline:
     def _online_params(self, generation_counter) -> OnlineParams:
         return OnlineParams(std=jnp.asarray(self.std_schedule(generation_counter), jnp.float32))
 
+    @compiled_method()
     def init(self, key: jax.Array, mean: PyTree, params: EvosaxOnlineParams) -> EvosaxOnlineState:
         if not isinstance(params, EvosaxOnlineParams):
             raise ValueError(
@@ -119,11 +121,13 @@ class _EvosaxOnline:
             std=online_params.std,
         )
 
+    @compiled_method()
     def ask(self, key: jax.Array, state: EvosaxOnlineState, params: EvosaxOnlineParams):
         online_params = self._online_params(state.generation_counter)
         population, online = OnlineES.ask(self, key, state.online, online_params)
         return population, state.replace(online=online, std=online_params.std)
 
+    @compiled_method()
     def tell(
         self,
         key: jax.Array,

@@ -50,6 +50,4 @@ class GPES(OnlineES):
         return super().__repr__()[:-1] + f", noise_period={self.noise_period})"
 
     def _redraw(self, time, noise_age, first) -> jax.Array:
-        return self._first_or_episode_start(time, first) | (
-            noise_age >= self.noise_period
-        )
+        return self._first_or_episode_start(time, first) | (noise_age >= self.noise_period)

@@ -36,6 +36,7 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
+from evopes.compiled import compiled_method
 from evopes.online.engine import OnlineES, OnlineState
 
 BRANCHES = ("positive", "unperturbed")
@@ -76,10 +77,12 @@ class TES(OnlineES):
         return jnp.ones((self.population_size,), bool)
 
     # -- the unperturbed branch: 3P particles outside, 2P inside the engine ----------
+    @compiled_method(before=lambda self, key, mean, params: self.validate_params(params))
     def init(self, key, mean, params) -> OnlineState:
         state = super().init(key, mean, params)
         return state.replace(inner_state=self._with_unperturbed(state.inner_state))
 
+    @compiled_method()
     def ask(self, key, state, params):
         population, state = super().ask(key, self._perturbed_only(state), params)
         if self.branch == "unperturbed":
@@ -93,6 +96,7 @@ class TES(OnlineES):
             )
         return population, state.replace(inner_state=self._with_unperturbed(state.inner_state))
 
+    @compiled_method(static_argnames=("apply_update",))
     def tell(
         self,
         key,
