@@ -254,7 +254,35 @@ def test_checks_flag_what_the_hooks_prevent():
     assert not checks.find_problems('<p><a href="x"><code>OnlineES</code></a></p><math></math>')
 
 
-# -- the porting page's code ------------------------------------------------------------------
+# -- the porting page -----------------------------------------------------------------------------
+#: evosax 0.3's algorithm names (``evosax.algorithms.__all__``, 0.3.2).
+EVOSAX_ALGORITHMS = (
+    "ARS ASEBO CMAAnchoredLES CMA_ES CR_FM_NES DES DifferentialEvolution DiffusionEvolution "
+    "ESMC EvoTF_ES GESMR_GA GradientlessDescent GuidedES HillClimbing LES LGA LM_MA_ES MA_ES "
+    "MR15_GA NoiseReuseES Open_ES PGPE PSO PersistentES RandomSearch Rm_ES SAMR_GA SNES "
+    "SV_CMA_ES SV_Open_ES Sep_CMA_ES SimpleES SimpleGA SimulatedAnnealing iAMaLGaM_Full "
+    "iAMaLGaM_Univariate xNES"
+).split()
+
+
+def test_porting_page_covers_every_alias():
+    """Every evosax name that evopes exports has a row in the aliases table and a section."""
+    import evopes
+
+    page = (ROOT / "docs" / "porting.md").read_text()
+    table = page[page.index("## Aliases") :]
+    table = table[: table.index("\n\n", table.index("| evosax"))]
+    rows = {row.split("|")[1].strip().strip("`") for row in table.splitlines()[3:]}
+    headings = set(re.findall(r"^### (.+)$", page, re.MULTILINE))
+    exported = {name for name in EVOSAX_ALGORITHMS if hasattr(evopes, name)}
+    assert {"CMA_ES", "Sep_CMA_ES", "Open_ES"} <= exported
+    for name in sorted(exported):
+        assert name in rows, f"docs/porting.md: no row for evopes.{name} in the aliases table"
+        assert any(name in heading for heading in headings), (
+            f"docs/porting.md: no '### {name}' section"
+        )
+
+
 def test_porting_page_examples_run(tmp_path):
     page = (ROOT / "docs" / "porting.md").read_text()
     blocks = re.findall(r"^```python\n(.*?)^```", page, re.DOTALL | re.MULTILINE)
