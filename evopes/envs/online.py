@@ -20,8 +20,12 @@ function of its key only.
 Two ways to treat an episode end of the environment (termination, or its
 own time limit):
 
-* ``absorbing=False`` (default): auto-reset, as above. The objective is the
-  average reward per step over however many episodes fit in the horizon.
+* ``absorbing=False`` (default): auto-reset, as above. The online strategies
+  end a particle's episode at its ``done``: the rest of that window is not
+  counted, and the particle restarts from ``init_inner`` with fresh noise at
+  the next window (:class:`evopes.OnlineES`). The objective is the expected
+  episode return, also when the episode length depends on the policy (a pole
+  that falls, a walker that trips), with or without a horizon.
 * ``absorbing=True``: the particle stays in an absorbing state — loss 0,
   ``done`` false — until the strategy's horizon ``T`` restarts it with
   ``init_inner``. The time-average loss over the horizon is then exactly
