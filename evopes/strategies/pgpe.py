@@ -71,9 +71,9 @@ from evopes.spec import PyTree
 from evopes.strategies.antithetic import static_key
 from evopes.strategy import Params, State, Strategy, check_positive
 
-#: ClipUp with Toklu et al.'s rule alpha = v_max / 2; the speed suits a
-#: problem whose solution is O(1) away; set it to your problem's scale.
-DEFAULT_OPTIMIZER = clipup(learning_rate=0.15, max_speed=0.3)
+#: ClipUp with Toklu et al.'s rule alpha = v_max / 2 and evosax's numbers
+#: (steps of at most 0.02); set the speed to your problem's scale.
+DEFAULT_OPTIMIZER = clipup(learning_rate=0.01, max_speed=0.02)
 
 
 @struct.dataclass
@@ -122,7 +122,7 @@ class PGPE(Strategy):
       population_size: number of members, even (``population_size // 2`` symmetric pairs).
       solution: template pytree of one solution.
       optimizer: optax transformation of the mean's gradient estimate g_mu;
-        default ClipUp (learning rate 0.15, max speed 0.3);
+        default ClipUp (learning rate 0.01, max speed 0.02);
         ``optax.sgd(alpha)`` is the paper's plain step.
       fitness_shaping: ``shaped = fitness_shaping(fitness)`` on the raw
         (minimised) fitness; default centered ranks.
