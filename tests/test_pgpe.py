@@ -7,6 +7,7 @@ import optax
 import pytest
 
 from evopes import shaping
+from evopes.checkpoint import restore_checkpoint, save_checkpoint
 from evopes.clipup import clipup
 from evopes.strategies.pgpe import PGPE
 
@@ -15,7 +16,8 @@ DIMS = 5
 
 # -- ClipUp (Toklu et al. 2020) ---------------------------------------------------------------
 def numpy_clipup(gradients, learning_rate, max_speed, momentum):
-    """The paper's steps: v <- m v + alpha g / ||g||, clipped to v_max; x <- x - v here (minimise)."""
+    """The paper's steps: v <- m v + alpha g / ||g||, clipped to v_max; the step is -v here
+    (minimisation)."""
     velocity, steps = np.zeros_like(gradients[0]), []
     for g in gradients:
         velocity = momentum * velocity + learning_rate * g / np.linalg.norm(g)
@@ -256,3 +258,29 @@ def test_vmap_over_params_pytrees_and_equal_configurations():
     np.testing.assert_allclose(population["w"][1], 10 * population["w"][0], rtol=1e-5)
     assert mean["w"].shape == (2, 2, 2) and metrics["std"]["b"].shape == (2, 1)
     assert metrics["best_solution"]["w"].shape == (2, 2, 2)
+
+
+# -- checkpoints: a run saved mid-way resumes bit-identically ------------------------------
+def test_checkpoint_round_trip_resumes_bit_identically(tmp_path):
+    template = {"w": jnp.zeros((2, 2)), "b": jnp.zeros(3, jnp.bfloat16)}
+    es = PGPE(6, template)
+    params = es.default_params
+    start = {"w": jnp.full((2, 2), 0.5), "b": jnp.full(3, -0.5, jnp.bfloat16)}
+
+    @jax.jit
+    def generation(state, key):
+        population, state = es.ask(key, state, params)
+        fitness = jnp.sum(population["w"] ** 2, axis=(1, 2)) + jnp.sum(
+            population["b"].astype(jnp.float32) ** 2, axis=1)
+        return es.tell(key, population, fitness, state, params)[0]
+
+    state = es.init(jax.random.key(0), start, params)
+    for generation_index in range(3):
+        state = generation(state, jax.random.key(generation_index))
+    save_checkpoint(tmp_path, 3, state)
+    restored = restore_checkpoint(tmp_path, state)
+    for key_index in (3, 4):
+        state = generation(state, jax.random.key(key_index))
+        restored = generation(restored, jax.random.key(key_index))
+    for got, want in zip(jax.tree.leaves(restored), jax.tree.leaves(state), strict=True):
+        np.testing.assert_array_equal(got, want)
