@@ -18,8 +18,8 @@ paths m_1..m_m (the rows of M), one generation t is
 
 Each d_i is z_i pushed through m rank-one "contractions" towards the stored
 directions: an implicit sampling matrix of rank-m structure at O(m n) memory
-and O(lambda m n) time per generation, which is what makes the method usable
-for n in the millions. The paths are fed with the same selected z (not d),
+and O(lambda m n) time per generation, instead of CMA-ES's O(n^2) memory
+and O(lambda n^2) time. The paths are fed with the same selected z (not d),
 each with its own, geometrically spread, learning rate: the paths remember
 the search directions of the last ~ n / lambda, 4 n / lambda, 16 n / lambda, ...
 generations.
@@ -38,7 +38,7 @@ at 1, a path without memory, the largest meaningful value:
 
     c_sigma = min(2 lambda / n, 1),  c_c,j = min(lambda / (4^(j-1) n), 1),
 
-which changes nothing for n >= 2 lambda (n >= 30 with the default lambda).
+which changes nothing for n >= 2 lambda (n >= 26 with the default lambda).
 At n = 10 the capped c_sigma = 1 converges on the sphere in about the
 evaluations of c_sigma in [0.6, 1], and c_sigma = 1.5 fails on the ellipsoid;
 CMA-ES's (mu_w + 2) / (n + mu_w + 5) = 0.28 is some 50% slower on the sphere.
@@ -74,7 +74,7 @@ def default_population_size(num_dims: int) -> int:
 
 
 def default_num_paths(num_dims: int) -> int:
-    """m = 4 + floor(3 ln n) (section on the memory size; m = lambda by default)."""
+    """m = 4 + floor(3 ln n), the paper's default number of paths."""
     return 4 + int(math.floor(3 * math.log(num_dims)))
 
 

@@ -1,10 +1,11 @@
 """PGPE: policy gradients with parameter-based exploration.
 
 Sehnke, Osendorfer, Rückstieß, Graves, Peters, Schmidhuber (2010),
-"Parameter-exploring policy gradients", Neural Networks 23(4); the symmetric
-sampling of its section 2.3 ("symmetric sampling") and the reward
-normalisation that follows it; ClipUp (Toklu et al. 2020) as the default
-optimizer of the mean, as in Toklu et al.'s PGPE experiments.
+"Parameter-exploring policy gradients", Neural Networks 23(4): the updates of
+its "symmetric sampling" section and algorithm, with its baseline and its
+reward normalisation (referred to below by name, not number); ClipUp (Toklu
+et al. 2020, :mod:`evopes.clipup`) as the default optimizer of the mean, as
+in Toklu et al.'s PGPE experiments.
 
 The search distribution is N(mu, diag(sigma^2)) with one sigma_i per
 coordinate. Each generation draws N = population_size / 2 perturbations
@@ -32,9 +33,9 @@ population size (alpha_paper = alpha / N).
   with ``params.baseline_decay`` = beta, updated before use; the first
   generation sets b to its own mean. beta = 0 (default) is the current
   generation's mean, which with centered ranks is 0.
-* Reward normalisation (``normalize_rewards=True``; the paper's section 2.3,
-  for rewards of unknown scale): with m the best (lowest) shaped fitness seen
-  so far, including this generation,
+* Reward normalisation (``normalize_rewards=True``; the paper's remedy for
+  rewards of unknown scale): with m the best (lowest) shaped fitness seen so
+  far, including this generation (the paper's "maximum reward so far"),
 
       r_T,k = (F_k^+ - F_k^-) / (F_k^+ + F_k^- - 2 m)
       r_S,k = ((F_k^+ + F_k^-) / 2 - b) / (b - m)
