@@ -2,6 +2,7 @@
 
 from evopes import shaping
 from evopes.checkpoint import latest_checkpoint, restore_checkpoint, save_checkpoint
+from evopes.clipup import clipup
 from evopes.driver import RunResult, run, run_loop, run_online
 from evopes.noise import GaussianNoise, NoiseTable
 from evopes.online import (
@@ -20,10 +21,14 @@ from evopes.online import (
 )
 from evopes.spec import SolutionSpec
 from evopes.strategies import (
+    ARS,
     BIPOP,
     CMA_ES,
     CMAES,
     IPOP,
+    LM_MA_ES,
+    LMMAES,
+    PGPE,
     FullES,
     Open_ES,
     OpenES,
@@ -35,6 +40,11 @@ from evopes.strategy import Params, State, Strategy
 __version__ = "0.1.0"
 
 __all__ = [
+    "ARS",
+    "LMMAES",
+    "LM_MA_ES",
+    "PGPE",
+    "clipup",
     "BIPOP",
     "CMAES",
     "CMA_ES",

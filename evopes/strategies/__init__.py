@@ -1,13 +1,26 @@
 """Population-based strategies: classic ES with the ask/tell contract."""
 
 from evopes.strategies.antithetic import AntitheticES, AntitheticParams, AntitheticState
+from evopes.strategies.ars import ARS, ARSParams, ARSState
 from evopes.strategies.cma_es import CMA_ES, CMAES, CMAESParams, CMAESState
 from evopes.strategies.full_es import FullES
+from evopes.strategies.lm_ma_es import LM_MA_ES, LMMAES, LMMAESParams, LMMAESState
 from evopes.strategies.open_es import Open_ES, OpenES
+from evopes.strategies.pgpe import PGPE, PGPEParams, PGPEState
 from evopes.strategies.restarts import BIPOP, IPOP, RestartRecord, RestartResult
 from evopes.strategies.sep_cma_es import Sep_CMA_ES, SepCMAES, SepCMAESState
 
 __all__ = [
+    "ARS",
+    "ARSParams",
+    "ARSState",
+    "LMMAES",
+    "LMMAESParams",
+    "LMMAESState",
+    "LM_MA_ES",
+    "PGPE",
+    "PGPEParams",
+    "PGPEState",
     "AntitheticES",
     "AntitheticParams",
     "AntitheticState",
