@@ -1,39 +1,47 @@
 """Command line: ``python -m evopes demo`` and ``python -m evopes bench NAME``.
 
-``bench`` runs the script ``benchmarks/<NAME>.py`` of a source checkout (names
-use ``-``; the module uses ``_``) and writes ``DIR/NAME.json`` and
-``DIR/NAME.png`` (default DIR: ``benchmarks/results``).
+``bench`` runs the benchmark module ``evopes.bench.<NAME>`` shipped with the
+package (names use ``-``; the module uses ``_``), from any directory, and writes
+``DIR/NAME.json`` and ``DIR/NAME.png``. The default DIR is a per-user folder
+(``$XDG_DATA_HOME/evopes/bench-results``, ``XDG_DATA_HOME`` defaulting to
+``~/.local/share``), never the working directory: the docs' committed results
+are regenerated with an explicit ``--out benchmarks/results`` from the root of
+a source checkout. ``bench --help`` lists the benchmarks.
 """
 
 from __future__ import annotations
 
 import argparse
-import importlib
 import sys
-from pathlib import Path
-
-REPO_ROOT = Path(__file__).resolve().parent.parent
 
 
-def _benchmark_names() -> list[str]:
-    folder = REPO_ROOT / "benchmarks"
-    return sorted(
-        p.stem.replace("_", "-")
-        for p in folder.glob("*.py")
-        if not p.stem.startswith("_") and p.stem != "common"
+def _bench_epilog() -> str:
+    from evopes import bench
+
+    names = bench.benchmark_names()
+    width = max(len(name) for name in names)
+    lines = [f"  {name.ljust(width)}  {bench.summary(name)}" for name in names]
+    return "\n".join(
+        [
+            "benchmarks:",
+            *lines,
+            "",
+            f"default output folder: {bench.default_out_dir()}",
+            "regenerate the docs' results from the root of a source checkout with",
+            "  python -m evopes bench NAME --out benchmarks/results",
+            "  python -m evopes.bench.report",
+        ]
     )
 
 
 def _run_bench(args: argparse.Namespace) -> int:
-    if str(REPO_ROOT) not in sys.path:
-        sys.path.insert(0, str(REPO_ROOT))
-    names = _benchmark_names()
+    from evopes import bench
+
+    names = bench.benchmark_names()
     if args.name not in names:
         print(f"unknown benchmark {args.name!r}; available: {', '.join(names)}", file=sys.stderr)
         return 2
-    module = importlib.import_module(f"benchmarks.{args.name.replace('-', '_')}")
-    out_dir = Path(args.out) if args.out else REPO_ROOT / "benchmarks" / "results"
-    module.main(quick=args.quick, seed=args.seed, out_dir=out_dir)
+    bench.run(args.name, quick=args.quick, seed=args.seed, out_dir=args.out)
     return 0
 
 
@@ -50,11 +58,23 @@ def main(argv: list[str] | None = None) -> int:
     demo = commands.add_parser("demo", help="a short demonstration with progress bars and a table")
     demo.add_argument("--quick", action="store_true", help="an even shorter run")
     demo.set_defaults(run=_run_demo)
-    bench = commands.add_parser("bench", help="run a benchmark and write JSON and PNG results")
-    bench.add_argument("name", help="benchmark name, e.g. cma-vs-pycma")
+    bench = commands.add_parser(
+        "bench",
+        help="run a benchmark and write JSON and PNG results",
+        description="Runs one benchmark and writes OUT/NAME.json and OUT/NAME.png.",
+        epilog=_bench_epilog(),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    bench.add_argument("name", metavar="NAME", help="benchmark name, e.g. cma-vs-pycma (listed below)")
     bench.add_argument("--quick", action="store_true", help="fewer seeds and smaller sizes")
     bench.add_argument("--seed", type=int, default=0)
-    bench.add_argument("--out", default=None, help="output folder (default benchmarks/results)")
+    bench.add_argument(
+        "--out",
+        default=None,
+        metavar="DIR",
+        help="output folder (default: a per-user folder, shown below; "
+        "use benchmarks/results in a source checkout to update the docs' results)",
+    )
     bench.set_defaults(run=_run_bench)
     args = parser.parse_args(argv)
     return args.run(args)

@@ -26,7 +26,7 @@ TARGET = 1e-8
 SPHERE, ELLIPSOID, ROSENBROCK = 0, 1, 2
 ELLIPSOID_SCALES = 10.0 ** (6 * np.arange(N) / (N - 1))
 #: pycma 4.5 (default options), median evaluations to f < 1e-8 over 5 seeds
-#: (REFERENCE section 8), re-measured by benchmarks/cma_vs_pycma.py.
+#: (REFERENCE section 8), re-measured by the cma-vs-pycma benchmark (evopes/bench/cma_vs_pycma.py).
 PYCMA_EVALS = {SPHERE: 1520, ELLIPSOID: 4160, ROSENBROCK: 4840}
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 
-from benchmarks import report
+from evopes.bench import report
 
 
 def test_render_has_a_table_per_record_list_and_marks_quick_runs():
@@ -23,12 +23,12 @@ def test_render_has_a_table_per_record_list_and_marks_quick_runs():
 
 def test_docs_tables_match_the_committed_results(tmp_path):
     # Regenerating the tables from benchmarks/results gives the committed pages'
-    # includes: re-run `python -m benchmarks.report` after a benchmark.
+    # includes: re-run `python -m evopes.bench.report` after a benchmark.
     written = report.main(tables=tmp_path / "tables", images=tmp_path / "img")
     assert written
     for path in written:
         committed = report.TABLES / path.name
-        assert committed.exists(), f"{committed} missing: run python -m benchmarks.report"
+        assert committed.exists(), f"{committed} missing: run python -m evopes.bench.report"
         assert committed.read_text() == path.read_text(), path.name
     for result in report.RESULTS.glob("*.json"):
         assert json.loads(result.read_text())["rows"], result.name

@@ -52,8 +52,8 @@ import matplotlib.pyplot as plt
 import numpy as np
 
 import evopes
-from benchmarks import speed_online
-from benchmarks.common import block, cli, save_figure, write_results
+from evopes.bench import speed_online
+from evopes.bench.common import block, cli, save_figure, write_results
 from evopes.online.unroll import sum_over_steps
 
 NAME = "online_overhead"
@@ -76,7 +76,7 @@ class _BranchFreeTell(_NoNaNMasking):
         pair_sum = lambda coefficients: coefficients[:P] + coefficients[P:]
         gradient = pair_sum(stats.current) @ current[:P]
         if self.accumulates:
-            gradient = gradient + pair_sum(stats.before_done) @ accumulator[:P]
+            gradient = gradient + pair_sum(stats.current) @ accumulator[:P]
         return gradient / (2.0 * jnp.maximum(stats.num_valid, 1))
 
     def _reset_inner(self, key, inner_state, reset):
@@ -141,13 +141,12 @@ def _measure_in_child(quick: bool, seed: int, xla_flag: str) -> list[dict]:
     env = dict(os.environ)
     env["XLA_FLAGS"] = f"{env.get('XLA_FLAGS', '')} {xla_flag}".strip()
     code = (
-        "import json; from benchmarks.online_overhead import measure; "
+        "import json; from evopes.bench.online_overhead import measure; "
         f"print('ROWS' + json.dumps(measure(quick={quick}, seed={seed})))"
     )
     result = subprocess.run(
         [sys.executable, "-c", code],
         env=env,
-        cwd=Path(__file__).resolve().parent.parent,
         capture_output=True,
         text=True,
     )

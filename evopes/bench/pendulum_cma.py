@@ -20,7 +20,7 @@ import jax.numpy as jnp
 import matplotlib.pyplot as plt
 
 import evopes
-from benchmarks.common import cli, save_figure, write_results
+from evopes.bench.common import cli, save_figure, write_results
 from evopes import envs
 
 NAME = "pendulum_cma"

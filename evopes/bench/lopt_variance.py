@@ -49,8 +49,8 @@ import numpy as np
 import optax
 
 import evopes
-from benchmarks.common import cli, save_figure, write_results
-from benchmarks.lopt import FINAL_FRACTION, meta_learning_rate
+from evopes.bench.common import cli, save_figure, write_results
+from evopes.bench.lopt import FINAL_FRACTION, meta_learning_rate
 from evopes.tasks.learned_optimizer import LearnedOptimizerTask
 from evopes.tasks.training import episodic_gradient, online_gradients, train_online
 

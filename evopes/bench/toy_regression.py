@@ -34,7 +34,7 @@ import numpy as np
 import optax
 
 import evopes
-from benchmarks.common import cli, save_figure, write_results
+from evopes.bench.common import cli, save_figure, write_results
 from evopes.tasks import toy_regression as toy
 from evopes.tasks.training import train_online
 

@@ -16,8 +16,6 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
-RESULTS_DIR = Path(__file__).resolve().parent / "results"
-
 
 def block(tree):
     """Waits for every array in ``tree``; returns it."""
@@ -149,10 +147,17 @@ def save_figure(fig, name: str, out_dir: Path) -> Path:
 
 
 def cli(main: Callable[..., list[dict]], argv: Sequence[str] | None = None) -> list[dict]:
-    """Lets a benchmark module run as ``python -m benchmarks.<name>``."""
-    parser = argparse.ArgumentParser()
+    """Lets a benchmark module run as ``python -m evopes.bench.<module>``.
+
+    The same options and default ``--out`` as ``python -m evopes bench NAME``.
+    """
+    from evopes import bench
+
+    module = main.__globals__["__spec__"].name  # also when run as __main__
+    name = cli_name(module.rpartition(".")[2])
+    parser = argparse.ArgumentParser(prog=f"python -m evopes bench {name}")
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--out", type=Path, default=RESULTS_DIR)
+    parser.add_argument("--out", type=Path, default=None)
     args = parser.parse_args(argv)
-    return main(quick=args.quick, seed=args.seed, out_dir=args.out)
+    return bench.run_main(main, name, quick=args.quick, seed=args.seed, out_dir=args.out)

@@ -1,8 +1,13 @@
-"""Renders the benchmarks' JSON results as Markdown tables for the docs.
+"""Renders the committed benchmark results as Markdown tables for the docs.
 
-``python -m benchmarks.report`` reads every ``benchmarks/results/*.json`` and
-writes, per benchmark, ``docs/results/tables/<name>.md`` (one table per list
-of records in the JSON: ``rows``, ``compile_rows``, ...) and copies its plot to
+Run from the root of a source checkout (or pass ``--root``), after
+regenerating results with ``python -m evopes bench NAME --out benchmarks/results``::
+
+    python -m evopes.bench.report
+
+It reads every ``benchmarks/results/*.json`` of the checkout and writes, per
+benchmark, ``docs/results/tables/<name>.md`` (one table per list of records in
+the JSON: ``rows``, ``compile_rows``, ...) and copies its plot to
 ``docs/results/img/<name>.png``. The results pages include the tables with
 ``--8<--``, so the docs always show what the last run printed, marked with
 the run's mode (quick or full) and context.
@@ -10,15 +15,16 @@ the run's mode (quick or full) and context.
 
 from __future__ import annotations
 
+import argparse
 import json
 import shutil
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-RESULTS = ROOT / "benchmarks" / "results"
-TABLES = ROOT / "docs" / "results" / "tables"
-IMAGES = ROOT / "docs" / "results" / "img"
-#: Context fields written by ``benchmarks.common.write_results``.
+#: Folders of a source checkout, relative to its root.
+RESULTS = Path("benchmarks", "results")
+TABLES = Path("docs", "results", "tables")
+IMAGES = Path("docs", "results", "img")
+#: Context fields written by ``evopes.bench.common.write_results``.
 CONTEXT = ("quick", "seed", "jax_version", "backend", "devices", "machine")
 
 
@@ -67,7 +73,18 @@ def render(payload: dict) -> str:
     return "\n\n".join(parts) + "\n"
 
 
-def main(results: Path = RESULTS, tables: Path = TABLES, images: Path = IMAGES) -> list[Path]:
+def main(
+    root: Path | str = ".", *, tables: Path | None = None, images: Path | None = None
+) -> list[Path]:
+    """Renders ``root/benchmarks/results`` into ``root/docs/results`` (or ``tables``, ``images``)."""
+    root = Path(root)
+    results = root / RESULTS
+    if not results.is_dir():
+        raise FileNotFoundError(
+            f"{results} not found: run from the root of a source checkout of evopes or pass --root"
+        )
+    tables = root / TABLES if tables is None else Path(tables)
+    images = root / IMAGES if images is None else Path(images)
     tables.mkdir(parents=True, exist_ok=True)
     images.mkdir(parents=True, exist_ok=True)
     written = []
@@ -83,5 +100,9 @@ def main(results: Path = RESULTS, tables: Path = TABLES, images: Path = IMAGES) 
 
 
 if __name__ == "__main__":
-    for written_path in main():
-        print(f"wrote {written_path.relative_to(ROOT)}")
+    parser = argparse.ArgumentParser(
+        prog="python -m evopes.bench.report", description=__doc__.splitlines()[0]
+    )
+    parser.add_argument("--root", default=".", help="root of the source checkout (default: .)")
+    for written_path in main(parser.parse_args().root):
+        print(f"wrote {written_path}")

@@ -43,7 +43,7 @@ import numpy as np
 import optax
 
 import evopes
-from benchmarks.common import cli, save_figure, write_results
+from evopes.bench.common import cli, save_figure, write_results
 from evopes.strategies.full_es import FullES
 from evopes.tasks import lorenz
 from evopes.tasks.training import train_episodic, train_online

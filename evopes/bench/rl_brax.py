@@ -1,8 +1,9 @@
 """rl-brax: NRES vs PES vs TES vs FullES training a policy with truncated windows.
 
 The experiment is the tutorial's (docs/tutorials/rl_brax.py, which holds the
-settings and explains the choice of environments); this script runs it for
-``NUM_SEEDS`` seeds (one with ``--quick``) and writes
+settings and explains the choice of environments; the package ships a copy,
+``evopes/bench/_rl_brax_tutorial.py``, which a test keeps identical to it);
+this script runs it for ``NUM_SEEDS`` seeds (one with ``--quick``) and writes
 
 * ``rows``: ``{setting, method, final_return, final_return_last5, env_steps,
   sequential_steps, wall_s}`` of the *median curve* (at every evaluation, the
@@ -22,28 +23,18 @@ steps than FullES used. The last-evaluation versions of both are stored too.
 
 from __future__ import annotations
 
-import importlib.util
-import sys
 from pathlib import Path
 
 import matplotlib.pyplot as plt
 import numpy as np
 
-from benchmarks.common import cli, save_figure, write_results
+from evopes.bench import _rl_brax_tutorial as tutorial
+from evopes.bench.common import cli, save_figure, write_results
 
 NAME = "rl_brax"
 NUM_SEEDS = 3
 LAST = 5  # evaluations averaged in final_return_last5
-TUTORIAL = Path(__file__).resolve().parent.parent / "docs" / "tutorials" / "rl_brax.py"
 COLORS = {"NRES": "C0", "PES": "C1", "TES": "C2", "FullES": "C3"}
-
-
-def load_tutorial():
-    spec = importlib.util.spec_from_file_location("rl_brax_tutorial", TUTORIAL)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses look their module up while it executes
-    spec.loader.exec_module(module)
-    return module
 
 
 def median_curve(runs: list[dict]) -> dict:
@@ -97,7 +88,6 @@ def _row(label, method, curve, **extra) -> dict:
 
 
 def main(quick: bool, seed: int, out_dir: Path) -> list[dict]:
-    tutorial = load_tutorial()
     settings = tutorial.QUICK_SETTINGS if quick else tutorial.SETTINGS
     seeds = [seed] if quick else [seed + i for i in range(NUM_SEEDS)]
     rows, seed_rows, all_curves, checks = [], [], {}, {}

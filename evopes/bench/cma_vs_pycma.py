@@ -22,7 +22,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from benchmarks.common import cli, save_figure, write_results
+from evopes.bench.common import cli, save_figure, write_results
 from evopes.strategies.cma_es import CMAES, default_population_size
 
 TARGET = 1e-8

@@ -35,12 +35,11 @@ from pathlib import Path
 
 import matplotlib.pyplot as plt
 
-from benchmarks.common import cli, save_figure, write_results
+from evopes.bench.common import cli, save_figure, write_results
 
 NAME = "scaling"
 DEVICE_COUNTS = (1, 2, 4, 8)
 STEPS = 5
-ROOT = Path(__file__).resolve().parent.parent
 
 
 # -- the worker: one process, one device count ------------------------------------------
@@ -127,12 +126,11 @@ def _run_worker(num_devices: int, quick: bool, seed: int) -> dict:
         **os.environ,
         "XLA_FLAGS": f"--xla_force_host_platform_device_count={num_devices}",
         "JAX_PLATFORMS": "cpu",
-        "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]),
     }
     command = [
         sys.executable,
         "-m",
-        "benchmarks.scaling",
+        "evopes.bench.scaling",
         "--worker",
         str(num_devices),
         "--seed",
@@ -140,7 +138,7 @@ def _run_worker(num_devices: int, quick: bool, seed: int) -> dict:
     ]
     if quick:
         command.append("--quick")
-    done = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=1800)
+    done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=1800)
     if done.returncode != 0:
         raise RuntimeError(f"worker with {num_devices} devices failed:\n{done.stderr[-3000:]}")
     return json.loads(done.stdout.strip().splitlines()[-1])

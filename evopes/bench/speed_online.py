@@ -67,7 +67,7 @@ import numpy as np
 import optax
 
 import evopes
-from benchmarks.common import (
+from evopes.bench.common import (
     block,
     cli,
     compile_seconds,

@@ -44,7 +44,7 @@ import numpy as np
 import optax
 
 import evopes
-from benchmarks.common import cli, save_figure, write_results
+from evopes.bench.common import cli, save_figure, write_results
 from evopes.tasks.lr_schedule import LRScheduleTask
 from evopes.tasks.training import train_episodic, train_online
 

@@ -27,7 +27,7 @@ import matplotlib.pyplot as plt
 import optax
 
 import evopes
-from benchmarks.common import (
+from evopes.bench.common import (
     block,
     cli,
     compile_seconds,

@@ -45,7 +45,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 
 import evopes
-from benchmarks.common import cli, save_figure, write_results
+from evopes.bench.common import cli, save_figure, write_results
 from evopes.strategies.full_es import FullES
 from evopes.tasks import lorenz
 from evopes.tasks.training import episodic_gradient, online_gradients
