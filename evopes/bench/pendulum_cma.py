@@ -20,8 +20,8 @@ import jax.numpy as jnp
 import matplotlib.pyplot as plt
 
 import evopes
-from evopes.bench.common import cli, save_figure, write_results
 from evopes import envs
+from evopes.bench.common import cli, save_figure, write_results
 
 NAME = "pendulum_cma"
 

@@ -76,7 +76,7 @@ def render(payload: dict) -> str:
 def main(
     root: Path | str = ".", *, tables: Path | None = None, images: Path | None = None
 ) -> list[Path]:
-    """Renders ``root/benchmarks/results`` into ``root/docs/results`` (or ``tables``, ``images``)."""
+    """Renders ``root/benchmarks/results`` into ``root/docs/results`` (or tables, images)."""
     root = Path(root)
     results = root / RESULTS
     if not results.is_dir():

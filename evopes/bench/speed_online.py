@@ -67,6 +67,7 @@ import numpy as np
 import optax
 
 import evopes
+from evopes import threefry
 from evopes.bench.common import (
     block,
     cli,
@@ -75,7 +76,6 @@ from evopes.bench.common import (
     time_alternating,
     write_results,
 )
-from evopes import threefry
 from evopes.tasks import lorenz
 
 NAME = "speed_online"
