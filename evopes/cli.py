@@ -65,7 +65,9 @@ def main(argv: list[str] | None = None) -> int:
         epilog=_bench_epilog(),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    bench.add_argument("name", metavar="NAME", help="benchmark name, e.g. cma-vs-pycma (listed below)")
+    bench.add_argument(
+        "name", metavar="NAME", help="benchmark name, e.g. cma-vs-pycma (listed below)"
+    )
     bench.add_argument("--quick", action="store_true", help="fewer seeds and smaller sizes")
     bench.add_argument("--seed", type=int, default=0)
     bench.add_argument(
