@@ -47,6 +47,7 @@ def compiled_method(
             return compiled(self, *args, **kwargs)
 
         wrapper.uncompiled = method
+        wrapper.compiled = compiled
         return wrapper
 
     return decorator

@@ -18,6 +18,12 @@ subclass's private ``_init/_ask/_tell``, which only implement the algorithm on
 flat arrays of shape ``(num_dims,)`` and ``(population_size, num_dims)``.
 
 Fitness is minimised; pass ``maximize=True`` to maximise instead.
+
+Called eagerly (an evosax-style Python loop), ``init``, ``ask``, ``tell`` and
+``get_mean`` compile themselves, with the strategy as a static argument
+(:func:`evopes.compiled.compiled_method`); inside your own ``jit``, ``vmap``
+or ``scan`` they are plain functions and add nothing. A strategy is
+immutable once built.
 """
 
 from __future__ import annotations
@@ -29,6 +35,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import struct
 
+from evopes.compiled import compiled_method
 from evopes.spec import PyTree, SolutionSpec
 
 Metrics = dict[str, Any]
@@ -83,13 +90,30 @@ class Strategy:
     # -- configuration identity -------------------------------------------
     def _config(self) -> tuple:
         """Everything that defines this strategy; used for hashing and equality."""
-        return tuple(sorted((k, _hashable(v)) for k, v in vars(self).items()))
+        return tuple(
+            sorted((k, _hashable(v)) for k, v in vars(self).items() if not k.startswith("_cached"))
+        )
+
+    def _config_key(self) -> tuple:
+        """``_config()``, computed once: every eager call of a compiled method looks it up.
+
+        A strategy is immutable once built, so the key never goes stale.
+        """
+        cached = self.__dict__.get("_cached_config")
+        if cached is None:
+            cached = self.__dict__["_cached_config"] = self._config()
+        return cached
 
     def __hash__(self) -> int:
-        return hash((type(self), self._config()))
+        cached = self.__dict__.get("_cached_hash")
+        if cached is None:
+            cached = self.__dict__["_cached_hash"] = hash((type(self), self._config_key()))
+        return cached
 
     def __eq__(self, other) -> bool:
-        return type(self) is type(other) and self._config() == other._config()
+        return type(self) is type(other) and (
+            self is other or self._config_key() == other._config_key()
+        )
 
     def __repr__(self) -> str:
         name = type(self).__name__
@@ -108,6 +132,7 @@ class Strategy:
         raise NotImplementedError
 
     # -- public template ----------------------------------------------------
+    @compiled_method(before=lambda self, key, mean, params: self.validate_params(params))
     def init(self, key: jax.Array, mean: PyTree, params: Params) -> State:
         """Initial state centred on ``mean`` (a pytree shaped like ``solution``)."""
         self.validate_params(params)
@@ -120,11 +145,13 @@ class Strategy:
             generation_counter=jnp.array(0, jnp.int32),
         )
 
+    @compiled_method()
     def ask(self, key: jax.Array, state: State, params: Params) -> tuple[PyTree, State]:
         """Samples a population: a pytree whose leaves have a leading population axis."""
         flat_population, state = self._ask(key, state, params)
         return self.spec.unravel_population(flat_population), state
 
+    @compiled_method()
     def tell(
         self,
         key: jax.Array,
@@ -180,6 +207,7 @@ class Strategy:
         }
         return new_state, metrics
 
+    @compiled_method()
     def get_mean(self, state: State) -> PyTree:
         """The current mean (search centre) as a pytree shaped like ``solution``."""
         return self.spec.unravel(state.mean)

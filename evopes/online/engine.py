@@ -325,24 +325,13 @@ class OnlineES(Strategy):
     def _config(self) -> tuple:
         # init_inner and the optimizer are closures: compare them by code and
         # captured values, so that equal configurations share compiled code.
-        # Computed once: every eager call of a compiled method looks it up.
-        cached = self.__dict__.get("_cached_config")
-        if cached is None:
-            cached = tuple(
-                sorted(
-                    (name, static_key(value))
-                    for name, value in vars(self).items()
-                    if not name.startswith("_cached")
-                )
+        return tuple(
+            sorted(
+                (name, static_key(value))
+                for name, value in vars(self).items()
+                if not name.startswith("_cached")
             )
-            self.__dict__["_cached_config"] = cached
-        return cached
-
-    def __hash__(self) -> int:
-        cached = self.__dict__.get("_cached_hash")
-        if cached is None:
-            cached = self.__dict__["_cached_hash"] = hash((type(self), self._config()))
-        return cached
+        )
 
     @property
     def num_pairs(self) -> int:

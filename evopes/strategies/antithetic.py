@@ -183,7 +183,13 @@ class AntitheticES(Strategy):
     def _config(self) -> tuple:
         # The optimizer is a pair of closures: compare it by code and captured
         # values, so that equal configurations share compiled code.
-        return tuple(sorted((name, static_key(value)) for name, value in vars(self).items()))
+        return tuple(
+            sorted(
+                (name, static_key(value))
+                for name, value in vars(self).items()
+                if not name.startswith("_cached")
+            )
+        )
 
     def validate_params(self, params: AntitheticParams) -> None:
         check_positive(params, "std_init", "std_decay", "std_max")

@@ -170,7 +170,13 @@ class PGPE(Strategy):
 
     def _config(self) -> tuple:
         # The optimizer is a pair of closures: compare it by code and captured values.
-        return tuple(sorted((name, static_key(value)) for name, value in vars(self).items()))
+        return tuple(
+            sorted(
+                (name, static_key(value))
+                for name, value in vars(self).items()
+                if not name.startswith("_cached")
+            )
+        )
 
     def validate_params(self, params: PGPEParams) -> None:
         check_positive(params, "std_init", "std_max_change", "std_max")
