@@ -25,8 +25,14 @@ Guarantees
   (NaN payloads and ``-0.0`` included). Typed PRNG keys (``jax.random.key``)
   are stored as their ``key_data`` with the implementation name and rebuilt with
   ``wrap_key_data``; legacy ``uint32`` keys are plain arrays.
-* **Checked.** The file has a magic tag, a format version and a CRC-32 of the
-  leaf data, so a damaged file is reported as such.
+* **Checked.** The file starts with a magic tag and a CRC-32 of everything
+  after it (header, metadata and leaf data), then a format version, so any
+  damaged byte gives a ``ValueError`` naming the file (CRC-32 detects every
+  single-bit error and every burst of up to 32 bits).
+* **Never loses a run.** Each checkpoint records a ``run_id`` (or None) and a
+  write sequence number. Retention keeps the newest ``keep`` checkpoints *of
+  the same run* by write order: checkpoints of another run in the folder are
+  never deleted, and neither is the one just written (whatever its step).
 
 Scope: one process writing to a folder. Arrays sharded over the devices of this process are
 gathered to the host on save and put back on the target's sharding on restore;
@@ -50,6 +56,7 @@ from __future__ import annotations
 
 import os
 import re
+import struct
 import zlib
 from collections.abc import Callable
 from pathlib import Path
@@ -63,8 +70,10 @@ import numpy as np
 PyTree = Any
 
 #: Version of the on-disk layout; bumped whenever it changes incompatibly.
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
 _MAGIC = "evopes-checkpoint"
+#: First bytes of every file; a CRC-32 of the rest of the file follows them.
+_FILE_TAG = b"EVOPESCK"
 _PATTERN = re.compile(r"^checkpoint_(\d+)\.evopes$")
 _TEMP_PREFIX = ".tmp-checkpoint_"
 
@@ -82,6 +91,7 @@ def save_checkpoint(
     *,
     keep: int | None = 3,
     metadata: dict | None = None,
+    run_id: str | None = None,
 ) -> Path:
     """Atomically writes ``target`` as the checkpoint of ``step`` and prunes old ones.
 
@@ -92,6 +102,8 @@ def save_checkpoint(
       keep: how many of the newest checkpoints to keep; ``None`` keeps all.
       metadata: small JSON-like dict (str, int, float, bool, lists, dicts)
         stored alongside, read back with :func:`checkpoint_metadata`.
+      run_id: the run this checkpoint belongs to. Retention only ever deletes
+        older checkpoints (by write order) of the same ``run_id``.
 
     Returns:
       The path of the new checkpoint.
@@ -104,7 +116,8 @@ def save_checkpoint(
     directory.mkdir(parents=True, exist_ok=True)
     _remove_temporary_files(directory)
 
-    payload = _encode(target, int(step), metadata or {})
+    sequence = 1 + max((_sequence(p) for p in all_checkpoints(directory)), default=0)
+    payload = _encode(target, int(step), metadata or {}, run_id, sequence)
     final_path = directory / f"checkpoint_{int(step):012d}.evopes"
     temp_path = directory / f"{_TEMP_PREFIX}{int(step):012d}.{os.getpid()}"
     with open(temp_path, "wb") as file:
@@ -117,7 +130,12 @@ def save_checkpoint(
     _fsync_directory(directory)
 
     if keep is not None:
-        for old in all_checkpoints(directory)[:-keep]:
+        same_run = []
+        for path in all_checkpoints(directory):
+            info = _peek(path)
+            if info is not None and info["run_id"] == run_id and path != final_path:
+                same_run.append((info["sequence"], path))
+        for _, old in sorted(same_run)[: max(0, len(same_run) - (keep - 1))]:
             old.unlink(missing_ok=True)
     return final_path
 
@@ -161,7 +179,12 @@ def checkpoint_metadata(path: str | os.PathLike) -> dict:
     """``{"step": ..., "format_version": ..., **metadata}`` of a checkpoint."""
     path = _resolve(path)
     record = _read(path)
-    return {"step": record["step"], "format_version": record["version"], **record["metadata"]}
+    return {
+        "step": record["step"],
+        "format_version": record["version"],
+        "run_id": record["run_id"],
+        **record["metadata"],
+    }
 
 
 def all_checkpoints(directory: str | os.PathLike) -> list[Path]:
@@ -199,7 +222,7 @@ def _is_key_dtype(dtype) -> bool:
     return jax.dtypes.issubdtype(dtype, jax.dtypes.prng_key)
 
 
-def _encode(tree: PyTree, step: int, metadata: dict) -> bytes:
+def _encode(tree: PyTree, step: int, metadata: dict, run_id, sequence: int) -> bytes:
     leaves, _ = _flatten(tree)
     encoded = []
     for name, leaf in leaves:
@@ -223,33 +246,45 @@ def _encode(tree: PyTree, step: int, metadata: dict) -> bytes:
                 "data": np.ascontiguousarray(array).tobytes(),
             }
         )
-    checksum = 0
-    for leaf in encoded:
-        checksum = zlib.crc32(leaf["data"], checksum)
+    if run_id is not None and not isinstance(run_id, str):
+        raise ValueError(f"run_id: expected a string or None, got {run_id!r}")
     record = {
         "magic": _MAGIC,
         "version": FORMAT_VERSION,
         "step": step,
+        "run_id": run_id,
+        "sequence": sequence,
         "metadata": metadata,
-        "crc32": checksum,
         "leaves": encoded,
     }
     try:
-        return msgpack.packb(record, use_bin_type=True)
+        body = msgpack.packb(record, use_bin_type=True)
     except TypeError as error:
         raise ValueError(
             f"metadata: expected JSON-like values only, got {metadata!r} ({error})"
         ) from None
+    return _FILE_TAG + struct.pack("<I", zlib.crc32(body)) + body
 
 
 def _read(path: Path) -> dict:
+    """The checked record of a checkpoint file; ValueError naming the file for any damage."""
     try:
         raw = path.read_bytes()
     except FileNotFoundError:
         raise ValueError(f"path: no checkpoint file at {path}") from None
+    header = len(_FILE_TAG) + 4
+    if len(raw) < header or raw[: len(_FILE_TAG)] != _FILE_TAG:
+        raise ValueError(
+            f"checkpoint {path.name}: not an evopes checkpoint file of format version "
+            f"{FORMAT_VERSION} (no {_FILE_TAG!r} tag), or its first bytes are damaged"
+        )
+    (checksum,) = struct.unpack("<I", raw[len(_FILE_TAG) : header])
+    body = raw[header:]
+    if zlib.crc32(body) != checksum:
+        raise ValueError(f"checkpoint {path.name}: checksum mismatch, the file is damaged")
     try:
-        record = msgpack.unpackb(raw, raw=False, strict_map_key=False)
-    except Exception as error:  # msgpack raises several types on damaged input
+        record = msgpack.unpackb(body, raw=False, strict_map_key=False)
+    except Exception as error:  # only reachable if the checksum itself was forged
         raise ValueError(
             f"checkpoint {path.name}: not a readable checkpoint file ({error})"
         ) from None
@@ -260,12 +295,21 @@ def _read(path: Path) -> dict:
             f"checkpoint {path.name}: expected format version {FORMAT_VERSION}, "
             f"got {record.get('version')!r}; it was written by another evopes release"
         )
-    checksum = 0
-    for leaf in record["leaves"]:
-        checksum = zlib.crc32(leaf["data"], checksum)
-    if checksum != record["crc32"]:
-        raise ValueError(f"checkpoint {path.name}: checksum mismatch, the file is damaged")
     return record
+
+
+def _peek(path: Path) -> dict | None:
+    """``{"run_id", "sequence"}`` of a checkpoint, or None if it is unreadable."""
+    try:
+        record = _read(path)
+    except ValueError:
+        return None
+    return {"run_id": record.get("run_id"), "sequence": record.get("sequence", 0)}
+
+
+def _sequence(path: Path) -> int:
+    info = _peek(path)
+    return 0 if info is None else int(info["sequence"])
 
 
 def _decode_leaf(file_name: str, name: str, template: Any, leaf: dict) -> Any:

@@ -32,8 +32,11 @@ from __future__ import annotations
 
 import csv
 import functools
+import hashlib
 import json
 import os
+import uuid
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -206,8 +209,17 @@ def run_loop(
     history = {name: np.zeros((0,), shape.dtype) for name, shape in metric_names.items()}
     history["step"] = np.zeros((0,), np.int64)
 
-    if checkpoint_dir is not None and resume and checkpoint.latest_checkpoint(checkpoint_dir):
-        carry, history = _restore(checkpoint_dir, carry, history)
+    fingerprint = _fingerprint(step_fn, state, params)
+    run_id = uuid.uuid4().hex
+    if checkpoint_dir is not None and checkpoint.all_checkpoints(checkpoint_dir):
+        if not resume:
+            raise ValueError(
+                f"checkpoint_dir: {checkpoint_dir} already holds the checkpoints of a run; "
+                "resume=False would mix two runs in one folder. Expected an empty or new "
+                "folder (or resume=True to continue that run), got a folder with "
+                f"{len(checkpoint.all_checkpoints(checkpoint_dir))} checkpoints"
+            )
+        carry, history, run_id = _restore(checkpoint_dir, carry, history, fingerprint)
     start = int(carry.step)
 
     log = _MetricsLog(log_path, tensorboard_dir, resume_step=start)
@@ -231,7 +243,7 @@ def run_loop(
                 or int(carry.step) // checkpoint_every > last_saved // checkpoint_every
             )
             if checkpoint_dir is not None and (due or finished):
-                _save(checkpoint_dir, carry, history, keep_checkpoints)
+                _save(checkpoint_dir, carry, history, keep_checkpoints, run_id, fingerprint)
                 last_saved = int(carry.step)
     finally:
         bar.close()
@@ -376,26 +388,84 @@ def _rows(steps: np.ndarray, values: dict, selected: np.ndarray) -> list[dict]:
     ]
 
 
-def _save(directory, carry: _Carry, history: dict, keep: int) -> None:
+def _save(directory, carry: _Carry, history: dict, keep: int, run_id: str, fingerprint) -> None:
     target = {"carry": carry, "history": history}
     checkpoint.save_checkpoint(
         directory,
         int(carry.step),
         target,
         keep=keep,
-        metadata={"kind": "evopes.run", "history_length": len(history["step"])},
+        run_id=run_id,
+        metadata={
+            "kind": "evopes.run",
+            "history_length": len(history["step"]),
+            "fingerprint": fingerprint,
+        },
     )
 
 
-def _restore(directory, carry: _Carry, history: dict) -> tuple[_Carry, dict]:
-    latest = checkpoint.latest_checkpoint(directory)
-    info = checkpoint.checkpoint_metadata(latest)
-    if info.get("kind") != "evopes.run":
-        raise ValueError(f"checkpoint_dir: {latest} was not written by evopes.run")
-    length = info["history_length"]
-    template_history = {name: np.zeros((length,), values.dtype) for name, values in history.items()}
-    restored = checkpoint.restore_checkpoint(latest, {"carry": carry, "history": template_history})
-    return restored["carry"], restored["history"]
+def _fingerprint(step_fn, state, params) -> dict:
+    """What a run is: its step (strategy configuration), its state's structure and its params.
+
+    Compared on resume, so that a folder is never continued by a different run.
+    """
+
+    def signature(tree) -> str:
+        leaves, treedef = jax.tree_util.tree_flatten(tree)
+        shapes = [
+            (tuple(np.shape(leaf)), str(getattr(leaf, "dtype", type(leaf).__name__)))
+            for leaf in leaves
+        ]
+        return f"{treedef} {shapes}"
+
+    def digest(tree) -> str:
+        hasher = hashlib.sha256()
+        for leaf in jax.tree_util.tree_leaves(tree):
+            if hasattr(leaf, "dtype") and jax.dtypes.issubdtype(leaf.dtype, jax.dtypes.prng_key):
+                leaf = jax.random.key_data(leaf)
+            hasher.update(np.asarray(jax.device_get(leaf)).tobytes())
+        return hasher.hexdigest()[:16]
+
+    strategy = getattr(step_fn, "es", None)
+    return {
+        "strategy": repr(strategy) if strategy is not None else type(step_fn).__qualname__,
+        "state": signature(state),
+        "params": f"{signature(params)} {digest(params)}",
+    }
+
+
+def _restore(directory, carry: _Carry, history: dict, fingerprint: dict):
+    """The newest intact checkpoint of the folder's run: ``(carry, history, run_id)``.
+
+    A damaged checkpoint is skipped with a warning naming it; a checkpoint of a
+    different run (strategy, state structure or params) is refused, naming what differs.
+    """
+    for path in reversed(checkpoint.all_checkpoints(directory)):
+        try:
+            info = checkpoint.checkpoint_metadata(path)
+        except ValueError as error:
+            warnings.warn(
+                f"checkpoint_dir: skipping damaged checkpoint {path} ({error})", stacklevel=3
+            )
+            continue
+        if info.get("kind") != "evopes.run":
+            raise ValueError(f"checkpoint_dir: {path} was not written by evopes.run")
+        stored = info.get("fingerprint") or {}
+        differs = [name for name in fingerprint if stored.get(name) != fingerprint[name]]
+        if differs:
+            details = "; ".join(
+                f"{name}: this run {fingerprint[name]!r}, the folder's {stored.get(name)!r}"
+                for name in differs
+            )
+            raise ValueError(
+                f"checkpoint_dir: {directory} holds another run's checkpoints "
+                f"({', '.join(differs)} differ): {details}"
+            )
+        length = info["history_length"]
+        template = {name: np.zeros((length,), values.dtype) for name, values in history.items()}
+        restored = checkpoint.restore_checkpoint(path, {"carry": carry, "history": template})
+        return restored["carry"], restored["history"], info.get("run_id") or uuid.uuid4().hex
+    raise ValueError(f"checkpoint_dir: every checkpoint in {directory} is damaged")
 
 
 class _MetricsLog:

@@ -1,5 +1,7 @@
 """Checkpoints: exact round trips of every strategy's state, checks, versions, atomicity."""
 
+import zlib
+
 import jax
 import jax.numpy as jnp
 import msgpack
@@ -114,9 +116,10 @@ def test_restore_reports_mismatches_by_leaf(tmp_path):
 
 def test_format_version_and_damage_are_detected(tmp_path):
     path = save_checkpoint(tmp_path, 1, {"x": jnp.arange(4.0)})
-    record = msgpack.unpackb(path.read_bytes())
-    record["version"] = checkpoint.FORMAT_VERSION + 1
-    path.write_bytes(msgpack.packb(record, use_bin_type=True))
+    body = msgpack.unpackb(path.read_bytes()[12:])
+    body["version"] = checkpoint.FORMAT_VERSION + 1
+    packed = msgpack.packb(body, use_bin_type=True)
+    path.write_bytes(b"EVOPESCK" + zlib.crc32(packed).to_bytes(4, "little") + packed)
     with pytest.raises(
         ValueError, match=f"expected format version {checkpoint.FORMAT_VERSION}, got"
     ):
@@ -130,7 +133,7 @@ def test_format_version_and_damage_are_detected(tmp_path):
         restore_checkpoint(path, {"x": jnp.zeros(4)})
 
     path.write_bytes(path.read_bytes()[:20])  # truncated
-    with pytest.raises(ValueError, match="not a readable checkpoint|not an evopes checkpoint"):
+    with pytest.raises(ValueError, match="checksum mismatch|not an evopes checkpoint"):
         restore_checkpoint(path, {"x": jnp.zeros(4)})
     empty = tmp_path / "empty"
     empty.mkdir()
@@ -139,17 +142,18 @@ def test_format_version_and_damage_are_detected(tmp_path):
 
 
 def test_keep_last_n_and_metadata(tmp_path):
-    for step in (10, 2, 30, 4, 50):  # saved out of order: pruning goes by step, not by time
+    for step in (10, 2, 30, 4, 50):  # saved out of order: pruning goes by write order
         save_checkpoint(
             tmp_path, step, {"step": jnp.array(step)}, keep=2, metadata={"note": f"s{step}"}
         )
     assert [p.name for p in all_checkpoints(tmp_path)] == [
-        "checkpoint_000000000030.evopes",
+        "checkpoint_000000000004.evopes",
         "checkpoint_000000000050.evopes",
     ]
     assert checkpoint_metadata(tmp_path) == {
         "step": 50,
         "format_version": checkpoint.FORMAT_VERSION,
+        "run_id": None,
         "note": "s50",
     }
     assert int(restore_checkpoint(tmp_path, {"step": jnp.array(0)})["step"]) == 50
