@@ -198,9 +198,14 @@ class Strategy:
             "best_fitness": sign * new_state.best_fitness,
             "best_solution": self.spec.unravel(new_state.best_solution),
             "best_fitness_in_generation": sign * generation_best,
+            # NaN when nothing finite was seen (not a perfect 0); divided before
+            # summing, so finite values up to float32's maximum cannot overflow it.
             "mean_fitness": sign
-            * jnp.sum(jnp.where(finite, raw_fitness, 0.0))
-            / jnp.maximum(finite.sum(), 1),
+            * jnp.where(
+                finite.any(),
+                jnp.sum(jnp.where(finite, raw_fitness, 0.0) / jnp.maximum(finite.sum(), 1)),
+                jnp.nan,
+            ),
             "num_nonfinite": jnp.sum(~finite),
             "generation_counter": new_state.generation_counter,
             **extra,

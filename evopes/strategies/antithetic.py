@@ -243,7 +243,15 @@ class AntitheticES(Strategy):
         mean = optax.apply_updates(state.mean, updates)
         # An overflowed update (see the module docstring) is skipped whole; the
         # mean must also be finite in the solution's own dtypes (e.g. float16).
-        usable = _all_finite((self.spec.unravel(mean), opt_state))
+        # No update from no information: with fewer than two distinct finite
+        # fitness values (all NaN, all equal) ranks and differences carry
+        # nothing, but a rank-shaped estimate would still step (ties broken by
+        # position), and so would Adam's momentum.
+        finite_fitness = jnp.isfinite(fitness)
+        informative = jnp.max(jnp.where(finite_fitness, fitness, -jnp.inf)) > jnp.min(
+            jnp.where(finite_fitness, fitness, jnp.inf)
+        )
+        usable = informative & _all_finite((self.spec.unravel(mean), opt_state))
         mean, opt_state = jax.tree_util.tree_map(
             lambda new, old: jnp.where(usable, new, old),
             (mean, opt_state),
