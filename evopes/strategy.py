@@ -80,6 +80,13 @@ class Strategy:
     #: and passes None otherwise.
     reads_population_if_given: bool = False
 
+    #: Documented valid range of each ``Params`` field: ``name -> (low, high)``,
+    #: both inclusive. Checked for concrete values at ``init`` (ValueError naming
+    #: the field); under ``jit``, where values are traced, an invalid field is
+    #: replaced by its default before it is used, ``tell`` skips the update, and
+    #: ``metrics["invalid_params"]`` / ``metrics["terminate"]`` say so.
+    param_ranges: dict[str, tuple[float, float]] = {}
+
     def __init__(self, population_size: int, solution: PyTree, *, maximize: bool = False):
         if int(population_size) != population_size or population_size < 2:
             raise ValueError(f"population_size: expected an integer >= 2, got {population_size!r}")
@@ -136,6 +143,7 @@ class Strategy:
     def init(self, key: jax.Array, mean: PyTree, params: Params) -> State:
         """Initial state centred on ``mean`` (a pytree shaped like ``solution``)."""
         self.validate_params(params)
+        params, _ = self._sanitized(params)  # under jit: nothing invalid enters the state
         flat_mean = self.spec.ravel(mean)
         state = self._init(key, flat_mean, params)
         return state.replace(
@@ -148,6 +156,7 @@ class Strategy:
     @compiled_method()
     def ask(self, key: jax.Array, state: State, params: Params) -> tuple[PyTree, State]:
         """Samples a population: a pytree whose leaves have a leading population axis."""
+        params, _ = self._sanitized(params)
         flat_population, state = self._ask(key, state, params)
         return self.spec.unravel_population(flat_population), state
 
@@ -185,7 +194,19 @@ class Strategy:
         generation_best = ranked[best_index]
         best_member = self._member(flat_population, best_index, state, params)
 
+        params, invalid = self._sanitized(params)
         new_state, extra = self._tell(key, flat_population, raw_fitness, state, params)
+        if invalid:
+            # A traced hyperparameter outside its range: no update, and the run stops.
+            any_invalid = jnp.any(jnp.stack(list(invalid.values())))
+            new_state = jax.tree_util.tree_map(
+                lambda old, new: jnp.where(any_invalid, old, new), state, new_state
+            )
+            extra = {
+                **extra,
+                "invalid_params": invalid,
+                "terminate": jnp.asarray(extra.get("terminate", False)) | any_invalid,
+            }
 
         improved = generation_best < state.best_fitness
         new_state = new_state.replace(
@@ -234,10 +255,51 @@ class Strategy:
         return fitness.astype(jnp.float32)
 
     def validate_params(self, params: Params) -> None:
-        """Checks concrete hyperparameter values; traced values are skipped.
+        """Checks concrete hyperparameter values against :attr:`param_ranges`; traced values
+        are skipped (see :meth:`_valid_params`).
 
-        Subclasses call ``check_positive(params, name, ...)`` for their fields.
+        Subclasses add their own checks (shapes, relations between fields).
         """
+        if not isinstance(params, Params):
+            raise ValueError(
+                f"params: expected {type(self).__name__}'s Params (es.default_params), "
+                f"got {type(params).__name__}"
+            )
+        for name, (low, high) in self.param_ranges.items():
+            value = getattr(params, name)
+            if isinstance(value, jax.core.Tracer):
+                continue
+            # Compared in float32, as the traced check does (1e30 rounds up in float32).
+            array = np.asarray(value, np.float32)
+            low32, high32 = np.float32(low), np.float32(high)
+            if not (
+                np.all(np.isfinite(array) | (array == high32))
+                and np.all(array >= low32)
+                and np.all(array <= high32)
+            ):                raise ValueError(
+                    f"params.{name}: expected a value in [{low:g}, {high:g}], got {array}"
+                )
+
+    def _valid_params(self, params: Params) -> dict[str, jax.Array]:
+        """Traced check of every ranged field: ``name -> True where valid``."""
+        valid = {}
+        for name, (low, high) in self.param_ranges.items():
+            value = jnp.asarray(getattr(params, name), jnp.float32)
+            ok = (value >= low) & (value <= high) & ~jnp.isnan(value)
+            valid[name] = jnp.all(ok)
+        return valid
+
+    def _sanitized(self, params: Params) -> tuple[Params, dict[str, jax.Array]]:
+        """``params`` with invalid fields replaced by their defaults, and ``name -> invalid``."""
+        if not self.param_ranges:
+            return params, {}
+        valid = self._valid_params(params)
+        defaults = self.default_params
+        replaced = {
+            name: jnp.where(ok, jnp.asarray(getattr(params, name)), getattr(defaults, name))
+            for name, ok in valid.items()
+        }
+        return params.replace(**replaced), {name: ~ok for name, ok in valid.items()}
 
     # -- to implement ---------------------------------------------------------
     def _init(self, key: jax.Array, mean: jax.Array, params: Params) -> State:

@@ -62,7 +62,7 @@ from flax import struct
 
 from evopes.noise import GaussianNoise, NoiseSource, NoiseTable, readable_from_population
 from evopes.spec import PyTree
-from evopes.strategy import Params, State, Strategy, check_positive
+from evopes.strategy import Params, State, Strategy
 
 #: Floats regenerated per block when summing Gaussian perturbations in ``tell``:
 #: blocks keep the random-bit generation vectorised while the memory stays
@@ -191,9 +191,17 @@ class AntitheticES(Strategy):
             )
         )
 
+    #: Valid ranges (inclusive); see :attr:`evopes.Strategy.param_ranges`.
+    param_ranges = {
+        "std_init": (1e-30, 1e30),
+        "std_decay": (1e-30, 1e30),
+        "std_min": (0.0, 1e30),
+        "std_max": (1e-30, 3e38),
+        "weight_decay": (0.0, 1e30),
+    }
+
     def validate_params(self, params: AntitheticParams) -> None:
-        check_positive(params, "std_init", "std_decay", "std_max")
-        _check_nonnegative(params, "std_min", "weight_decay")
+        super().validate_params(params)
         if not any(isinstance(v, jax.core.Tracer) for v in (params.std_min, params.std_max)):
             if np.any(np.asarray(params.std_min) > np.asarray(params.std_max)):
                 raise ValueError(

@@ -69,7 +69,7 @@ from flax import struct
 
 from evopes import threefry
 from evopes.spec import PyTree, SolutionSpec
-from evopes.strategy import Metrics, Params, State, Strategy, check_positive
+from evopes.strategy import Metrics, Params, State, Strategy
 
 #: Names of the boolean termination indicators in the metrics (besides ``terminate``).
 STOP_INDICATORS = (
@@ -217,6 +217,62 @@ class CMAESParams(Params):
     tol_condition: jax.Array
 
 
+#: Valid ranges (inclusive) of the CMA-ES hyperparameters; see :attr:`Strategy.param_ranges`.
+#: Relations between fields (std_min <= std_init <= std_max, c_1 + c_mu <= 1) are
+#: checked by :func:`check_cma_relations` and :func:`valid_cma_relations`.
+CMA_PARAM_RANGES = {
+    "std_init": (TINY, 1e20),
+    "std_min": (0.0, 1e20),
+    "std_max": (TINY, 1e30),
+    "weights": (-1e6, 1.0),
+    "mu_eff": (1.0, 1e9),
+    "c_mean": (1e-12, 1.0),
+    "c_sigma": (1e-12, 1.0),
+    "d_sigma": (1e-12, 1e12),
+    "c_c": (1e-12, 1.0),
+    "c_1": (0.0, 1.0),
+    "c_mu": (0.0, 1.0),
+    "chi_n": (1e-12, 1e12),
+    "lazy_gap": (0.0, 1e9),
+    "max_step_norm": (1e-12, math.inf),
+    "min_eigenvalue_ratio": (0.0, 1.0),
+    "tol_x": (0.0, math.inf),
+    "tol_x_up": (0.0, math.inf),
+    "tol_fun": (0.0, math.inf),
+    "tol_fun_relative": (0.0, math.inf),
+    "tol_condition": (1.0, math.inf),
+}
+
+
+def check_cma_relations(params: CMAESParams) -> None:
+    """ValueError naming the field for concrete values that break a relation between fields."""
+    fields = (params.std_init, params.std_min, params.std_max, params.c_1, params.c_mu)
+    if any(isinstance(value, jax.core.Tracer) for value in fields):
+        return
+    std_init, std_min, std_max = (np.asarray(v) for v in fields[:3])
+    if np.any(std_init < std_min) or np.any(std_init > std_max):
+        raise ValueError(
+            f"params.std_init: expected a value in [std_min, std_max] = [{std_min}, {std_max}], "
+            f"got {std_init}"
+        )
+    if np.any(np.asarray(params.c_1) + np.asarray(params.c_mu) > 1.0):
+        raise ValueError(
+            f"params.c_mu: expected c_1 + c_mu <= 1, got c_1 = {params.c_1}, c_mu = {params.c_mu}"
+        )
+
+
+def valid_cma_relations(params: CMAESParams, valid: dict) -> dict:
+    """Traced :func:`check_cma_relations`: marks std_init and c_mu invalid where they break one."""
+    std_init = jnp.asarray(params.std_init)
+    within = (std_init >= params.std_min) & (std_init <= params.std_max)
+    return {
+        **valid,
+        "std_init": valid["std_init"] & jnp.all(within),
+        # Blamed on c_mu only when c_1 itself is valid.
+        "c_mu": valid["c_mu"] & (~valid["c_1"] | jnp.all(params.c_1 + params.c_mu <= 1.0)),
+    }
+
+
 def make_params(num_dims: int, constants: dict) -> CMAESParams:
     """Params from :func:`cma_constants`-like numbers, with the guards' and stops' defaults.
 
@@ -287,8 +343,9 @@ class CMAES(Strategy):
     with ``std_init = 1``; change numbers with ``params.replace(...)``.
     """
 
-    def __init__(self, population_size: int | None = None, solution: PyTree = None, *,
-                 maximize: bool = False):
+    def __init__(
+        self, population_size: int | None = None, solution: PyTree = None, *, maximize: bool = False
+    ):
         if solution is None:
             raise ValueError("solution: expected a template pytree, got None")
         if population_size is None:
@@ -303,9 +360,14 @@ class CMAES(Strategy):
     def default_params(self) -> CMAESParams:
         return make_params(self.num_dims, cma_constants(self.num_dims, self.population_size))
 
+    param_ranges = CMA_PARAM_RANGES
+
     def validate_params(self, params: CMAESParams) -> None:
-        check_positive(params, "std_init", "std_min", "std_max", "d_sigma", "chi_n", "mu_eff",
-                       "lazy_gap", "max_step_norm")
+        super().validate_params(params)
+        check_cma_relations(params)
+
+    def _valid_params(self, params: CMAESParams) -> dict:
+        return valid_cma_relations(params, super()._valid_params(params))
         if tuple(np.shape(params.weights)) != (self.population_size,):
             raise ValueError(
                 f"params.weights: expected shape ({self.population_size},), "
@@ -344,8 +406,9 @@ class CMAES(Strategy):
 
     def _tell(self, key, population, fitness, state: CMAESState, params: CMAESParams):
         n = self.num_dims
-        y, whitened, weights = selected_steps(population, fitness, state.mean, state.std,
-                                              state.B, state.D, params)
+        y, whitened, weights = selected_steps(
+            population, fitness, state.mean, state.std, state.B, state.D, params
+        )
         positive = jnp.maximum(weights, 0.0)
         y_w = positive @ y  # (41)
         mean = state.mean + params.c_mean * state.std * y_w  # (42)
@@ -378,7 +441,8 @@ class CMAES(Strategy):
         usable = jnp.any(weights != 0) & tree_all_finite(updated[:-1] + (jnp.diagonal(C),))
         mean, std, p_sigma, p_c, C = jax.tree_util.tree_map(
             lambda new, old: jnp.where(usable, new, old),
-            updated, (state.mean, state.std, state.p_sigma, state.p_c, state.C),
+            updated,
+            (state.mean, state.std, state.p_sigma, state.p_c, state.C),
         )
 
         generation = state.generation_counter + 1
@@ -386,19 +450,42 @@ class CMAES(Strategy):
             (generation - state.eigen_generation).astype(jnp.float32) >= params.lazy_gap
         )
         B, D, sqrt_C, C, eigen_generation, num_refreshes = lazy_eigendecomposition(
-            due, C, state.B, state.D, state.sqrt_C, generation, state.eigen_generation,
-            state.num_eigen_refreshes, params,
+            due,
+            C,
+            state.B,
+            state.D,
+            state.sqrt_C,
+            generation,
+            state.eigen_generation,
+            state.num_eigen_refreshes,
+            params,
         )
         new_state = state.replace(
-            mean=mean, std=std, p_sigma=p_sigma, p_c=p_c, C=C, B=B, D=D, sqrt_C=sqrt_C,
-            eigen_generation=eigen_generation, num_eigen_refreshes=num_refreshes,
+            mean=mean,
+            std=std,
+            p_sigma=p_sigma,
+            p_c=p_c,
+            C=C,
+            B=B,
+            D=D,
+            sqrt_C=sqrt_C,
+            eigen_generation=eigen_generation,
+            num_eigen_refreshes=num_refreshes,
         )
         history = record_best(state.fitness_history, fitness, state.generation_counter)
         new_state = new_state.replace(fitness_history=history)
 
         metrics = termination_indicators(
-            new_state.mean, new_state.std, new_state.p_c, jnp.diagonal(new_state.C),
-            new_state.B, new_state.D, history, fitness, generation, params,
+            new_state.mean,
+            new_state.std,
+            new_state.p_c,
+            jnp.diagonal(new_state.C),
+            new_state.B,
+            new_state.D,
+            history,
+            fitness,
+            generation,
+            params,
         )
         metrics["h_sigma"] = h_sigma
         return new_state, metrics
@@ -466,8 +553,9 @@ def stall_indicator(p_sigma, generation_counter, num_dims, params):
     return (norm / correction < threshold).astype(jnp.float32)
 
 
-def lazy_eigendecomposition(due, C, B, D, sqrt_C, generation, eigen_generation, num_refreshes,
-                            params):
+def lazy_eigendecomposition(
+    due, C, B, D, sqrt_C, generation, eigen_generation, num_refreshes, params
+):
     """Refreshes (B, D) from C if ``due``: once ``params.lazy_gap`` generations have passed.
 
     Runs under ``lax.cond``, so the O(n^3) decomposition is skipped in the
@@ -485,8 +573,11 @@ def lazy_eigendecomposition(due, C, B, D, sqrt_C, generation, eigen_generation, 
         ok = jnp.all(jnp.isfinite(D_new)) & jnp.all(jnp.isfinite(B_new))
         sqrt_C_new = (B_new * D_new) @ B_new.T
         return (
-            jnp.where(ok, B_new, B), jnp.where(ok, D_new, D), jnp.where(ok, sqrt_C_new, sqrt_C),
-            jnp.where(ok, C_new, C), jnp.where(ok, generation, eigen_generation),
+            jnp.where(ok, B_new, B),
+            jnp.where(ok, D_new, D),
+            jnp.where(ok, sqrt_C_new, sqrt_C),
+            jnp.where(ok, C_new, C),
+            jnp.where(ok, generation, eigen_generation),
             num_refreshes + ok.astype(jnp.int32),
         )
 
@@ -517,8 +608,9 @@ def record_best(history, fitness, generation_counter):
     return history.at[generation_counter % history.shape[0]].set(best)
 
 
-def termination_indicators(mean, std, p_c, variances, B, D, history, fitness, generation,
-                           params) -> Metrics:
+def termination_indicators(
+    mean, std, p_c, variances, B, D, history, fitness, generation, params
+) -> Metrics:
     """The tutorial's stopping criteria (appendix B.3) as booleans, with their numbers.
 
     ``variances`` is diag(C); ``B=None`` means C is diagonal (then D = sqrt(diag C)).

@@ -34,9 +34,11 @@ from flax import struct
 from evopes import threefry
 from evopes.spec import PyTree, SolutionSpec
 from evopes.strategies.cma_es import (
+    CMA_PARAM_RANGES,
     TINY,
     UNKNOWN_FITNESS,
     CMAESParams,
+    check_cma_relations,
     cma_constants,
     default_population_size,
     make_params,
@@ -47,8 +49,9 @@ from evopes.strategies.cma_es import (
     tolfun_history_length,
     tree_all_finite,
     update_std,
+    valid_cma_relations,
 )
-from evopes.strategy import State, Strategy, check_positive
+from evopes.strategy import State, Strategy
 
 
 def sep_constants(num_dims: int, population_size: int) -> dict[str, np.ndarray | float]:
@@ -91,8 +94,9 @@ class SepCMAES(Strategy):
     (``lazy_gap`` is unused: there is nothing to decompose).
     """
 
-    def __init__(self, population_size: int | None = None, solution: PyTree = None, *,
-                 maximize: bool = False):
+    def __init__(
+        self, population_size: int | None = None, solution: PyTree = None, *, maximize: bool = False
+    ):
         if solution is None:
             raise ValueError("solution: expected a template pytree, got None")
         if population_size is None:
@@ -107,9 +111,14 @@ class SepCMAES(Strategy):
     def default_params(self) -> CMAESParams:
         return make_params(self.num_dims, sep_constants(self.num_dims, self.population_size))
 
+    param_ranges = CMA_PARAM_RANGES
+
     def validate_params(self, params: CMAESParams) -> None:
-        check_positive(params, "std_init", "std_min", "std_max", "d_sigma", "chi_n", "mu_eff",
-                       "max_step_norm")
+        super().validate_params(params)
+        check_cma_relations(params)
+
+    def _valid_params(self, params: CMAESParams) -> dict:
+        return valid_cma_relations(params, super()._valid_params(params))
         if tuple(np.shape(params.weights)) != (self.population_size,):
             raise ValueError(
                 f"params.weights: expected shape ({self.population_size},), "
@@ -166,8 +175,16 @@ class SepCMAES(Strategy):
         history = record_best(state.fitness_history, fitness, state.generation_counter)
         new_state = new_state.replace(fitness_history=history)
         metrics = termination_indicators(
-            new_state.mean, new_state.std, new_state.p_c, new_state.variances, None,
-            jnp.sqrt(new_state.variances), history, fitness, state.generation_counter + 1, params,
+            new_state.mean,
+            new_state.std,
+            new_state.p_c,
+            new_state.variances,
+            None,
+            jnp.sqrt(new_state.variances),
+            history,
+            fitness,
+            state.generation_counter + 1,
+            params,
         )
         metrics["h_sigma"] = h_sigma
         return new_state, metrics
