@@ -276,7 +276,8 @@ class Strategy:
                 np.all(np.isfinite(array) | (array == high32))
                 and np.all(array >= low32)
                 and np.all(array <= high32)
-            ):                raise ValueError(
+            ):
+                raise ValueError(
                     f"params.{name}: expected a value in [{low:g}, {high:g}], got {array}"
                 )
 
