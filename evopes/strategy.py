@@ -36,6 +36,7 @@ import numpy as np
 from flax import struct
 
 from evopes.compiled import compiled_method
+from evopes.config_key import static_key
 from evopes.spec import PyTree, SolutionSpec
 
 Metrics = dict[str, Any]
@@ -97,8 +98,14 @@ class Strategy:
     # -- configuration identity -------------------------------------------
     def _config(self) -> tuple:
         """Everything that defines this strategy; used for hashing and equality."""
+        # Closures (init_inner, optax transformations) compare by code and captured
+        # values, arrays and PRNG keys by value: equal configurations share compiled code.
         return tuple(
-            sorted((k, _hashable(v)) for k, v in vars(self).items() if not k.startswith("_cached"))
+            sorted(
+                (name, static_key(value))
+                for name, value in vars(self).items()
+                if not name.startswith("_cached")
+            )
         )
 
     def _config_key(self) -> tuple:
@@ -339,13 +346,3 @@ def check_positive(params: Params, *names: str) -> None:
         array = np.asarray(value)
         if not np.all(np.isfinite(array)) or np.any(array <= 0):
             raise ValueError(f"params.{name}: expected a finite value > 0, got {array}")
-
-
-def _hashable(value):
-    if isinstance(value, (list, tuple)):
-        return tuple(_hashable(v) for v in value)
-    if isinstance(value, dict):
-        return tuple(sorted((k, _hashable(v)) for k, v in value.items()))
-    if isinstance(value, np.ndarray | jax.Array):
-        return (value.shape, str(value.dtype), np.asarray(value).tobytes())
-    return value

@@ -117,7 +117,6 @@ from evopes.online.count import Count
 from evopes.online.keys import pair_keys
 from evopes.online.unroll import sum_over_steps
 from evopes.spec import PyTree
-from evopes.strategies.antithetic import static_key
 from evopes.strategy import Metrics, Params, Strategy
 
 InitInner = Callable[[jax.Array], PyTree]
@@ -320,17 +319,6 @@ class OnlineES(Strategy):
             f"num_dims={self.num_dims}, "
             f"truncation_length={self.truncation_length}, horizon={self.horizon}, "
             f"step_unlocked={self.step_unlocked})"
-        )
-
-    def _config(self) -> tuple:
-        # init_inner and the optimizer are closures: compare them by code and
-        # captured values, so that equal configurations share compiled code.
-        return tuple(
-            sorted(
-                (name, static_key(value))
-                for name, value in vars(self).items()
-                if not name.startswith("_cached")
-            )
         )
 
     @property

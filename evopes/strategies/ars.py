@@ -66,7 +66,6 @@ from flax import struct
 
 from evopes import shaping, threefry
 from evopes.spec import PyTree
-from evopes.strategies.antithetic import static_key
 from evopes.strategies.pgpe import _all_finite, _check_range
 from evopes.strategy import Params, State, Strategy, check_positive
 
@@ -167,16 +166,6 @@ class ARS(Strategy):
     @property
     def default_params(self) -> ARSParams:
         return ARSParams()
-
-    def _config(self) -> tuple:
-        # The optimizer is a pair of closures: compare it by code and captured values.
-        return tuple(
-            sorted(
-                (name, static_key(value))
-                for name, value in vars(self).items()
-                if not name.startswith("_cached")
-            )
-        )
 
     def validate_params(self, params: ARSParams) -> None:
         check_positive(params, "std_init", "std_decay")

@@ -363,16 +363,16 @@ class CMAES(Strategy):
     param_ranges = CMA_PARAM_RANGES
 
     def validate_params(self, params: CMAESParams) -> None:
-        super().validate_params(params)
-        check_cma_relations(params)
-
-    def _valid_params(self, params: CMAESParams) -> dict:
-        return valid_cma_relations(params, super()._valid_params(params))
         if tuple(np.shape(params.weights)) != (self.population_size,):
             raise ValueError(
                 f"params.weights: expected shape ({self.population_size},), "
                 f"got {tuple(np.shape(params.weights))}"
             )
+        super().validate_params(params)
+        check_cma_relations(params)
+
+    def _valid_params(self, params: CMAESParams) -> dict:
+        return valid_cma_relations(params, super()._valid_params(params))
 
     # The best member is taken with the base class's masked sum: at the n of a
     # dense CMA-ES it costs nothing, and it compiles faster than the one-hot

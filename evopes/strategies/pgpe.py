@@ -69,7 +69,6 @@ from flax import struct
 from evopes import shaping, threefry
 from evopes.clipup import clipup
 from evopes.spec import PyTree
-from evopes.strategies.antithetic import static_key
 from evopes.strategy import Params, State, Strategy, check_positive
 
 #: ClipUp with Toklu et al.'s rule alpha = v_max / 2 and evosax's numbers
@@ -167,16 +166,6 @@ class PGPE(Strategy):
     @property
     def default_params(self) -> PGPEParams:
         return PGPEParams()
-
-    def _config(self) -> tuple:
-        # The optimizer is a pair of closures: compare it by code and captured values.
-        return tuple(
-            sorted(
-                (name, static_key(value))
-                for name, value in vars(self).items()
-                if not name.startswith("_cached")
-            )
-        )
 
     def validate_params(self, params: PGPEParams) -> None:
         check_positive(params, "std_init", "std_max_change", "std_max")
