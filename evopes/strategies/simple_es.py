@@ -1,0 +1,197 @@
+"""SimpleES: a Gaussian ES that recombines its elite and smooths its per-coordinate std.
+
+The "simple Gaussian ES" of evosax (its ``SimpleES``, after Rechenberg's
+evolution strategy), described by Ha (2017, "A Visual Guide to Evolution
+Strategies", blog.otoro.net): keep the mean of the best members, and estimate
+each coordinate's spread from the same members measured from the *previous*
+mean, the estimator Ha describes for CMA-ES and Hansen's tutorial (arXiv
+1604.00772) uses for its rank-mu update, restricted to the diagonal. The
+spread is smoothed with rate c_sigma, as in the smoothed cross-entropy method
+(de Boer, Kroese, Mannor, Rubinstein 2005, "A Tutorial on the Cross-Entropy
+Method"), so that one unlucky generation cannot collapse it.
+
+With lambda members x_k = m + sigma * z_k, z_k ~ N(0, I), w_i the weight of
+rank i (1 = best, lowest fitness; default w_i = 1 / mu for the mu = floor(
+elite_ratio lambda) best, 0 for the rest, weights summing to 1), y_i =
+x_{i:lambda} - m the step of the member of rank i, one generation is
+
+    m     <- m + c_m sum_i w_i y_i                                    (mean)
+    sigma <- (1 - c_sigma) sigma + c_sigma sqrt(sum_i w_i y_i^2)      (std, elementwise)
+
+with the square and the root taken per coordinate and both sums using the
+old m. With c_m = 1 (default) the new mean is the weighted mean of the elite;
+the defaults c_sigma = 0.1 and elite_ratio = 0.5 are evosax's.
+
+This is a weighted-recombination (mu/mu_w, lambda)-ES with a diagonal,
+cumulation-free variance estimate: it has no step-size control, so on
+ill-conditioned or curved problems its sigma can shrink before the mean
+arrives (the tests measure how close it gets).
+
+Numerical guards. Non-finite fitness ranks worst and its member gets weight 0;
+the weights of the finite members are renormalised to sum to one, so a
+generation with many failures still averages only finite members. A generation
+with fewer than two distinct finite fitness values, or whose new mean or sigma
+is not finite, makes no update (``update_skipped``). sigma is clipped to
+[``std_min``, ``std_max``]. ``tell`` regenerates z from the key of ``ask``.
+"""
+
+from __future__ import annotations
+
+import math
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import struct
+
+from evopes import shaping, threefry
+from evopes.spec import PyTree, SolutionSpec
+from evopes.strategies.xnes import check_std_bounds, has_ranking, raw_key
+from evopes.strategy import Params, State, Strategy
+
+
+def elite_weights(population_size: int, elite_ratio: float) -> np.ndarray:
+    """w_i = 1 / mu for the mu = max(1, floor(elite_ratio lambda)) best ranks, else 0."""
+    num_elites = max(1, int(elite_ratio * population_size))
+    return np.where(np.arange(population_size) < num_elites, 1.0 / num_elites, 0.0)
+
+
+@struct.dataclass
+class SimpleESParams(Params):
+    """Hyperparameters of :class:`SimpleES` (vmappable).
+
+    Attributes:
+      std_init: every sigma_i of the first generation, in [1e-30, 1e20].
+      std_min, std_max: each sigma_i is clipped to [std_min, std_max]; std_min in
+        [0, 1e20], std_max in [1e-30, 1e30], std_min <= std_init <= std_max.
+      c_mean: c_m, step of the mean towards the elite mean, in [0, 1].
+      c_std: c_sigma, smoothing rate of sigma, in [0, 1].
+      weights: w by rank, best first, shape (lambda,), >= 0 with a positive sum.
+    """
+
+    std_init: jax.Array
+    std_min: jax.Array
+    std_max: jax.Array
+    c_mean: jax.Array
+    c_std: jax.Array
+    weights: jax.Array
+
+
+@struct.dataclass
+class SimpleESState(State):
+    """State of :class:`SimpleES`.
+
+    Attributes:
+      std: sigma, one per coordinate.
+      ask_key: the key of the last ``ask`` as raw key data: z is regenerated from it.
+    """
+
+    std: jax.Array
+    ask_key: jax.Array
+
+
+class SimpleES(Strategy):
+    """Simple Gaussian evolution strategy: elite mean, smoothed per-coordinate std.
+
+    Args:
+      population_size: lambda; default 4 + floor(3 ln d).
+      solution: template pytree of one solution.
+      elite_ratio: fraction of the population in the default elite, in (0, 1].
+      maximize: maximise fitness instead of minimising it.
+    """
+
+    uses_population = False
+    param_ranges = {
+        "std_init": (1e-30, 1e20),
+        "std_min": (0.0, 1e20),
+        "std_max": (1e-30, 1e30),
+        "c_mean": (0.0, 1.0),
+        "c_std": (0.0, 1.0),
+    }
+
+    def __init__(self, population_size: int | None = None, solution: PyTree = None, *,
+                 elite_ratio: float = 0.5, maximize: bool = False):
+        if solution is None:
+            raise ValueError("solution: expected a template pytree, got None")
+        if population_size is None:
+            num_dims = SolutionSpec.from_template(solution).num_dims
+            population_size = 4 + int(math.floor(3 * math.log(num_dims)))
+        super().__init__(population_size, solution, maximize=maximize)
+        if not 0.0 < elite_ratio <= 1.0:
+            raise ValueError(f"elite_ratio: expected a value in (0, 1], got {elite_ratio!r}")
+        self.elite_ratio = float(elite_ratio)
+
+    @property
+    def default_params(self) -> SimpleESParams:
+        f32 = lambda value: jnp.asarray(value, jnp.float32)  # noqa: E731
+        return SimpleESParams(
+            std_init=f32(1.0), std_min=f32(1e-30), std_max=f32(1e20),
+            c_mean=f32(1.0), c_std=f32(0.1),
+            weights=f32(elite_weights(self.population_size, self.elite_ratio)),
+        )
+
+    def validate_params(self, params: SimpleESParams) -> None:
+        super().validate_params(params)
+        check_std_bounds(params)
+        weights = params.weights
+        if tuple(np.shape(weights)) != (self.population_size,):
+            raise ValueError(f"params.weights: expected shape ({self.population_size},), "
+                             f"got {tuple(np.shape(weights))}")
+        if not isinstance(weights, jax.core.Tracer):
+            array = np.asarray(weights)
+            if not (np.all(np.isfinite(array)) and np.all(array >= 0) and array.sum() > 0):
+                raise ValueError(
+                    f"params.weights: expected finite values >= 0 with a positive sum, got {array}"
+                )
+
+    # -- the algorithm on flat arrays ----------------------------------------------
+    def _init(self, key, mean, params: SimpleESParams) -> SimpleESState:
+        std = jnp.clip(jnp.asarray(params.std_init, jnp.float32), params.std_min, params.std_max)
+        return SimpleESState(
+            mean=mean,
+            best_solution=mean,
+            best_fitness=jnp.array(jnp.inf, jnp.float32),
+            generation_counter=jnp.array(0, jnp.int32),
+            std=jnp.full(self.num_dims, std),
+            ask_key=raw_key(key),
+        )
+
+    def _noise(self, key) -> jax.Array:
+        """z_k ~ N(0, I), one row per member."""
+        return threefry.normal(key, (self.population_size, self.num_dims))
+
+    def _ask(self, key, state: SimpleESState, params):
+        key = raw_key(key)
+        return state.mean + state.std * self._noise(key), state.replace(ask_key=key)
+
+    def _member(self, population, index, state: SimpleESState, params) -> jax.Array:
+        is_member = (jnp.arange(self.population_size) == index).astype(jnp.float32)
+        return state.mean + state.std * (is_member @ self._noise(state.ask_key))
+
+    def _tell(self, key, population, fitness, state: SimpleESState, params: SimpleESParams):
+        del key, population
+        steps = state.std * self._noise(state.ask_key)  # y_k = x_k - m
+        weights = member_weights(fitness, params.weights)
+        mean, std = simple_es_update(steps, weights, state.mean, state.std,
+                                     params.c_mean, params.c_std)
+        std = jnp.clip(std, params.std_min, params.std_max)
+
+        usable = has_ranking(fitness) & jnp.all(jnp.isfinite(mean)) & jnp.all(jnp.isfinite(std))
+        new_state = state.replace(
+            mean=jnp.where(usable, mean, state.mean), std=jnp.where(usable, std, state.std)
+        )
+        return new_state, {"std": new_state.std, "update_skipped": ~usable}
+
+
+def member_weights(fitness: jax.Array, weights: jax.Array) -> jax.Array:
+    """w of each member's rank; non-finite members get 0 and the rest are renormalised to sum 1."""
+    by_member = jnp.where(jnp.isfinite(fitness), weights[shaping.ranks(fitness)], 0.0)
+    total = jnp.sum(by_member)
+    return by_member / jnp.where(total > 0, total, 1.0)
+
+
+def simple_es_update(steps, weights, mean, std, c_mean, c_std):
+    """The mean and std rules of the module docstring, from the steps y_k = x_k - m (rows)."""
+    new_mean = mean + c_mean * (weights @ steps)
+    elite_std = jnp.sqrt(weights @ steps**2)
+    return new_mean, (1 - c_std) * std + c_std * elite_std

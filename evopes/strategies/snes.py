@@ -1,0 +1,171 @@
+"""SNES: separable natural evolution strategy.
+
+Wierstra, Schaul, Glasmachers, Sun, Peters, Schmidhuber (2014), "Natural
+Evolution Strategies", JMLR 15: 949-980, Algorithm 6 (Schaul, Glasmachers,
+Schmidhuber 2011, "High dimensions and heavy tails for natural evolution
+strategies", GECCO).
+
+xNES (:mod:`evopes.strategies.xnes`) restricted to diagonal covariances: the
+search distribution is N(mu, diag(sigma^2)) with one sigma_i per coordinate,
+so a generation costs O(lambda d) instead of O(d^3). With d dimensions and
+lambda members, one generation of Algorithm 6 is
+
+    s_k ~ N(0, I),  z_k = mu + sigma * s_k,  k = 1..lambda          (sample)
+    u_k = utility of z_k's rank (best first)                        (fitness shaping)
+    G_mu    = sum_k u_k s_k                                         (gradient of mu)
+    G_sigma = sum_k u_k (s_k^2 - 1)                                 (gradient of ln sigma)
+    mu    <- mu + eta_mu sigma * G_mu
+    sigma <- sigma * exp(eta_sigma / 2 G_sigma)
+
+with * and the square taken elementwise. These are the diagonal of xNES's
+G_delta and G_M (its mean step sigma B G_delta with B = I), and the
+multiplicative step is the exponential map of a diagonal matrix: sigma stays
+positive whatever the step.
+
+Utilities are the paper's (Section 3.1; :func:`evopes.strategies.xnes.nes_utilities`),
+stored by rank in ``params.utilities``. Defaults (the paper's Table 1):
+lambda = 4 + floor(3 ln d), eta_mu = 1, eta_sigma = (3 + ln d) / (5 sqrt(d)).
+
+Numerical guards, as for xNES: non-finite fitness ranks worst; a generation
+with fewer than two distinct finite fitness values, or whose new mean or
+sigma is not finite, makes no update (``update_skipped``); sigma is clipped to
+[``std_min``, ``std_max``]. ``tell`` regenerates s from the key of ``ask``, so
+it needs no population.
+"""
+
+from __future__ import annotations
+
+import math
+
+import jax
+import jax.numpy as jnp
+from flax import struct
+
+from evopes import threefry
+from evopes.spec import PyTree, SolutionSpec
+from evopes.strategies.xnes import (
+    NES_PARAM_RANGES,
+    check_std_bounds,
+    check_utilities,
+    default_population_size,
+    has_ranking,
+    nes_utilities,
+    raw_key,
+    utilities_by_member,
+)
+from evopes.strategy import Params, State, Strategy
+
+
+@struct.dataclass
+class SNESParams(Params):
+    """Hyperparameters of :class:`SNES` (vmappable).
+
+    Attributes:
+      std_init: every sigma_i of the first generation, in [1e-30, 1e20].
+      std_min, std_max: each sigma_i is clipped to [std_min, std_max]; std_min in
+        [0, 1e20], std_max in [1e-30, 1e30], std_min <= std_init <= std_max.
+      eta_mean: eta_mu, learning rate of the mean, in [0, 1e6] (Table 1: 1).
+      eta_std: eta_sigma, learning rate of sigma, in [0, 1e6] (Table 1).
+      utilities: u by rank, best first, shape (lambda,), finite (Section 3.1).
+    """
+
+    std_init: jax.Array
+    std_min: jax.Array
+    std_max: jax.Array
+    eta_mean: jax.Array
+    eta_std: jax.Array
+    utilities: jax.Array
+
+
+@struct.dataclass
+class SNESState(State):
+    """State of :class:`SNES`.
+
+    Attributes:
+      std: sigma, one per coordinate.
+      ask_key: the key of the last ``ask`` as raw key data: s is regenerated from it.
+    """
+
+    std: jax.Array
+    ask_key: jax.Array
+
+
+class SNES(Strategy):
+    """Separable natural evolution strategy (SNES).
+
+    Args:
+      population_size: lambda; default 4 + floor(3 ln d).
+      solution: template pytree of one solution.
+      maximize: maximise fitness instead of minimising it.
+    """
+
+    uses_population = False
+    param_ranges = NES_PARAM_RANGES
+
+    def __init__(self, population_size: int | None = None, solution: PyTree = None, *,
+                 maximize: bool = False):
+        if solution is None:
+            raise ValueError("solution: expected a template pytree, got None")
+        if population_size is None:
+            population_size = default_population_size(SolutionSpec.from_template(solution).num_dims)
+        super().__init__(population_size, solution, maximize=maximize)
+
+    @property
+    def default_params(self) -> SNESParams:
+        d = self.num_dims
+        f32 = lambda value: jnp.asarray(value, jnp.float32)  # noqa: E731
+        return SNESParams(
+            std_init=f32(1.0), std_min=f32(1e-30), std_max=f32(1e20),
+            eta_mean=f32(1.0), eta_std=f32((3 + math.log(d)) / (5 * math.sqrt(d))),  # Table 1
+            utilities=f32(nes_utilities(self.population_size)),
+        )
+
+    def validate_params(self, params: SNESParams) -> None:
+        super().validate_params(params)
+        check_utilities(params, self.population_size)
+        check_std_bounds(params)
+
+    # -- the algorithm on flat arrays ----------------------------------------------
+    def _init(self, key, mean, params: SNESParams) -> SNESState:
+        std = jnp.clip(jnp.asarray(params.std_init, jnp.float32), params.std_min, params.std_max)
+        return SNESState(
+            mean=mean,
+            best_solution=mean,
+            best_fitness=jnp.array(jnp.inf, jnp.float32),
+            generation_counter=jnp.array(0, jnp.int32),
+            std=jnp.full(self.num_dims, std),
+            ask_key=raw_key(key),
+        )
+
+    def _noise(self, key) -> jax.Array:
+        """s_k ~ N(0, I), one row per member."""
+        return threefry.normal(key, (self.population_size, self.num_dims))
+
+    def _ask(self, key, state: SNESState, params):
+        key = raw_key(key)
+        return state.mean + state.std * self._noise(key), state.replace(ask_key=key)
+
+    def _member(self, population, index, state: SNESState, params) -> jax.Array:
+        is_member = (jnp.arange(self.population_size) == index).astype(jnp.float32)
+        return state.mean + state.std * (is_member @ self._noise(state.ask_key))
+
+    def _tell(self, key, population, fitness, state: SNESState, params: SNESParams):
+        del key, population
+        noise = self._noise(state.ask_key)
+        utilities = utilities_by_member(fitness, params.utilities)
+        mean, std = snes_update(noise, utilities, state.mean, state.std,
+                                params.eta_mean, params.eta_std)
+        std = jnp.clip(std, params.std_min, params.std_max)
+
+        usable = has_ranking(fitness) & jnp.all(jnp.isfinite(mean)) & jnp.all(jnp.isfinite(std))
+        new_state = state.replace(
+            mean=jnp.where(usable, mean, state.mean), std=jnp.where(usable, std, state.std)
+        )
+        return new_state, {"std": new_state.std, "update_skipped": ~usable}
+
+
+def snes_update(noise, utilities, mean, std, eta_mean, eta_std):
+    """One step of Algorithm 6 from the samples s (rows of ``noise``) and their utilities u."""
+    grad_mean = utilities @ noise  # G_mu = sum_k u_k s_k
+    grad_std = utilities @ (noise**2 - 1)  # G_sigma = sum_k u_k (s_k^2 - 1)
+    return mean + eta_mean * std * grad_mean, std * jnp.exp(eta_std / 2 * grad_std)
