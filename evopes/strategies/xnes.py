@@ -40,7 +40,7 @@ Fitness shaping (the paper's Section 3.1): the member of rank k = 1..lambda
 
     u_k = max(0, ln(lambda / 2 + 1) - ln k) / sum_j max(0, ln(lambda / 2 + 1) - ln j) - 1 / lambda,
 
-so utilities sum to zero and only the best half pulls. They are stored by
+so utilities sum to zero and every rank past lambda / 2 gets the same -1 / lambda. They are stored by
 rank in ``params.utilities``; any vector of length lambda can replace them.
 
 Defaults (the paper's Table 1): lambda = 4 + floor(3 ln d), eta_mu = 1,
