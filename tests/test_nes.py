@@ -41,11 +41,10 @@ def numpy_xnes(z, fitness, mean, std, shape, eta_mean, eta_std, eta_shape):
     return mean, std * math.exp(eta_std / 2 * g_sigma), shape @ symmetric_expm(eta_shape / 2 * g_b)
 
 
-def numpy_snes(z, fitness, mean, std, eta_mean, eta_std):
-    """Algorithm 6, one generation, from the population z and its fitness (minimised)."""
+def numpy_snes(z, fitness, mean, std, eta_mean, eta_std, u):
+    """Algorithm 6, one generation, from the population z, its fitness (minimised) and u."""
     s = (z - mean) / std
     order = np.argsort(fitness)
-    u = paper_utilities(len(fitness))
     g_mu = sum(u[i] * s[order[i]] for i in range(len(u)))
     g_sigma = sum(u[i] * (s[order[i]] ** 2 - 1) for i in range(len(u)))
     return mean + eta_mean * std * g_mu, std * np.exp(eta_std / 2 * g_sigma)
@@ -64,10 +63,11 @@ def quadratic(population):
     return jnp.sum(x**2, axis=-1) + 3.0 * x[..., 0] * x[..., 1]
 
 
-def check_population_drawn_from(population, key, mean, factor):
-    """The population is mean + factor(s) with s = jax.random.normal(key) row by row."""
+def check_population_drawn_from(population, key, mean, std, shape=None):
+    """Row k of the population is mean + std * (B) s_k, s = jax.random.normal(key)."""
     s = np.asarray(jax.random.normal(key, population.shape), np.float64)
-    np.testing.assert_allclose(population, mean + factor(s), rtol=1e-5, atol=1e-5)
+    steps = s if shape is None else s @ shape.T
+    np.testing.assert_allclose(population, mean + std * steps, rtol=1e-5, atol=1e-5)
 
 
 def test_defaults_are_the_papers_table_1():
@@ -79,8 +79,9 @@ def test_defaults_are_the_papers_table_1():
         eta = 3 * (3 + math.log(d)) / (5 * d * math.sqrt(d))
         np.testing.assert_allclose(xnes.default_params.eta_std, eta, rtol=1e-6)
         np.testing.assert_allclose(xnes.default_params.eta_shape, eta, rtol=1e-6)
-        np.testing.assert_allclose(snes.default_params.eta_std,
-                                   (3 + math.log(d)) / (5 * math.sqrt(d)), rtol=1e-6)
+        np.testing.assert_allclose(
+            snes.default_params.eta_std, (3 + math.log(d)) / (5 * math.sqrt(d)), rtol=1e-6
+        )
         assert float(xnes.default_params.eta_mean) == float(snes.default_params.eta_mean) == 1.0
     # utilities sum to zero, fall with the rank, and are -1 / lambda past lambda / 2
     u = paper_utilities(10)
@@ -92,19 +93,26 @@ def test_defaults_are_the_papers_table_1():
 def test_three_xnes_generations_follow_algorithm_5():
     es = XNES(8, jnp.zeros(DIMS))
     # eta_B raised from Table 1's 0.13 so that B moves far from I (and from symmetry)
-    params = es.default_params.replace(std_init=jnp.float32(0.7), eta_shape=jnp.float32(0.6),
-                                       eta_std=jnp.float32(0.3))
+    params = es.default_params.replace(
+        std_init=jnp.float32(0.7), eta_shape=jnp.float32(0.6), eta_std=jnp.float32(0.3)
+    )
     start = jnp.linspace(-1.0, 2.0, DIMS)
     state = es.init(jax.random.key(0), start, params)
     mean, std, shape = np.asarray(start, np.float64), 0.7, np.eye(DIMS)
     for generation in range(3):
         key = jax.random.key(10 + generation)
         population, state = es.ask(key, state, params)
-        check_population_drawn_from(population, key, mean, lambda s: std * s @ shape.T)
+        check_population_drawn_from(population, key, mean, std, shape)
         fitness = quadratic(population)
         mean, std, shape = numpy_xnes(
-            np.asarray(population, np.float64), np.asarray(fitness), mean, std, shape,
-            1.0, float(params.eta_std), float(params.eta_shape),
+            np.asarray(population, np.float64),
+            np.asarray(fitness),
+            mean,
+            std,
+            shape,
+            1.0,
+            float(params.eta_std),
+            float(params.eta_shape),
         )
         state, metrics = es.tell(jax.random.key(99), None, fitness, state, params)
         np.testing.assert_allclose(state.mean, mean, rtol=1e-5, atol=1e-5)
@@ -119,17 +127,30 @@ def test_three_xnes_generations_follow_algorithm_5():
 
 def test_three_snes_generations_follow_algorithm_6():
     es = SNES(8, jnp.zeros(DIMS))
-    params = es.default_params.replace(std_init=jnp.float32(0.7), eta_mean=jnp.float32(0.8))
+    # utilities that do not sum to zero, so that the "- 1" of G_sigma counts
+    utilities = paper_utilities(8) + 0.05
+    params = es.default_params.replace(
+        std_init=jnp.float32(0.7),
+        eta_mean=jnp.float32(0.8),
+        utilities=jnp.asarray(utilities, jnp.float32),
+    )
     start = jnp.linspace(-1.0, 2.0, DIMS)
     state = es.init(jax.random.key(0), start, params)
     mean, std = np.asarray(start, np.float64), np.full(DIMS, 0.7)
     for generation in range(3):
         key = jax.random.key(10 + generation)
         population, state = es.ask(key, state, params)
-        check_population_drawn_from(population, key, mean, lambda s: std * s)
+        check_population_drawn_from(population, key, mean, std)
         fitness = quadratic(population)
-        mean, std = numpy_snes(np.asarray(population, np.float64), np.asarray(fitness),
-                               mean, std, 0.8, float(params.eta_std))
+        mean, std = numpy_snes(
+            np.asarray(population, np.float64),
+            np.asarray(fitness),
+            mean,
+            std,
+            0.8,
+            float(params.eta_std),
+            utilities,
+        )
         state, _ = es.tell(jax.random.key(99), None, fitness, state, params)
         np.testing.assert_allclose(state.mean, mean, rtol=1e-5, atol=1e-5)
         np.testing.assert_allclose(state.std, std, rtol=1e-5)
@@ -138,18 +159,23 @@ def test_three_snes_generations_follow_algorithm_6():
 def test_three_simple_es_generations_follow_the_documented_rule():
     es = SimpleES(8, jnp.zeros(DIMS))
     weights = np.array([0.4, 0.3, 0.2, 0.1, 0, 0, 0, 0])
-    params = es.default_params.replace(std_init=jnp.float32(0.7), c_mean=jnp.float32(0.9),
-                                       c_std=jnp.float32(0.3), weights=jnp.asarray(weights))
+    params = es.default_params.replace(
+        std_init=jnp.float32(0.7),
+        c_mean=jnp.float32(0.9),
+        c_std=jnp.float32(0.3),
+        weights=jnp.asarray(weights),
+    )
     start = jnp.linspace(-1.0, 2.0, DIMS)
     state = es.init(jax.random.key(0), start, params)
     mean, std = np.asarray(start, np.float64), np.full(DIMS, 0.7)
     for generation in range(3):
         key = jax.random.key(10 + generation)
         population, state = es.ask(key, state, params)
-        check_population_drawn_from(population, key, mean, lambda s: std * s)
+        check_population_drawn_from(population, key, mean, std)
         fitness = quadratic(population)
-        mean, std = numpy_simple_es(np.asarray(population, np.float64), np.asarray(fitness),
-                                    mean, std, weights, 0.9, 0.3)
+        mean, std = numpy_simple_es(
+            np.asarray(population, np.float64), np.asarray(fitness), mean, std, weights, 0.9, 0.3
+        )
         state, _ = es.tell(jax.random.key(99), population, fitness, state, params)
         np.testing.assert_allclose(state.mean, mean, rtol=1e-5, atol=1e-5)
         np.testing.assert_allclose(state.std, std, rtol=1e-5)
@@ -169,8 +195,11 @@ def rosenbrock(x):
     return jnp.sum(100 * (x[..., 1:] - x[..., :-1] ** 2) ** 2 + (1 - x[..., :-1]) ** 2, axis=-1)
 
 
-STRATEGIES = {"SimpleES": SimpleES(None, jnp.zeros(10)), "SNES": SNES(None, jnp.zeros(10)),
-              "xNES": XNES(None, jnp.zeros(10))}
+STRATEGIES = {
+    "SimpleES": SimpleES(None, jnp.zeros(10)),
+    "SNES": SNES(None, jnp.zeros(10)),
+    "xNES": XNES(None, jnp.zeros(10)),
+}
 
 
 def best_fitness_trace(name, function, generations, seeds=3, start=3.0):
@@ -202,11 +231,18 @@ def evaluations_to(trace, target=1e-8):
 # sphere): SNES sphere 1,950-2,040 evaluations, ellipsoid 2,690-2,890 (diagonal, so the
 # separable ellipsoid costs it no more than the sphere); xNES sphere 6,090-6,440, ellipsoid
 # 9,080-9,260, Rosenbrock 8,580-11,680; SimpleES sphere 5,460-5,850, ellipsoid 7,930-8,170.
-@pytest.mark.parametrize("name, function, budget", [
-    ("SNES", sphere, 2700), ("SNES", ellipsoid, 3800),
-    ("xNES", sphere, 8400), ("xNES", ellipsoid, 12000), ("xNES", rosenbrock, 15000),
-    ("SimpleES", sphere, 7600), ("SimpleES", ellipsoid, 10600),
-])
+@pytest.mark.parametrize(
+    "name, function, budget",
+    [
+        ("SNES", sphere, 2700),
+        ("SNES", ellipsoid, 3800),
+        ("xNES", sphere, 8400),
+        ("xNES", ellipsoid, 12000),
+        ("xNES", rosenbrock, 15000),
+        ("SimpleES", sphere, 7600),
+        ("SimpleES", ellipsoid, 10600),
+    ],
+)
 def test_reaches_1e_8(name, function, budget):
     evaluations = evaluations_to(best_fitness_trace(name, function, budget // 10))
     assert np.all(evaluations > 0), evaluations
@@ -256,6 +292,18 @@ def test_nonfinite_fitness_ranks_worst_and_never_poisons_the_state(cls):
         assert bool(metrics["update_skipped"])
 
 
+def test_simple_es_averages_the_finite_members_when_failures_reach_the_elite():
+    es = SimpleES(8, jnp.zeros(DIMS))
+    params = es.default_params.replace(c_std=jnp.float32(1.0))
+    state = es.init(jax.random.key(0), jnp.ones(DIMS), params)
+    population, state = es.ask(jax.random.key(1), state, params)
+    fitness = jnp.full(8, jnp.nan).at[2].set(1.0).at[6].set(2.0)  # six failures, elite of 4
+    new_state, _ = es.tell(jax.random.key(2), population, fitness, state, params)
+    steps = np.asarray(population)[[2, 6]] - np.asarray(state.mean)
+    np.testing.assert_allclose(new_state.mean, state.mean + steps.mean(axis=0), rtol=1e-5)
+    np.testing.assert_allclose(new_state.std, np.sqrt((steps**2).mean(axis=0)), rtol=1e-5)
+
+
 def test_invalid_arguments_name_themselves():
     start = jnp.zeros(DIMS)
     for es in (XNES(None, start), SNES(None, start)):
@@ -271,8 +319,9 @@ def test_invalid_arguments_name_themselves():
         with pytest.raises(ValueError, match=r"fitness: expected shape \(8,\)"):
             es.tell(jax.random.key(0), None, jnp.zeros(3), state, params)
     with pytest.raises(ValueError, match="params.eta_shape"):
-        XNES(None, start).init(jax.random.key(0), start,
-                               XNES(None, start).default_params.replace(eta_shape=-1.0))
+        XNES(None, start).init(
+            jax.random.key(0), start, XNES(None, start).default_params.replace(eta_shape=-1.0)
+        )
     simple = SimpleES(None, start)
     with pytest.raises(ValueError, match="params.weights: expected finite values >= 0"):
         simple.init(jax.random.key(0), start, simple.default_params.replace(weights=-jnp.ones(8)))

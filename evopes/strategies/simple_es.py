@@ -109,8 +109,14 @@ class SimpleES(Strategy):
         "c_std": (0.0, 1.0),
     }
 
-    def __init__(self, population_size: int | None = None, solution: PyTree = None, *,
-                 elite_ratio: float = 0.5, maximize: bool = False):
+    def __init__(
+        self,
+        population_size: int | None = None,
+        solution: PyTree = None,
+        *,
+        elite_ratio: float = 0.5,
+        maximize: bool = False,
+    ):
         if solution is None:
             raise ValueError("solution: expected a template pytree, got None")
         if population_size is None:
@@ -125,8 +131,11 @@ class SimpleES(Strategy):
     def default_params(self) -> SimpleESParams:
         f32 = lambda value: jnp.asarray(value, jnp.float32)  # noqa: E731
         return SimpleESParams(
-            std_init=f32(1.0), std_min=f32(1e-30), std_max=f32(1e20),
-            c_mean=f32(1.0), c_std=f32(0.1),
+            std_init=f32(1.0),
+            std_min=f32(1e-30),
+            std_max=f32(1e20),
+            c_mean=f32(1.0),
+            c_std=f32(0.1),
             weights=f32(elite_weights(self.population_size, self.elite_ratio)),
         )
 
@@ -135,8 +144,10 @@ class SimpleES(Strategy):
         check_std_bounds(params)
         weights = params.weights
         if tuple(np.shape(weights)) != (self.population_size,):
-            raise ValueError(f"params.weights: expected shape ({self.population_size},), "
-                             f"got {tuple(np.shape(weights))}")
+            raise ValueError(
+                f"params.weights: expected shape ({self.population_size},), "
+                f"got {tuple(np.shape(weights))}"
+            )
         if not isinstance(weights, jax.core.Tracer):
             array = np.asarray(weights)
             if not (np.all(np.isfinite(array)) and np.all(array >= 0) and array.sum() > 0):
@@ -172,8 +183,9 @@ class SimpleES(Strategy):
         del key, population
         steps = state.std * self._noise(state.ask_key)  # y_k = x_k - m
         weights = member_weights(fitness, params.weights)
-        mean, std = simple_es_update(steps, weights, state.mean, state.std,
-                                     params.c_mean, params.c_std)
+        mean, std = simple_es_update(
+            steps, weights, state.mean, state.std, params.c_mean, params.c_std
+        )
         std = jnp.clip(std, params.std_min, params.std_max)
 
         usable = has_ranking(fitness) & jnp.all(jnp.isfinite(mean)) & jnp.all(jnp.isfinite(std))

@@ -102,8 +102,9 @@ class SNES(Strategy):
     uses_population = False
     param_ranges = NES_PARAM_RANGES
 
-    def __init__(self, population_size: int | None = None, solution: PyTree = None, *,
-                 maximize: bool = False):
+    def __init__(
+        self, population_size: int | None = None, solution: PyTree = None, *, maximize: bool = False
+    ):
         if solution is None:
             raise ValueError("solution: expected a template pytree, got None")
         if population_size is None:
@@ -115,8 +116,11 @@ class SNES(Strategy):
         d = self.num_dims
         f32 = lambda value: jnp.asarray(value, jnp.float32)  # noqa: E731
         return SNESParams(
-            std_init=f32(1.0), std_min=f32(1e-30), std_max=f32(1e20),
-            eta_mean=f32(1.0), eta_std=f32((3 + math.log(d)) / (5 * math.sqrt(d))),  # Table 1
+            std_init=f32(1.0),
+            std_min=f32(1e-30),
+            std_max=f32(1e20),
+            eta_mean=f32(1.0),
+            eta_std=f32((3 + math.log(d)) / (5 * math.sqrt(d))),  # Table 1
             utilities=f32(nes_utilities(self.population_size)),
         )
 
@@ -153,8 +157,9 @@ class SNES(Strategy):
         del key, population
         noise = self._noise(state.ask_key)
         utilities = utilities_by_member(fitness, params.utilities)
-        mean, std = snes_update(noise, utilities, state.mean, state.std,
-                                params.eta_mean, params.eta_std)
+        mean, std = snes_update(
+            noise, utilities, state.mean, state.std, params.eta_mean, params.eta_std
+        )
         std = jnp.clip(std, params.std_min, params.std_max)
 
         usable = has_ranking(fitness) & jnp.all(jnp.isfinite(mean)) & jnp.all(jnp.isfinite(std))

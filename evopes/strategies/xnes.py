@@ -40,8 +40,9 @@ Fitness shaping (the paper's Section 3.1): the member of rank k = 1..lambda
 
     u_k = max(0, ln(lambda / 2 + 1) - ln k) / sum_j max(0, ln(lambda / 2 + 1) - ln j) - 1 / lambda,
 
-so utilities sum to zero and every rank past lambda / 2 gets the same -1 / lambda. They are stored by
-rank in ``params.utilities``; any vector of length lambda can replace them.
+so utilities sum to zero and every rank past lambda / 2 gets the same
+-1 / lambda. They are stored by rank in ``params.utilities``; any vector of
+length lambda can replace them.
 
 Defaults (the paper's Table 1): lambda = 4 + floor(3 ln d), eta_mu = 1,
 eta_sigma = eta_B = 3 (3 + ln d) / (5 d sqrt(d)).
@@ -193,8 +194,9 @@ class XNES(Strategy):
     uses_population = False
     param_ranges = {**NES_PARAM_RANGES, "eta_shape": (0.0, 1e6)}
 
-    def __init__(self, population_size: int | None = None, solution: PyTree = None, *,
-                 maximize: bool = False):
+    def __init__(
+        self, population_size: int | None = None, solution: PyTree = None, *, maximize: bool = False
+    ):
         if solution is None:
             raise ValueError("solution: expected a template pytree, got None")
         if population_size is None:
@@ -207,8 +209,12 @@ class XNES(Strategy):
         eta = 3 * (3 + math.log(d)) / (5 * d * math.sqrt(d))  # Table 1
         f32 = lambda value: jnp.asarray(value, jnp.float32)  # noqa: E731
         return XNESParams(
-            std_init=f32(1.0), std_min=f32(1e-30), std_max=f32(1e20),
-            eta_mean=f32(1.0), eta_std=f32(eta), eta_shape=f32(eta),
+            std_init=f32(1.0),
+            std_min=f32(1e-30),
+            std_max=f32(1e20),
+            eta_mean=f32(1.0),
+            eta_std=f32(eta),
+            eta_shape=f32(eta),
             utilities=f32(nes_utilities(self.population_size)),
         )
 
@@ -248,13 +254,22 @@ class XNES(Strategy):
         noise = self._noise(state.ask_key)
         utilities = utilities_by_member(fitness, params.utilities)
         mean, std, shape = xnes_update(
-            noise, utilities, state.mean, state.std, state.shape,
-            params.eta_mean, params.eta_std, params.eta_shape,
+            noise,
+            utilities,
+            state.mean,
+            state.std,
+            state.shape,
+            params.eta_mean,
+            params.eta_std,
+            params.eta_shape,
         )
         std = jnp.clip(std, params.std_min, params.std_max)
 
-        usable = has_ranking(fitness) & jnp.all(jnp.isfinite(mean)) & jnp.isfinite(std) & jnp.all(
-            jnp.isfinite(shape)
+        usable = (
+            has_ranking(fitness)
+            & jnp.all(jnp.isfinite(mean))
+            & jnp.isfinite(std)
+            & jnp.all(jnp.isfinite(shape))
         )
         keep = lambda new, old: jnp.where(usable, new, old)  # noqa: E731
         new_state = state.replace(
