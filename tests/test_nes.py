@@ -27,12 +27,11 @@ def symmetric_expm(matrix):
     return vectors @ np.diag(np.exp(values)) @ vectors.T
 
 
-def numpy_xnes(z, fitness, mean, std, shape, eta_mean, eta_std, eta_shape):
-    """Algorithm 5, one generation, from the population z and its fitness (minimised)."""
+def numpy_xnes(z, fitness, mean, std, shape, eta_mean, eta_std, eta_shape, u):
+    """Algorithm 5, one generation, from the population z, its fitness (minimised) and u."""
     d = z.shape[1]
     s = np.linalg.solve(shape, (z - mean).T).T / std  # z_k = mu + sigma B s_k
     order = np.argsort(fitness)
-    u = paper_utilities(len(fitness))
     g_delta = sum(u[i] * s[order[i]] for i in range(len(u)))
     g_m = sum(u[i] * (np.outer(s[order[i]], s[order[i]]) - np.eye(d)) for i in range(len(u)))
     g_sigma = np.trace(g_m) / d
@@ -92,9 +91,14 @@ def test_defaults_are_the_papers_table_1():
 
 def test_three_xnes_generations_follow_algorithm_5():
     es = XNES(8, jnp.zeros(DIMS))
-    # eta_B raised from Table 1's 0.13 so that B moves far from I (and from symmetry)
+    # eta_B raised from Table 1's 0.13 so that B moves far from I (and from symmetry);
+    # utilities that do not sum to zero, so that the "- I" of G_M counts
+    utilities = paper_utilities(8) + 0.05
     params = es.default_params.replace(
-        std_init=jnp.float32(0.7), eta_shape=jnp.float32(0.6), eta_std=jnp.float32(0.3)
+        std_init=jnp.float32(0.7),
+        eta_shape=jnp.float32(0.6),
+        eta_std=jnp.float32(0.3),
+        utilities=jnp.asarray(utilities, jnp.float32),
     )
     start = jnp.linspace(-1.0, 2.0, DIMS)
     state = es.init(jax.random.key(0), start, params)
@@ -113,6 +117,7 @@ def test_three_xnes_generations_follow_algorithm_5():
             1.0,
             float(params.eta_std),
             float(params.eta_shape),
+            utilities,
         )
         state, metrics = es.tell(jax.random.key(99), None, fitness, state, params)
         np.testing.assert_allclose(state.mean, mean, rtol=1e-5, atol=1e-5)
