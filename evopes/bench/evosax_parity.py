@@ -1,4 +1,4 @@
-"""evosax-parity: every strategy evopes shares with evosax, evaluations to 1e-8 and time per generation.
+"""Strategies shared with evosax: evaluations to 1e-8 and time per generation, eager and jit.
 
 For each pair (evopes class, evosax class) in :data:`PAIRS` whose evopes module
 imports, and each of sphere, ellipsoid (condition 1e6) and Rosenbrock at
@@ -16,7 +16,9 @@ std 1 for sphere and ellipsoid; x0 = 0, std 0.5 for Rosenbrock):
   and tell as in evosax's README, after a warm-up loop; and under ``jit``, one
   jitted ``lax.scan`` over the generations divided by their number. The two
   libraries' measurements alternate (:func:`evopes.bench.common.time_alternating`);
-  ``eager_ratio`` and ``jit_ratio`` are evopes' time over evosax's.
+  ``evopes_s`` and ``evosax_s`` are the eager seconds per generation,
+  ``evopes_jit_s`` and ``evosax_jit_s`` the jitted ones; ``eager_ratio`` and
+  ``jit_ratio`` are evopes' time over evosax's.
 
 Settings. evosax 0.3 has no default population size; both libraries get
 lambda = 4 + floor(3 ln d) (evopes' and Hansen's default) for the
@@ -44,7 +46,7 @@ import math
 import statistics
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import jax
@@ -94,7 +96,6 @@ class Pair:
     evosax_kwargs: Callable[[float], dict] = lambda std: {}
     evopes_params: Callable = lambda params, std: params.replace(std_init=std)
     evosax_params: Callable = lambda params, std: params.replace(std_init=std)
-    notes: str = field(default="")
 
 
 def _decaying_std(params, std):
@@ -117,36 +118,52 @@ PAIRS: tuple[Pair, ...] = (
     Pair("xNES", "evopes.strategies.xnes:XNES", "xNES"),
     Pair("SimpleES", "evopes.strategies.simple_es:SimpleES", "SimpleES"),
     Pair(
-        "Open_ES", "evopes.strategies.open_es:Open_ES", "Open_ES", lambda_gradient,
-        evopes_kwargs=lambda std: {"optimizer": shared_optimizer(),
-                                   "noise": _gaussian_noise()},
+        "Open_ES",
+        "evopes.strategies.open_es:Open_ES",
+        "Open_ES",
+        lambda_gradient,
+        evopes_kwargs=lambda std: {"optimizer": shared_optimizer(), "noise": _gaussian_noise()},
         evosax_kwargs=_gradient_evosax,
         evopes_params=_decaying_std,
         evosax_params=lambda params, std: params,
     ),
     Pair(
-        "PGPE", "evopes.strategies.pgpe:PGPE", "PGPE", lambda_gradient,
+        "PGPE",
+        "evopes.strategies.pgpe:PGPE",
+        "PGPE",
+        lambda_gradient,
         evopes_kwargs=lambda std: {"optimizer": shared_optimizer()},
         evosax_kwargs=lambda std: {"optimizer": shared_optimizer()},
     ),
     Pair(
-        "ARS", "evopes.strategies.ars:ARS", "ARS", lambda_gradient,
+        "ARS",
+        "evopes.strategies.ars:ARS",
+        "ARS",
+        lambda_gradient,
         evopes_kwargs=lambda std: {"optimizer": shared_optimizer()},
         evosax_kwargs=_gradient_evosax,
         evopes_params=_decaying_std,
         evosax_params=lambda params, std: params,
     ),
     Pair(
-        "PersistentES", "evopes.online.evosax_compat:PersistentES", "PersistentES",
+        "PersistentES",
+        "evopes.online.evosax_compat:PersistentES",
+        "PersistentES",
         lambda_gradient,
-        evopes_kwargs=_gradient_evosax, evosax_kwargs=_gradient_evosax,
-        evopes_params=_online_params, evosax_params=_online_params,
+        evopes_kwargs=_gradient_evosax,
+        evosax_kwargs=_gradient_evosax,
+        evopes_params=_online_params,
+        evosax_params=_online_params,
     ),
     Pair(
-        "NoiseReuseES", "evopes.online.evosax_compat:NoiseReuseES", "NoiseReuseES",
+        "NoiseReuseES",
+        "evopes.online.evosax_compat:NoiseReuseES",
+        "NoiseReuseES",
         lambda_gradient,
-        evopes_kwargs=_gradient_evosax, evosax_kwargs=_gradient_evosax,
-        evopes_params=_online_params, evosax_params=_online_params,
+        evopes_kwargs=_gradient_evosax,
+        evosax_kwargs=_gradient_evosax,
+        evopes_params=_online_params,
+        evosax_params=_online_params,
     ),
 )
 
@@ -229,8 +246,10 @@ def evaluations(pair: Pair, library: str, function: str, dim: int, seeds: list[i
 
     keys = jnp.stack([jax.random.key(seed) for seed in seeds])
     generations, best = jax.device_get(jax.jit(jax.vmap(run))(keys))
-    return [int(g) * es.population_size if b < TARGET else None
-            for g, b in zip(generations, best, strict=True)]
+    return [
+        int(g) * es.population_size if b < TARGET else None
+        for g, b in zip(generations, best, strict=True)
+    ]
 
 
 def median(counts) -> float | None:
@@ -261,8 +280,9 @@ def _timed_runs(pair: Pair, dim: int, generations: int):
             def generation(state, key):
                 ask_key, tell_key = jax.random.split(key)
                 population, state = es.ask(ask_key, state, params)
-                state, _ = es.tell(tell_key, population, FUNCTIONS["sphere"](population),
-                                   state, params)
+                state, _ = es.tell(
+                    tell_key, population, FUNCTIONS["sphere"](population), state, params
+                )
                 return state, None
 
             return jax.lax.scan(generation, state, jax.random.split(key, generations))[0]
@@ -303,8 +323,9 @@ def parity_row(pair: Pair, function: str, dim: int, seeds: list[int], timing: di
         "population_size": pair.population_size(dim),
         "evopes_evals": ours_median,
         "evosax_evals": theirs_median,
-        "evals_ratio": (None if None in (ours_median, theirs_median)
-                        else ours_median / theirs_median),
+        "evals_ratio": (
+            None if None in (ours_median, theirs_median) else ours_median / theirs_median
+        ),
         **timing,
         "evopes_evals_per_seed": ours,
         "evosax_evals_per_seed": theirs,
@@ -322,17 +343,34 @@ def main(quick: bool, seed: int, out_dir: Path, names: list[str] | None = None) 
             for function in FUNCTIONS:
                 rows.append(parity_row(pair, function, dim, seeds, timing))
                 row = rows[-1]
-                print(f"{pair.name} {function} d={dim}: evals {row['evopes_evals']} vs "
-                      f"{row['evosax_evals']}, eager {row['eager_ratio']:.2f}, "
-                      f"jit {row['jit_ratio']:.2f}", flush=True)
+                print(
+                    f"{pair.name} {function} d={dim}: evals {row['evopes_evals']} vs "
+                    f"{row['evosax_evals']}, eager {row['eager_ratio']:.2f}, "
+                    f"jit {row['jit_ratio']:.2f}",
+                    flush=True,
+                )
             print(f"  ({time.perf_counter() - start:.0f} s)", flush=True)
     table = [{k: v for k, v in row.items() if not k.endswith("_per_seed")} for row in rows]
-    write_results("evosax-parity", table, out_dir, quick=quick, seed=seed, extra={
-        "target": TARGET, "seeds": len(seeds), "decay": DECAY, "learning_rate": LEARNING_RATE,
-        "evaluations_per_seed": {f"{r['strategy']}-{r['function']}-{r['dim']}":
-                                 {"evopes": r["evopes_evals_per_seed"],
-                                  "evosax": r["evosax_evals_per_seed"]} for r in rows},
-    })
+    write_results(
+        "evosax-parity",
+        table,
+        out_dir,
+        quick=quick,
+        seed=seed,
+        extra={
+            "target": TARGET,
+            "seeds": len(seeds),
+            "decay": DECAY,
+            "learning_rate": LEARNING_RATE,
+            "evaluations_per_seed": {
+                f"{r['strategy']}-{r['function']}-{r['dim']}": {
+                    "evopes": r["evopes_evals_per_seed"],
+                    "evosax": r["evosax_evals_per_seed"],
+                }
+                for r in rows
+            },
+        },
+    )
     _plot(table, out_dir)
     return table
 
@@ -356,11 +394,16 @@ def _plot(rows, out_dir):
     markers = {"sphere": "o", "ellipsoid": "s", "rosenbrock": "^"}
     for function, marker in markers.items():
         subset = [r for r in reached if r["function"] == function]
-        evals.scatter([r["evosax_evals"] for r in subset], [r["evopes_evals"] for r in subset],
-                      marker=marker, label=function)
+        evals.scatter(
+            [r["evosax_evals"] for r in subset],
+            [r["evopes_evals"] for r in subset],
+            marker=marker,
+            label=function,
+        )
         for r in subset:
-            evals.annotate(f"{r['strategy']} {r['dim']}", (r["evosax_evals"], r["evopes_evals"]),
-                           fontsize=6)
+            evals.annotate(
+                f"{r['strategy']} {r['dim']}", (r["evosax_evals"], r["evopes_evals"]), fontsize=6
+            )
     if reached:
         low = min(min(r["evosax_evals"], r["evopes_evals"]) for r in reached) / 1.5
         high = max(max(r["evosax_evals"], r["evopes_evals"]) for r in reached) * 1.5
