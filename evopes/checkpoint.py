@@ -1,4 +1,4 @@
-"""Atomic, versioned checkpoints of any pytree: strategy states, PRNG keys, loop state.
+"""Atomic, fully checked checkpoints of any pytree: strategy states, PRNG keys, loop state.
 
 A checkpoint is one file, ``<directory>/checkpoint_<step>.evopes``, holding the
 leaves of a pytree as raw bytes with their tree path, dtype and shape::
@@ -25,19 +25,25 @@ Guarantees
   (NaN payloads and ``-0.0`` included). Typed PRNG keys (``jax.random.key``)
   are stored as their ``key_data`` with the implementation name and rebuilt with
   ``wrap_key_data``; legacy ``uint32`` keys are plain arrays.
-* **Checked.** The file starts with a magic tag and a CRC-32 of everything
-  after it (header, metadata and leaf data), then a format version, so any
-  damaged byte gives a ``ValueError`` naming the file (CRC-32 detects every
-  single-bit error and every burst of up to 32 bits).
-* **Never loses a run.** Each checkpoint records a ``run_id`` (or None) and a
-  write sequence number. Retention keeps the newest ``keep`` checkpoints *of
-  the same run* by write order: checkpoints of another run in the folder are
-  never deleted, and neither is the one just written (whatever its step).
+* **Fully checked.** A CRC-32 of the whole file (header and data) is stored at
+  its end, and a second CRC-32 covers the header alone (so listing a folder
+  reads headers only). Any damage — a flipped bit anywhere, a truncated or
+  extended file, an edited header — raises :class:`DamagedCheckpointError`, a
+  ``ValueError`` naming the file; after the checksums, the header is also checked
+  for consistency (every leaf's dtype, stored dtype, shape and byte count agree)
+  so that even a deliberately edited file with recomputed checksums cannot be
+  reinterpreted. A file of another format version raises a plain ``ValueError``
+  naming the file and the versions.
+* **Runs never mix.** Every checkpoint records a ``run_id`` (``None`` unless
+  given) and a write sequence number. Retention (``keep``) keeps the newest
+  checkpoints *of the same run* by *write order* — never by step number — and
+  never deletes a checkpoint of another run, or the one just written. A save
+  whose file name is taken by a checkpoint of another run (or by an unreadable
+  file) refuses instead of overwriting it.
 
-Scope: one process writing to a folder. Arrays sharded over the devices of this process are
-gathered to the host on save and put back on the target's sharding on restore;
-in a multi-process (multi-host) run, save from every process its own
-addressable data, or use orbax-checkpoint.
+Scope: one process writing to a folder. Arrays sharded over the devices of this
+process are gathered to the host on save and put back on the target's sharding
+on restore.
 
 Why not orbax or a bare ``flax.serialization``
 -----------------------------------------------
@@ -46,19 +52,37 @@ shapes or dtypes, handles only the containers flax knows, and cannot store typed
 PRNG keys. orbax-checkpoint is built for multi-host, asynchronous checkpoints of
 large sharded models: a checkpoint is a directory of many files written by
 background threads, importing it costs seconds, and its API changes between
-releases. A strategy state is small and lives on one host, so one self-describing
-file encoded with msgpack (a declared dependency), flattened with
+releases. A strategy state is small, so one self-describing file (a fixed
+preamble, a msgpack header, the raw leaf bytes, a checksum), flattened with
 ``jax.tree_util`` (any registered pytree works) is both the simplest and the
 easiest to reason about when a process is killed mid-write.
+
+File layout (format version 2)
+------------------------------
+* bytes 0-7: the magic tag ``b"EVOPESCK"``;
+* bytes 8-11: the format version, uint32 little-endian;
+* bytes 12-19: the header length ``H``, uint64 little-endian;
+* bytes 20-23: CRC-32 of bytes 0-19 followed by the header;
+* the header, ``H`` bytes of msgpack: run id, step, write sequence, metadata,
+  and for every leaf its tree path, dtype, stored dtype, shape, and offset and
+  byte count in the data section;
+* the data: the leaves' bytes, one after the other;
+* the last 4 bytes: CRC-32 of every byte before them.
+
+Files of format version 1 (evopes releases before run ids) are refused with a
+``ValueError`` that says so.
 """
 
 from __future__ import annotations
 
+import math
 import os
 import re
 import struct
+import warnings
 import zlib
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -71,9 +95,10 @@ PyTree = Any
 
 #: Version of the on-disk layout; bumped whenever it changes incompatibly.
 FORMAT_VERSION = 2
-_MAGIC = "evopes-checkpoint"
-#: First bytes of every file; a CRC-32 of the rest of the file follows them.
-_FILE_TAG = b"EVOPESCK"
+_MAGIC = b"EVOPESCK"
+_LEGACY_MAGIC = "evopes-checkpoint"  # format version 1: one msgpack map
+_PREAMBLE = struct.Struct("<8sIQI")  # magic, version, header length, header CRC
+_TRAILER = struct.Struct("<I")  # CRC-32 of the whole file before it
 _PATTERN = re.compile(r"^checkpoint_(\d+)\.evopes$")
 _TEMP_PREFIX = ".tmp-checkpoint_"
 
@@ -81,6 +106,21 @@ _TEMP_PREFIX = ".tmp-checkpoint_"
 #: fsync-ed but before it is renamed into place (fault tests use it to kill a
 #: process at the worst moment). None in normal use.
 _before_commit: Callable[[Path], None] | None = None
+
+
+class DamagedCheckpointError(ValueError):
+    """A checkpoint file that is damaged: truncated, extended, altered or unreadable.
+
+    A ``ValueError`` whose message names the file; ``path`` is the file. Raised
+    for any change to a checkpoint's bytes, so a damaged file is never restored
+    as wrong values. (A file of another format version raises a plain
+    ``ValueError`` instead: it is intact, just not readable by this release.)
+    """
+
+    def __init__(self, path: Path, reason: str):
+        self.path = Path(path)
+        self.reason = reason
+        super().__init__(f"checkpoint {self.path}: damaged file ({reason})")
 
 
 # -- public API ----------------------------------------------------------------
@@ -97,46 +137,61 @@ def save_checkpoint(
 
     Args:
       directory: folder of the checkpoints (created if missing).
-      step: a non-negative integer that orders checkpoints (e.g. the generation).
+      step: a non-negative integer naming the checkpoint (e.g. the generation).
       target: any pytree of arrays, Python scalars and PRNG keys.
-      keep: how many of the newest checkpoints to keep; ``None`` keeps all.
+      keep: how many checkpoints of this run to keep, the one just written
+        included: the newest by write order (not by step). Checkpoints of other
+        runs are never deleted. ``None`` keeps all.
       metadata: small JSON-like dict (str, int, float, bool, lists, dicts)
         stored alongside, read back with :func:`checkpoint_metadata`.
-      run_id: the run this checkpoint belongs to. Retention only ever deletes
-        older checkpoints (by write order) of the same ``run_id``.
+      run_id: the run this checkpoint belongs to (a non-empty string), or None.
+        Retention only ever deletes checkpoints with the same ``run_id``
+        (checkpoints saved without one form one group of their own).
 
     Returns:
-      The path of the new checkpoint.
+      The path of the new checkpoint; it exists when this function returns.
+
+    Raises:
+      ValueError: a bad argument, or ``checkpoint_<step>.evopes`` already holds a
+        checkpoint of another run (or a file that cannot be read), which is not
+        overwritten.
     """
-    if int(step) != step or step < 0:
+    if isinstance(step, bool) or int(step) != step or step < 0:
         raise ValueError(f"step: expected an integer >= 0, got {step!r}")
-    if keep is not None and (int(keep) != keep or keep < 1):
+    if keep is not None and (isinstance(keep, bool) or int(keep) != keep or keep < 1):
         raise ValueError(f"keep: expected an integer >= 1 or None, got {keep!r}")
+    if run_id is not None and (not isinstance(run_id, str) or not run_id):
+        raise ValueError(f"run_id: expected a non-empty string or None, got {run_id!r}")
+    step = int(step)
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     _remove_temporary_files(directory)
 
-    sequence = 1 + max((_sequence(p) for p in all_checkpoints(directory)), default=0)
-    payload = _encode(target, int(step), metadata or {}, run_id, sequence)
-    final_path = directory / f"checkpoint_{int(step):012d}.evopes"
-    temp_path = directory / f"{_TEMP_PREFIX}{int(step):012d}.{os.getpid()}"
-    with open(temp_path, "wb") as file:
-        file.write(payload)
-        file.flush()
-        os.fsync(file.fileno())
-    if _before_commit is not None:
-        _before_commit(temp_path)
-    os.replace(temp_path, final_path)
-    _fsync_directory(directory)
+    final_path = directory / _file_name(step)
+    entries = _scan(directory)
+    for entry in entries:
+        if entry.path.name == final_path.name:
+            _check_may_overwrite(entry, run_id)
+    sequence = 1 + max((e.header["sequence"] for e in entries if e.header), default=0)
+
+    temp_path = directory / f"{_TEMP_PREFIX}{step:012d}.{os.getpid()}"
+    _write_atomically(
+        temp_path,
+        final_path,
+        _encode(target, step=step, sequence=sequence, run_id=run_id, metadata=metadata or {}),
+    )
 
     if keep is not None:
-        same_run = []
-        for path in all_checkpoints(directory):
-            info = _peek(path)
-            if info is not None and info["run_id"] == run_id and path != final_path:
-                same_run.append((info["sequence"], path))
-        for _, old in sorted(same_run)[: max(0, len(same_run) - (keep - 1))]:
-            old.unlink(missing_ok=True)
+        same_run = [
+            e
+            for e in _scan(directory)
+            if e.header is not None
+            and e.header["run_id"] == run_id
+            and e.path.name != final_path.name
+        ]
+        same_run.sort(key=lambda e: e.header["sequence"])
+        for old in same_run[: max(0, len(same_run) - (keep - 1))]:
+            old.path.unlink(missing_ok=True)
     return final_path
 
 
@@ -151,13 +206,375 @@ def restore_checkpoint(path: str | os.PathLike, target: PyTree) -> PyTree:
         arrays).
 
     Raises:
-      ValueError: the file is missing, damaged, of another format version, or
-        does not match ``target``.
+      DamagedCheckpointError: the file is damaged (a ``ValueError`` naming it).
+      ValueError: the file is missing, of another format version, or does not
+        match ``target``.
     """
     path = _resolve(path)
-    record = _read(path)
+    header, data = _read(path)
+    return _unflatten_into(path, header, data, target)
+
+
+def checkpoint_metadata(path: str | os.PathLike) -> dict:
+    """``{"step", "format_version", "run_id", "write_sequence", **metadata}`` of a checkpoint.
+
+    Reads and checks the header only (see :func:`restore_checkpoint` for the data).
+    """
+    path = _resolve(path)
+    header = _read_header(path)
+    return {
+        "step": header["step"],
+        "format_version": FORMAT_VERSION,
+        "run_id": header["run_id"],
+        "write_sequence": header["sequence"],
+        **header["metadata"],
+    }
+
+
+def all_checkpoints(directory: str | os.PathLike) -> list[Path]:
+    """Checkpoint files in ``directory``, oldest first by write order.
+
+    Temporary files are excluded. Files whose header cannot be read (damaged, or
+    of another format version) come first, ordered by step.
+    """
+    return [entry.path for entry in _scan(Path(directory))]
+
+
+def latest_checkpoint(directory: str | os.PathLike) -> Path | None:
+    """The checkpoint written last in ``directory`` (by write order, not step), or None.
+
+    Only checkpoints whose header reads back intact count; a file whose header
+    is damaged is skipped with a ``RuntimeWarning`` naming it. The data is
+    checked when restoring.
+    """
+    entries = _scan(Path(directory))
+    for entry in entries:
+        if entry.header is None:
+            warnings.warn(
+                f"latest_checkpoint: skipping {entry.path}: {entry.error}",
+                RuntimeWarning,
+                stacklevel=2,
+            )
+    readable = [entry for entry in entries if entry.header is not None]
+    return readable[-1].path if readable else None
+
+
+def checkpoint_step(path: str | os.PathLike) -> int:
+    """The step a checkpoint was saved at, read from its file name."""
+    match = _PATTERN.match(Path(path).name)
+    if match is None:
+        raise ValueError(
+            f"path: expected a file named checkpoint_<step>.evopes, got {Path(path).name!r}"
+        )
+    return int(match.group(1))
+
+
+# -- folders -------------------------------------------------------------------------
+@dataclass(frozen=True)
+class _Entry:
+    """A checkpoint file of a folder: its header, or why the header cannot be read."""
+
+    path: Path
+    step: int
+    header: dict | None
+    error: ValueError | None
+
+
+def _file_name(step: int) -> str:
+    return f"checkpoint_{step:012d}.evopes"
+
+
+def _scan(directory: Path) -> list[_Entry]:
+    """Every ``checkpoint_<step>.evopes`` of ``directory``, oldest first by write order."""
+    if not directory.is_dir():
+        return []
+    entries = []
+    for path in directory.iterdir():
+        match = _PATTERN.match(path.name)
+        if match is None or not path.is_file():
+            continue
+        try:
+            entries.append(_Entry(path, int(match.group(1)), _read_header(path), None))
+        except FileNotFoundError:  # deleted meanwhile
+            continue
+        except ValueError as error:
+            entries.append(_Entry(path, int(match.group(1)), None, error))
+    order = lambda e: (-1, e.step) if e.header is None else (e.header["sequence"], e.step)
+    return sorted(entries, key=order)
+
+
+def _check_may_overwrite(entry: _Entry, run_id: str | None) -> None:
+    if entry.header is None:
+        raise ValueError(
+            f"checkpoint {entry.path}: refusing to overwrite a file that cannot be read "
+            f"({entry.error}); it may belong to another run: move it away first"
+        )
+    if entry.header["run_id"] != run_id:
+        raise ValueError(
+            f"checkpoint {entry.path}: refusing to overwrite a checkpoint of another run "
+            f"(run id {entry.header['run_id']!r}, this save's is {run_id!r})"
+        )
+
+
+def _resolve(path: str | os.PathLike) -> Path:
+    path = Path(path)
+    if path.is_dir():
+        entries = _scan(path)
+        readable = [entry for entry in entries if entry.header is not None]
+        if readable:
+            return readable[-1].path
+        if entries:  # only unreadable files: report the one with the highest step
+            raise entries[-1].error
+        raise ValueError(f"path: no checkpoint in directory {path}")
+    return path
+
+
+def _write_atomically(temp_path: Path, final_path: Path, chunks: list) -> None:
+    with open(temp_path, "wb") as file:
+        for chunk in chunks:
+            file.write(chunk)
+        file.flush()
+        os.fsync(file.fileno())
+    if _before_commit is not None:
+        _before_commit(temp_path)
+    os.replace(temp_path, final_path)
+    _fsync_directory(final_path.parent)
+
+
+def _remove_temporary_files(directory: Path) -> None:
+    """Deletes temporary files left by a writer that died before renaming them."""
+    for stale in directory.glob(f"{_TEMP_PREFIX}*"):
+        stale.unlink(missing_ok=True)
+
+
+def _fsync_directory(directory: Path) -> None:
+    """Makes the rename itself durable (POSIX); a no-op where folders cannot be opened."""
+    try:
+        fd = os.open(directory, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+# -- encoding --------------------------------------------------------------------
+def _flatten(tree: PyTree) -> tuple[list[tuple[str, Any]], Any]:
+    with_path, treedef = jax.tree_util.tree_flatten_with_path(tree)
+    return [(jax.tree_util.keystr(key_path), leaf) for key_path, leaf in with_path], treedef
+
+
+def _is_key_dtype(dtype) -> bool:
+    return jax.dtypes.issubdtype(dtype, jax.dtypes.prng_key)
+
+
+def _host_array(name: str, leaf: Any) -> tuple[np.ndarray, str, str | None]:
+    """(bytes-ready array, dtype name, key implementation or None) of one leaf."""
+    if isinstance(leaf, jax.ShapeDtypeStruct):
+        raise ValueError(f"target: leaf {name!r} is a ShapeDtypeStruct; expected a value to save")
+    key_impl = None
+    dtype_name = str(leaf.dtype if hasattr(leaf, "dtype") else np.asarray(leaf).dtype)
+    if hasattr(leaf, "dtype") and _is_key_dtype(leaf.dtype):
+        key_impl = str(jax.random.key_impl(leaf))
+        leaf = jax.random.key_data(leaf)
+    array = np.asarray(jax.device_get(leaf))
+    if not array.flags.c_contiguous:  # (np.ascontiguousarray would turn a 0-d array 1-d)
+        array = array.copy(order="C")
+    if array.dtype.kind == "O":
+        raise ValueError(f"target: leaf {name!r} is not numeric (got {type(leaf).__name__})")
+    return array, dtype_name, key_impl
+
+
+def _encode(tree: PyTree, *, step: int, sequence: int, run_id: str | None, metadata: dict) -> list:
+    """The file's bytes, as a list of buffers (preamble, header, leaf data, trailer)."""
+    leaves, _ = _flatten(tree)
+    records, buffers, offset = [], [], 0
+    for name, leaf in leaves:
+        array, dtype_name, key_impl = _host_array(name, leaf)
+        raw = array.reshape(-1).view(np.uint8)
+        records.append(
+            {
+                "path": name,
+                "dtype": dtype_name,
+                "data_dtype": array.dtype.name,
+                "shape": list(array.shape),
+                "key_impl": key_impl,
+                "offset": offset,
+                "nbytes": int(raw.nbytes),
+            }
+        )
+        buffers.append(raw)
+        offset += int(raw.nbytes)
+    header = {
+        "run_id": run_id,
+        "step": step,
+        "sequence": sequence,
+        "metadata": metadata,
+        "data_length": offset,
+        "leaves": records,
+    }
+    try:
+        header_bytes = msgpack.packb(header, use_bin_type=True)
+    except (TypeError, ValueError, OverflowError) as error:
+        raise ValueError(
+            f"metadata: expected JSON-like values only, got {metadata!r} ({error})"
+        ) from None
+    start = struct.pack("<8sIQ", _MAGIC, FORMAT_VERSION, len(header_bytes))
+    preamble = start + struct.pack("<I", zlib.crc32(header_bytes, zlib.crc32(start)))
+    checksum = zlib.crc32(header_bytes, zlib.crc32(preamble))
+    for raw in buffers:
+        checksum = zlib.crc32(raw, checksum)
+    return [preamble, header_bytes, *buffers, _TRAILER.pack(checksum)]
+
+
+# -- reading and checking -----------------------------------------------------------
+class _Invalid(Exception):
+    """A header that does not describe a consistent checkpoint."""
+
+
+def _read_header(path: Path) -> dict:
+    """The checked header of a checkpoint, reading only the preamble and the header."""
+    with open(path, "rb") as file:
+        size = os.fstat(file.fileno()).st_size
+        preamble = file.read(_PREAMBLE.size)
+        if len(preamble) == _PREAMBLE.size and preamble[:8] == _MAGIC:
+            length = _PREAMBLE.unpack(preamble)[2]
+            if _PREAMBLE.size + length + _TRAILER.size <= size:
+                return _parse_header(path, preamble + file.read(length), size)
+    return _parse_header(path, path.read_bytes(), size)  # raises, naming the problem
+
+
+def _read(path: Path) -> tuple[dict, memoryview]:
+    """The checked header and the data section of a checkpoint (whole file checked)."""
+    try:
+        raw = path.read_bytes()
+    except FileNotFoundError:
+        raise ValueError(f"path: no checkpoint file at {path}") from None
+    except IsADirectoryError:
+        raise ValueError(f"path: {path} is a folder without checkpoints") from None
+    if len(raw) >= _PREAMBLE.size + _TRAILER.size and raw[:8] == _MAGIC:
+        (stored,) = _TRAILER.unpack(raw[-_TRAILER.size :])
+        if zlib.crc32(memoryview(raw)[: -_TRAILER.size]) != stored:
+            raise DamagedCheckpointError(path, "checksum mismatch")
+    header = _parse_header(path, raw, len(raw))
+    start = _PREAMBLE.size + _PREAMBLE.unpack(raw[: _PREAMBLE.size])[2]
+    return header, memoryview(raw)[start : start + header["data_length"]]
+
+
+def _parse_header(path: Path, raw: bytes, file_size: int) -> dict:
+    """Checks the preamble and header at the start of ``raw`` (a file of ``file_size`` bytes)."""
+    if raw[:8] != _MAGIC:
+        legacy = _legacy_version(raw)
+        if legacy is not None:
+            raise ValueError(
+                f"checkpoint {path}: expected format version {FORMAT_VERSION}, got {legacy!r}; "
+                "it was written by another evopes release"
+            )
+        raise DamagedCheckpointError(path, "no evopes checkpoint tag at its start")
+    if len(raw) < _PREAMBLE.size or file_size < _PREAMBLE.size + _TRAILER.size:
+        raise DamagedCheckpointError(path, f"truncated to {file_size} bytes")
+    _, version, length, header_crc = _PREAMBLE.unpack(raw[: _PREAMBLE.size])
+    end = _PREAMBLE.size + length
+    if end + _TRAILER.size > file_size or len(raw) < end:
+        raise DamagedCheckpointError(path, f"header length {length} beyond the file's end")
+    header_bytes = raw[_PREAMBLE.size : end]
+    if zlib.crc32(header_bytes, zlib.crc32(raw[:20])) != header_crc:
+        raise DamagedCheckpointError(path, "header checksum mismatch")
+    if version != FORMAT_VERSION:
+        raise ValueError(
+            f"checkpoint {path}: expected format version {FORMAT_VERSION}, got {version}; "
+            "it was written by another evopes release"
+        )
+    try:
+        header = msgpack.unpackb(header_bytes, raw=False, strict_map_key=False)
+        _check_header(header)
+    except _Invalid as error:
+        raise DamagedCheckpointError(path, f"inconsistent header: {error}") from None
+    except Exception as error:  # msgpack raises several types on damaged input
+        raise DamagedCheckpointError(path, f"unreadable header: {error}") from None
+    expected = end + header["data_length"] + _TRAILER.size
+    if expected != file_size:
+        raise DamagedCheckpointError(
+            path, f"{file_size} bytes where the header describes {expected}"
+        )
+    return header
+
+
+def _legacy_version(raw: bytes):
+    """The version of a format-1 file (one msgpack map with a magic entry), else None."""
+    try:
+        record = msgpack.unpackb(raw, raw=False, strict_map_key=False)
+    except Exception:
+        return None
+    if isinstance(record, dict) and record.get("magic") == _LEGACY_MAGIC:
+        return record.get("version")
+    return None
+
+
+def _expect(condition: bool, message: str) -> None:
+    if not condition:
+        raise _Invalid(message)
+
+
+def _is_int(value, minimum: int = 0) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= minimum
+
+
+def _check_header(header) -> None:
+    """Raises _Invalid unless every field has its type and the leaves agree with the data."""
+    _expect(isinstance(header, dict), f"expected a map, got {type(header).__name__}")
+    fields = ("run_id", "step", "sequence", "metadata", "data_length", "leaves")
+    _expect(set(header) == set(fields), f"fields {sorted(map(str, header))}")
+    run_id = header["run_id"]
+    _expect(run_id is None or (isinstance(run_id, str) and run_id), f"run_id {run_id!r}")
+    for name in ("step", "sequence", "data_length"):
+        _expect(_is_int(header[name]), f"{name} {header[name]!r}")
+    _expect(isinstance(header["metadata"], dict), "metadata is not a map")
+    _expect(isinstance(header["leaves"], list), "leaves is not a list")
+    end = 0
+    for index, leaf in enumerate(header["leaves"]):
+        _check_leaf(index, leaf)
+        _expect(leaf["offset"] == end, f"leaf {index} at offset {leaf['offset']}, expected {end}")
+        end += leaf["nbytes"]
+    _expect(end == header["data_length"], f"data_length {header['data_length']}, leaves {end}")
+
+
+def _check_leaf(index: int, leaf) -> None:
+    fields = ("path", "dtype", "data_dtype", "shape", "key_impl", "offset", "nbytes")
+    _expect(isinstance(leaf, dict) and set(leaf) == set(fields), f"leaf {index} fields")
+    _expect(isinstance(leaf["path"], str), f"leaf {index} path")
+    _expect(isinstance(leaf["dtype"], str), f"leaf {index} dtype")
+    _expect(isinstance(leaf["data_dtype"], str), f"leaf {index} data_dtype")
+    _expect(leaf["key_impl"] is None or isinstance(leaf["key_impl"], str), f"leaf {index} key")
+    _expect(_is_int(leaf["offset"]) and _is_int(leaf["nbytes"]), f"leaf {index} extent")
+    shape = leaf["shape"]
+    _expect(isinstance(shape, list) and all(_is_int(size) for size in shape), f"leaf {index} shape")
+    try:
+        data_dtype = np.dtype(jnp.dtype(leaf["data_dtype"]))
+    except Exception:
+        raise _Invalid(f"leaf {index} data_dtype {leaf['data_dtype']!r}") from None
+    _expect(data_dtype.kind != "O" and data_dtype.itemsize > 0, f"leaf {index} data_dtype")
+    if leaf["key_impl"] is None:
+        _expect(
+            leaf["dtype"] == data_dtype.name,
+            f"leaf {index} dtype {leaf['dtype']!r} stored as {leaf['data_dtype']!r}",
+        )
+    else:
+        _expect(
+            data_dtype == np.uint32 and leaf["dtype"].startswith("key<"),
+            f"leaf {index} key {leaf['dtype']!r} stored as {leaf['data_dtype']!r}",
+        )
+    expected = math.prod(shape) * data_dtype.itemsize
+    _expect(leaf["nbytes"] == expected, f"leaf {index} has {leaf['nbytes']} bytes, not {expected}")
+
+
+# -- decoding -------------------------------------------------------------------------
+def _unflatten_into(path: Path, header: dict, data: memoryview, target: PyTree) -> PyTree:
     template_leaves, treedef = _flatten(target)
-    stored = record["leaves"]
+    stored = header["leaves"]
     if len(stored) != len(template_leaves):
         raise ValueError(
             f"checkpoint {path.name}: target has {len(template_leaves)} leaves "
@@ -171,148 +588,17 @@ def restore_checkpoint(path: str | os.PathLike, target: PyTree) -> PyTree:
                 f"checkpoint {path.name}: expected leaf {name!r}, found {leaf['path']!r} "
                 "(the target's pytree structure differs from the saved one)"
             )
-        restored.append(_decode_leaf(path.name, name, template, leaf))
+        array = np.frombuffer(
+            data,
+            dtype=jnp.dtype(leaf["data_dtype"]),
+            count=math.prod(leaf["shape"]),
+            offset=leaf["offset"],
+        ).reshape(leaf["shape"])
+        restored.append(_decode_leaf(path, name, template, leaf, array))
     return jax.tree_util.tree_unflatten(treedef, restored)
 
 
-def checkpoint_metadata(path: str | os.PathLike) -> dict:
-    """``{"step": ..., "format_version": ..., **metadata}`` of a checkpoint."""
-    path = _resolve(path)
-    record = _read(path)
-    return {
-        "step": record["step"],
-        "format_version": record["version"],
-        "run_id": record["run_id"],
-        **record["metadata"],
-    }
-
-
-def all_checkpoints(directory: str | os.PathLike) -> list[Path]:
-    """Complete checkpoints in ``directory``, oldest first (temporary files excluded)."""
-    directory = Path(directory)
-    if not directory.is_dir():
-        return []
-    found = [(int(m.group(1)), p) for p in directory.iterdir() if (m := _PATTERN.match(p.name))]
-    return [p for _, p in sorted(found)]
-
-
-def latest_checkpoint(directory: str | os.PathLike) -> Path | None:
-    """The newest complete checkpoint in ``directory``, or None."""
-    checkpoints = all_checkpoints(directory)
-    return checkpoints[-1] if checkpoints else None
-
-
-def checkpoint_step(path: str | os.PathLike) -> int:
-    """The step a checkpoint was saved at, read from its file name."""
-    match = _PATTERN.match(Path(path).name)
-    if match is None:
-        raise ValueError(
-            f"path: expected a file named checkpoint_<step>.evopes, got {Path(path).name!r}"
-        )
-    return int(match.group(1))
-
-
-# -- encoding --------------------------------------------------------------------
-def _flatten(tree: PyTree) -> tuple[list[tuple[str, Any]], Any]:
-    with_path, treedef = jax.tree_util.tree_flatten_with_path(tree)
-    return [(jax.tree_util.keystr(key_path), leaf) for key_path, leaf in with_path], treedef
-
-
-def _is_key_dtype(dtype) -> bool:
-    return jax.dtypes.issubdtype(dtype, jax.dtypes.prng_key)
-
-
-def _encode(tree: PyTree, step: int, metadata: dict, run_id, sequence: int) -> bytes:
-    leaves, _ = _flatten(tree)
-    encoded = []
-    for name, leaf in leaves:
-        if isinstance(leaf, jax.ShapeDtypeStruct):
-            raise ValueError(
-                f"target: leaf {name!r} is a ShapeDtypeStruct; expected a value to save"
-            )
-        key_impl = None
-        dtype_name = str(leaf.dtype if hasattr(leaf, "dtype") else np.asarray(leaf).dtype)
-        if hasattr(leaf, "dtype") and _is_key_dtype(leaf.dtype):
-            key_impl = str(jax.random.key_impl(leaf))
-            leaf = jax.random.key_data(leaf)
-        array = np.asarray(jax.device_get(leaf))
-        encoded.append(
-            {
-                "path": name,
-                "dtype": dtype_name,
-                "data_dtype": array.dtype.name,
-                "shape": list(array.shape),
-                "key_impl": key_impl,
-                "data": np.ascontiguousarray(array).tobytes(),
-            }
-        )
-    if run_id is not None and not isinstance(run_id, str):
-        raise ValueError(f"run_id: expected a string or None, got {run_id!r}")
-    record = {
-        "magic": _MAGIC,
-        "version": FORMAT_VERSION,
-        "step": step,
-        "run_id": run_id,
-        "sequence": sequence,
-        "metadata": metadata,
-        "leaves": encoded,
-    }
-    try:
-        body = msgpack.packb(record, use_bin_type=True)
-    except TypeError as error:
-        raise ValueError(
-            f"metadata: expected JSON-like values only, got {metadata!r} ({error})"
-        ) from None
-    return _FILE_TAG + struct.pack("<I", zlib.crc32(body)) + body
-
-
-def _read(path: Path) -> dict:
-    """The checked record of a checkpoint file; ValueError naming the file for any damage."""
-    try:
-        raw = path.read_bytes()
-    except FileNotFoundError:
-        raise ValueError(f"path: no checkpoint file at {path}") from None
-    header = len(_FILE_TAG) + 4
-    if len(raw) < header or raw[: len(_FILE_TAG)] != _FILE_TAG:
-        raise ValueError(
-            f"checkpoint {path.name}: not an evopes checkpoint file of format version "
-            f"{FORMAT_VERSION} (no {_FILE_TAG!r} tag), or its first bytes are damaged"
-        )
-    (checksum,) = struct.unpack("<I", raw[len(_FILE_TAG) : header])
-    body = raw[header:]
-    if zlib.crc32(body) != checksum:
-        raise ValueError(f"checkpoint {path.name}: checksum mismatch, the file is damaged")
-    try:
-        record = msgpack.unpackb(body, raw=False, strict_map_key=False)
-    except Exception as error:  # only reachable if the checksum itself was forged
-        raise ValueError(
-            f"checkpoint {path.name}: not a readable checkpoint file ({error})"
-        ) from None
-    if not isinstance(record, dict) or record.get("magic") != _MAGIC:
-        raise ValueError(f"checkpoint {path.name}: not an evopes checkpoint (no {_MAGIC!r} tag)")
-    if record.get("version") != FORMAT_VERSION:
-        raise ValueError(
-            f"checkpoint {path.name}: expected format version {FORMAT_VERSION}, "
-            f"got {record.get('version')!r}; it was written by another evopes release"
-        )
-    return record
-
-
-def _peek(path: Path) -> dict | None:
-    """``{"run_id", "sequence"}`` of a checkpoint, or None if it is unreadable."""
-    try:
-        record = _read(path)
-    except ValueError:
-        return None
-    return {"run_id": record.get("run_id"), "sequence": record.get("sequence", 0)}
-
-
-def _sequence(path: Path) -> int:
-    info = _peek(path)
-    return 0 if info is None else int(info["sequence"])
-
-
-def _decode_leaf(file_name: str, name: str, template: Any, leaf: dict) -> Any:
+def _decode_leaf(path: Path, name: str, template: Any, leaf: dict, array: np.ndarray) -> Any:
     template_dtype = getattr(template, "dtype", None)
     if template_dtype is None:  # a Python scalar
         template_dtype = np.asarray(template).dtype
@@ -322,17 +608,19 @@ def _decode_leaf(file_name: str, name: str, template: Any, leaf: dict) -> Any:
     is_key = _is_key_dtype(template_dtype)
     if leaf["dtype"] != str(template_dtype) or is_key != (leaf["key_impl"] is not None):
         raise ValueError(
-            f"checkpoint {file_name}: leaf {name!r} expected dtype {template_dtype}, "
+            f"checkpoint {path.name}: leaf {name!r} expected dtype {template_dtype}, "
             f"got {leaf['dtype']}"
         )
-    array = np.frombuffer(leaf["data"], dtype=jnp.dtype(leaf["data_dtype"])).reshape(leaf["shape"])
     if is_key:
-        value = jax.random.wrap_key_data(jnp.asarray(array), impl=leaf["key_impl"])
+        try:
+            value = jax.random.wrap_key_data(jnp.asarray(array), impl=leaf["key_impl"])
+        except (TypeError, ValueError) as error:
+            raise DamagedCheckpointError(path, f"leaf {name!r}: {error}") from None
     else:
         value = array.copy()  # frombuffer views are read-only
     if tuple(value.shape) != template_shape:
         raise ValueError(
-            f"checkpoint {file_name}: leaf {name!r} expected shape {template_shape}, "
+            f"checkpoint {path.name}: leaf {name!r} expected shape {template_shape}, "
             f"got {tuple(value.shape)}"
         )
     if is_key:
@@ -367,34 +655,3 @@ def _as_weak_type(value: jax.Array) -> jax.Array:
     except ImportError:  # pragma: no cover - depends on the jax release
         return value
     return _convert_element_type(value, weak_type=True)
-
-
-# -- files -------------------------------------------------------------------------
-def _resolve(path: str | os.PathLike) -> Path:
-    path = Path(path)
-    if path.is_dir():
-        latest = latest_checkpoint(path)
-        if latest is None:
-            raise ValueError(f"path: no checkpoint in directory {path}")
-        return latest
-    return path
-
-
-def _remove_temporary_files(directory: Path) -> None:
-    """Deletes temporary files left by a writer that died before renaming them."""
-    for stale in directory.glob(f"{_TEMP_PREFIX}*"):
-        stale.unlink(missing_ok=True)
-
-
-def _fsync_directory(directory: Path) -> None:
-    """Makes the rename itself durable (POSIX); a no-op where folders cannot be opened."""
-    try:
-        fd = os.open(directory, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)

@@ -97,10 +97,14 @@ def run(
       **options: see :func:`run_loop` (chunk_size, checkpoint_dir, log_path, ...).
     """
     params = es.default_params if params is None else params
+    fingerprint = strategy_fingerprint(es, params, key)
+    _check_folder_early(options, fingerprint)  # before any work
     init_key, loop_key = jax.random.split(key)
     state = _init(es, init_key, mean, params)
     step = _ClassicGeneration(es, fitness_fn)
-    return run_loop(step, state, loop_key, num_generations, params=params, **options)
+    return run_loop(
+        step, state, loop_key, num_generations, params=params, fingerprint=fingerprint, **options
+    )
 
 
 def run_online(
@@ -137,10 +141,14 @@ def run_online(
     if (step_fn is None) == (unroll_fn is None):
         raise ValueError("run_online: expected exactly one of step_fn or unroll_fn")
     params = es.default_params if params is None else params
+    fingerprint = strategy_fingerprint(es, params, key)
+    _check_folder_early(options, fingerprint)  # before any work
     init_key, loop_key = jax.random.split(key)
     state = _init(es, init_key, theta, params)
     step = _OnlineWindow(es, step_fn, unroll_fn)
-    return run_loop(step, state, loop_key, num_windows, params=params, **options)
+    return run_loop(
+        step, state, loop_key, num_windows, params=params, fingerprint=fingerprint, **options
+    )
 
 
 def run_loop(
@@ -161,6 +169,7 @@ def run_loop(
     progress: bool = True,
     stop_when: Callable[[Metrics], jax.Array] | None = None,
     stop_on_termination: bool = True,
+    fingerprint: dict | None = None,
 ) -> RunResult:
     """Runs ``state, metrics = step_fn(state, key, params)`` ``num_steps`` times.
 
@@ -178,9 +187,15 @@ def run_loop(
       checkpoint_dir: folder for checkpoints; None disables checkpointing.
       checkpoint_every: checkpoint at the first chunk end after every multiple
         of this many steps (default: every chunk). The final state is always saved.
-      keep_checkpoints: how many checkpoints to keep.
-      resume: continue from the latest checkpoint in ``checkpoint_dir`` if any
-        (a checkpoint at or past ``num_steps`` is returned as it is).
+      keep_checkpoints: how many checkpoints of this run to keep (the newest
+        by write order); checkpoints of another run are never deleted.
+      resume: continue the run whose checkpoints are in ``checkpoint_dir``, if
+        any, from its newest intact checkpoint (a checkpoint at or past
+        ``num_steps`` is returned as it is); its configuration must match this
+        call's (see ``fingerprint``). With ``resume=False`` the run is new, and
+        ``checkpoint_dir`` must not hold any checkpoint: a folder holding
+        another run's checkpoints is refused with a ``ValueError`` naming it,
+        before any work (so runs never mix and nothing is deleted).
       log_path: ``.csv`` file, or any other suffix for JSON lines; rows of
         scalar metrics every ``log_every`` steps (and the last step).
       log_every: logging period in steps.
@@ -189,9 +204,26 @@ def run_loop(
       stop_when: traced predicate on one step's metrics; True stops the run.
       stop_on_termination: also stop when a boolean metric named in
         :data:`TERMINATION_METRICS` is true.
+      fingerprint: JSON-like description of the run's configuration, stored
+        in every checkpoint and compared on resume; a mismatch raises a
+        ``ValueError`` naming each entry that differs. Default:
+        :func:`loop_fingerprint` (the state's leaf paths, shapes and dtypes,
+        the ``params`` values and the key); :func:`run` and :func:`run_online`
+        pass :func:`strategy_fingerprint`.
 
     Returns:
       ``RunResult(state, history)``.
+
+    Raises:
+      ValueError: a bad argument; ``resume=False`` and ``checkpoint_dir``
+        holds checkpoints; the checkpoints in ``checkpoint_dir`` belong to a
+        run of another configuration, to several runs, or were not written by
+        this driver; or no checkpoint of the run is intact.
+
+    Warns:
+      RuntimeWarning: naming a damaged checkpoint skipped on resume (it is
+        renamed to ``<name>.damaged`` and the run resumes from the newest intact
+        checkpoint of the run).
     """
     _check_int("num_steps", num_steps, minimum=0)
     _check_int("chunk_size", chunk_size, minimum=1)
@@ -199,6 +231,11 @@ def run_loop(
     _check_int("keep_checkpoints", keep_checkpoints, minimum=1)
     if checkpoint_every is not None:
         _check_int("checkpoint_every", checkpoint_every, minimum=1)
+    if fingerprint is None:
+        fingerprint = loop_fingerprint(state, params, key)
+    folder = None
+    if checkpoint_dir is not None:  # before any work: refuses a folder of another run
+        folder = _RunFolder.open(checkpoint_dir, resume, fingerprint)
     stop = _StopCriterion(stop_when, stop_on_termination)
 
     metric_shapes = jax.eval_shape(step_fn, state, key, params)[1]
@@ -209,17 +246,8 @@ def run_loop(
     history = {name: np.zeros((0,), shape.dtype) for name, shape in metric_names.items()}
     history["step"] = np.zeros((0,), np.int64)
 
-    fingerprint = _fingerprint(step_fn, state, params)
-    run_id = uuid.uuid4().hex
-    if checkpoint_dir is not None and checkpoint.all_checkpoints(checkpoint_dir):
-        if not resume:
-            raise ValueError(
-                f"checkpoint_dir: {checkpoint_dir} already holds the checkpoints of a run; "
-                "resume=False would mix two runs in one folder. Expected an empty or new "
-                "folder (or resume=True to continue that run), got a folder with "
-                f"{len(checkpoint.all_checkpoints(checkpoint_dir))} checkpoints"
-            )
-        carry, history, run_id = _restore(checkpoint_dir, carry, history, fingerprint)
+    if folder is not None and folder.candidates:
+        carry, history = folder.restore(carry, history)
     start = int(carry.step)
 
     log = _MetricsLog(log_path, tensorboard_dir, resume_step=start)
@@ -242,8 +270,8 @@ def run_loop(
                 checkpoint_every is None
                 or int(carry.step) // checkpoint_every > last_saved // checkpoint_every
             )
-            if checkpoint_dir is not None and (due or finished):
-                _save(checkpoint_dir, carry, history, keep_checkpoints, run_id, fingerprint)
+            if folder is not None and (due or finished):
+                folder.save(carry, history, keep_checkpoints)
                 last_saved = int(carry.step)
     finally:
         bar.close()
@@ -388,84 +416,246 @@ def _rows(steps: np.ndarray, values: dict, selected: np.ndarray) -> list[dict]:
     ]
 
 
-def _save(directory, carry: _Carry, history: dict, keep: int, run_id: str, fingerprint) -> None:
-    target = {"carry": carry, "history": history}
-    checkpoint.save_checkpoint(
-        directory,
-        int(carry.step),
-        target,
-        keep=keep,
-        run_id=run_id,
-        metadata={
-            "kind": "evopes.run",
-            "history_length": len(history["step"]),
-            "fingerprint": fingerprint,
-        },
-    )
+# -- run folders: one run per folder, fingerprints, resume with fallback ----------------
+#: ``metadata["kind"]`` of the driver's checkpoints.
+_KIND = "evopes.run"
 
 
-def _fingerprint(step_fn, state, params) -> dict:
-    """What a run is: its step (strategy configuration), its state's structure and its params.
+def strategy_fingerprint(es, params, key=None) -> dict:
+    """The configuration :func:`run` and :func:`run_online` record in every checkpoint.
 
-    Compared on resume, so that a folder is never continued by a different run.
+    The strategy's type name, population size, solution structure (leaf paths,
+    shapes, dtypes), every ``params`` value and the key. Resuming compares it
+    with the checkpoint's and names each entry that differs.
     """
-
-    def signature(tree) -> str:
-        leaves, treedef = jax.tree_util.tree_flatten(tree)
-        shapes = [
-            (tuple(np.shape(leaf)), str(getattr(leaf, "dtype", type(leaf).__name__)))
-            for leaf in leaves
-        ]
-        return f"{treedef} {shapes}"
-
-    def digest(tree) -> str:
-        hasher = hashlib.sha256()
-        for leaf in jax.tree_util.tree_leaves(tree):
-            if hasattr(leaf, "dtype") and jax.dtypes.issubdtype(leaf.dtype, jax.dtypes.prng_key):
-                leaf = jax.random.key_data(leaf)
-            hasher.update(np.asarray(jax.device_get(leaf)).tobytes())
-        return hasher.hexdigest()[:16]
-
-    strategy = getattr(step_fn, "es", None)
-    return {
-        "strategy": repr(strategy) if strategy is not None else type(step_fn).__qualname__,
-        "state": signature(state),
-        "params": f"{signature(params)} {digest(params)}",
+    solution = jax.tree_util.tree_unflatten(es.spec.treedef, list(es.spec.shapes))
+    paths = [
+        jax.tree_util.keystr(path)
+        for path, _ in jax.tree_util.tree_flatten_with_path(
+            solution, is_leaf=lambda x: isinstance(x, tuple)
+        )[0]
+    ]
+    fingerprint = {
+        "strategy": type(es).__name__,
+        "population_size": int(es.population_size),
+        "solution": [
+            [path, list(shape), jnp.dtype(dtype).name]
+            for path, shape, dtype in zip(paths, es.spec.shapes, es.spec.dtypes, strict=True)
+        ],
+        "params": _describe_values(params),
     }
+    if key is not None:
+        fingerprint["key"] = _describe_key(key)
+    return fingerprint
 
 
-def _restore(directory, carry: _Carry, history: dict, fingerprint: dict):
-    """The newest intact checkpoint of the folder's run: ``(carry, history, run_id)``.
+def loop_fingerprint(state, params, key=None) -> dict:
+    """:func:`run_loop`'s default fingerprint: the state's structure, the params values, the key."""
+    fingerprint = {"state": _describe_structure(state), "params": _describe_values(params)}
+    if key is not None:
+        fingerprint["key"] = _describe_key(key)
+    return fingerprint
 
-    A damaged checkpoint is skipped with a warning naming it; a checkpoint of a
-    different run (strategy, state structure or params) is refused, naming what differs.
-    """
-    for path in reversed(checkpoint.all_checkpoints(directory)):
+
+def _describe_structure(tree) -> list:
+    """[leaf path, shape, dtype] of every leaf (no data is read)."""
+    return [
+        [jax.tree_util.keystr(path), list(np.shape(leaf)), str(_dtype_of(leaf))]
+        for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]
+    ]
+
+
+def _dtype_of(leaf):
+    return leaf.dtype if hasattr(leaf, "dtype") else np.asarray(leaf).dtype
+
+
+def _value_record(value) -> dict:
+    """A digest of a value's dtype, shape and bytes, and a short text for messages."""
+    if hasattr(value, "dtype") and jax.dtypes.issubdtype(value.dtype, jax.dtypes.prng_key):
+        value = jax.random.key_data(value)
+    array = np.asarray(jax.device_get(value))
+    digest = hashlib.sha256(f"{array.dtype.name}{array.shape}".encode())
+    digest.update(np.ascontiguousarray(array).tobytes())
+    if array.size <= 8:
+        text = repr(array.item()) if array.ndim == 0 else repr(array.tolist())
+    else:
+        text = f"{array.dtype.name}{list(array.shape)} sha256:{digest.hexdigest()[:12]}"
+    return {"value": text, "digest": digest.hexdigest()}
+
+
+def _describe_values(tree) -> dict:
+    """{leaf path: value record} of every leaf (``params`` may be any pytree, or None)."""
+    described = {}
+    for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]:
+        name = jax.tree_util.keystr(path)
         try:
-            info = checkpoint.checkpoint_metadata(path)
-        except ValueError as error:
-            warnings.warn(
-                f"checkpoint_dir: skipping damaged checkpoint {path} ({error})", stacklevel=3
-            )
-            continue
-        if info.get("kind") != "evopes.run":
-            raise ValueError(f"checkpoint_dir: {path} was not written by evopes.run")
-        stored = info.get("fingerprint") or {}
-        differs = [name for name in fingerprint if stored.get(name) != fingerprint[name]]
-        if differs:
-            details = "; ".join(
-                f"{name}: this run {fingerprint[name]!r}, the folder's {stored.get(name)!r}"
-                for name in differs
-            )
+            described[name] = _value_record(leaf)
+        except Exception:  # a value not on this host (multi-process): compare its shape only
+            described[name] = {"value": f"shape {list(np.shape(leaf))}", "digest": ""}
+    return described
+
+
+def _describe_key(key) -> dict:
+    try:
+        return _value_record(key)
+    except Exception:  # a key not on this host
+        return {"value": "", "digest": ""}
+
+
+def _fingerprint_differences(saved: dict, now: dict) -> list[str]:
+    """Human-readable differences between two fingerprints, one per entry."""
+    differences = []
+    for name in sorted(set(saved) | set(now), key=lambda n: (n not in _ORDER, _ORDER.get(n, 0), n)):
+        if name not in saved or name not in now:
+            where = "in the checkpoint only" if name in saved else "only now"
+            differences.append(f"{name}: recorded {where}")
+        elif name == "key":
+            if saved[name]["digest"] != now[name]["digest"]:
+                differences.append(
+                    f"key: checkpoint {saved[name]['value']}, now {now[name]['value']}"
+                )
+        elif name == "params":
+            differences += _params_differences(saved[name], now[name])
+        elif saved[name] != now[name]:
+            differences.append(f"{name}: checkpoint {saved[name]}, now {now[name]}")
+    return differences
+
+
+_ORDER = {"strategy": 0, "population_size": 1, "solution": 2, "state": 3, "params": 4, "key": 5}
+
+
+def _params_differences(saved: dict, now: dict) -> list[str]:
+    if sorted(saved) != sorted(now):
+        return [f"params: checkpoint has fields {sorted(saved)}, now {sorted(now)}"]
+    # Paths of params fields look like ".std_init"; a bare array has the path "".
+    return [
+        f"params{path}: checkpoint {saved[path]['value']}, now {now[path]['value']}"
+        for path in sorted(saved)
+        if saved[path]["digest"] != now[path]["digest"]
+    ]
+
+
+def _check_folder_early(options: dict, fingerprint: dict) -> None:
+    """run()/run_online(): run_loop's folder checks, before the strategy is initialised."""
+    directory = options.get("checkpoint_dir")
+    if directory is not None:
+        _RunFolder.open(directory, options.get("resume", True), fingerprint)
+
+
+@dataclass
+class _RunFolder:
+    """The checkpoints of one run in ``directory``; refuses folders of other runs.
+
+    ``candidates`` are the run's checkpoints, newest first by write order;
+    ``unreadable`` are files whose header is damaged.
+    """
+
+    directory: Path
+    run_id: str
+    fingerprint: dict
+    candidates: list
+    unreadable: list
+
+    @classmethod
+    def open(cls, directory, resume: bool, fingerprint: dict) -> _RunFolder:
+        directory = Path(directory)
+        entries = checkpoint._scan(directory)
+        if not entries:
+            return cls(directory, uuid.uuid4().hex, fingerprint, [], [])
+        if not resume:
+            names = ", ".join(entry.path.name for entry in entries[-3:])
             raise ValueError(
-                f"checkpoint_dir: {directory} holds another run's checkpoints "
-                f"({', '.join(differs)} differ): {details}"
+                f"checkpoint_dir: {directory} already holds checkpoints of another run "
+                f"({len(entries)}: ... {names}); resume=False starts a new run, which never "
+                "shares a folder with (or deletes) another run's checkpoints. Use a new or "
+                "empty folder, or resume=True to continue that run"
             )
-        length = info["history_length"]
-        template = {name: np.zeros((length,), values.dtype) for name, values in history.items()}
-        restored = checkpoint.restore_checkpoint(path, {"carry": carry, "history": template})
-        return restored["carry"], restored["history"], info.get("run_id") or uuid.uuid4().hex
-    raise ValueError(f"checkpoint_dir: every checkpoint in {directory} is damaged")
+        readable = [entry for entry in entries if entry.header is not None]
+        unreadable = [entry for entry in entries if entry.header is None]
+        for entry in unreadable:
+            if not isinstance(entry.error, checkpoint.DamagedCheckpointError):
+                raise ValueError(f"checkpoint_dir: cannot resume from {directory}: {entry.error}")
+        for entry in readable:
+            if entry.header["metadata"].get("kind") != _KIND:
+                raise ValueError(
+                    f"checkpoint_dir: {entry.path} was not written by evopes.run "
+                    "(a checkpoint saved by hand); give the run a folder of its own"
+                )
+        run_ids = sorted({entry.header["run_id"] for entry in readable}, key=str)
+        if len(run_ids) > 1:
+            raise ValueError(
+                f"checkpoint_dir: {directory} holds checkpoints of several runs "
+                f"(run ids {run_ids}); cannot tell which one to resume"
+            )
+        if not readable:
+            raise ValueError(
+                f"checkpoint_dir: {directory} holds no intact checkpoint to resume from; "
+                f"damaged: {[str(entry.error) for entry in unreadable]}"
+            )
+        differences = _fingerprint_differences(
+            readable[-1].header["metadata"].get("fingerprint") or {}, fingerprint
+        )
+        if differences:
+            raise ValueError(
+                f"checkpoint_dir: {directory} holds a run of another configuration "
+                f"({'; '.join(differences)}); refusing to resume it. Resume with that "
+                "run's arguments, or start the new run in another folder"
+            )
+        return cls(directory, run_ids[0], fingerprint, readable[::-1], unreadable)
+
+    def restore(self, carry: _Carry, history: dict) -> tuple[_Carry, dict]:
+        """The newest intact checkpoint of the run; damaged ones are set aside with a warning."""
+        damaged = list(self.unreadable)
+        for entry in self.candidates:
+            length = entry.header["metadata"].get("history_length")
+            if not checkpoint._is_int(length):
+                raise ValueError(f"checkpoint_dir: {entry.path} was not written by evopes.run")
+            template = {
+                "carry": carry,
+                "history": {name: np.zeros((length,), v.dtype) for name, v in history.items()},
+            }
+            try:
+                restored = checkpoint.restore_checkpoint(entry.path, template)
+            except checkpoint.DamagedCheckpointError as error:
+                damaged.append(checkpoint._Entry(entry.path, entry.step, None, error))
+                continue
+            self._set_aside(damaged, resumed_from=entry.path)
+            return restored["carry"], restored["history"]
+        raise ValueError(
+            f"checkpoint_dir: {self.directory} holds no intact checkpoint to resume from; "
+            f"damaged: {[str(entry.error) for entry in damaged]}"
+        )
+
+    def _set_aside(self, damaged: list, resumed_from: Path) -> None:
+        """Renames damaged files to ``<name>.damaged``: kept for inspection, never read again,
+        and out of the way of the checkpoints the resumed run writes."""
+        for entry in damaged:
+            aside = entry.path.with_name(entry.path.name + ".damaged")
+            counter = 1
+            while aside.exists():
+                aside = entry.path.with_name(f"{entry.path.name}.damaged{counter}")
+                counter += 1
+            entry.path.rename(aside)
+            warnings.warn(
+                f"{entry.error}; resuming from {resumed_from.name}, the newest intact "
+                f"checkpoint of the run; the damaged file was renamed to {aside.name}",
+                RuntimeWarning,
+                stacklevel=4,
+            )
+
+    def save(self, carry: _Carry, history: dict, keep: int) -> None:
+        checkpoint.save_checkpoint(
+            self.directory,
+            int(carry.step),
+            {"carry": carry, "history": history},
+            keep=keep,
+            run_id=self.run_id,
+            metadata={
+                "kind": _KIND,
+                "history_length": len(history["step"]),
+                "fingerprint": self.fingerprint,
+            },
+        )
 
 
 class _MetricsLog:

@@ -1,12 +1,10 @@
 """Checkpoints: exact round trips of every strategy's state, checks, versions, atomicity."""
 
-import zlib
-
 import jax
 import jax.numpy as jnp
-import msgpack
 import numpy as np
 import pytest
+from checkpoint_files import rewrite_checkpoint
 from strategy_zoo import (
     CASE_IDS,
     CASES,
@@ -21,6 +19,7 @@ from strategy_zoo import (
 
 from evopes import checkpoint
 from evopes.checkpoint import (
+    DamagedCheckpointError,
     all_checkpoints,
     checkpoint_metadata,
     latest_checkpoint,
@@ -115,25 +114,23 @@ def test_restore_reports_mismatches_by_leaf(tmp_path):
 
 
 def test_format_version_and_damage_are_detected(tmp_path):
+    # Every kind of damage, bit by bit, is in tests/test_checkpoint_damage.py.
     path = save_checkpoint(tmp_path, 1, {"x": jnp.arange(4.0)})
-    body = msgpack.unpackb(path.read_bytes()[12:])
-    body["version"] = checkpoint.FORMAT_VERSION + 1
-    packed = msgpack.packb(body, use_bin_type=True)
-    path.write_bytes(b"EVOPESCK" + zlib.crc32(packed).to_bytes(4, "little") + packed)
+    rewrite_checkpoint(path, version=checkpoint.FORMAT_VERSION + 1)  # checksums recomputed
     with pytest.raises(
-        ValueError, match=f"expected format version {checkpoint.FORMAT_VERSION}, got"
+        ValueError, match=f"expected format version {checkpoint.FORMAT_VERSION}, got 3"
     ):
         restore_checkpoint(path, {"x": jnp.zeros(4)})
 
     path = save_checkpoint(tmp_path, 2, {"x": jnp.arange(4.0)})
     data = bytearray(path.read_bytes())
-    data[-3] ^= 0xFF  # flip bits inside the last leaf's data
+    data[-7] ^= 0xFF  # flip bits inside the last leaf's data
     path.write_bytes(bytes(data))
-    with pytest.raises(ValueError, match="checksum mismatch"):
+    with pytest.raises(DamagedCheckpointError, match=f"{path.name}: damaged file .checksum"):
         restore_checkpoint(path, {"x": jnp.zeros(4)})
 
     path.write_bytes(path.read_bytes()[:20])  # truncated
-    with pytest.raises(ValueError, match="checksum mismatch|not an evopes checkpoint"):
+    with pytest.raises(DamagedCheckpointError, match=f"{path.name}: damaged file .truncated"):
         restore_checkpoint(path, {"x": jnp.zeros(4)})
     empty = tmp_path / "empty"
     empty.mkdir()
@@ -154,6 +151,7 @@ def test_keep_last_n_and_metadata(tmp_path):
         "step": 50,
         "format_version": checkpoint.FORMAT_VERSION,
         "run_id": None,
+        "write_sequence": 5,
         "note": "s50",
     }
     assert int(restore_checkpoint(tmp_path, {"step": jnp.array(0)})["step"]) == 50
