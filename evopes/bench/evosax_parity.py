@@ -294,8 +294,10 @@ def _timed_runs(pair: Pair, dim: int, generations: int):
 
 def time_per_generation(pair: Pair, dim: int, quick: bool) -> dict:
     """Seconds per generation, eager and jitted, evopes and evosax measured in alternation."""
-    eager_generations, jit_generations = (10, 50) if quick else (30, 200)
-    repeats = 3 if quick else 10
+    # Measuring is cheap next to compiling: even quick mode takes enough repeats
+    # for the medians to be stable on a shared machine.
+    eager_generations, jit_generations = (30, 200) if quick else (50, 500)
+    repeats = 9 if quick else 21
     eager, jitted = _timed_runs(pair, dim, eager_generations)
     evopes_s, evosax_s = (t / eager_generations for t in time_alternating(eager, repeats))
     eager, jitted = _timed_runs(pair, dim, jit_generations)
