@@ -150,3 +150,30 @@ def test_random_hazard_episode_length_is_estimated_without_bias():
     means = long_run_means(make(evopes.NRES, 3), system_two_step, SYSTEM_TWO_THETA, SYSTEM_TWO_STD)
     residual = residual_in_standard_errors(means, system_two_gradient())
     assert np.all(np.abs(residual) < 4.0), residual
+
+
+def test_steps_after_a_done_are_reported_as_discarded():
+    """System 1 at theta = (+1, 0) with a tiny std: every episode lasts 7 steps.
+
+    With W = 5 and lock-step particles (all start at step 0), episodes end at
+    steps 7, 7 + 10 (the particle restarts at the next window), ...: in windows
+    0-4 a particle's episode ends on the window's step index 1 (window 1, the
+    7th step), then in window 3 (index 1 again: started at step 10, ended at
+    step 16). Each such window discards the 3 steps after the done.
+    """
+    W = 5
+    es = make(evopes.NRES, W)
+    params = evopes.OnlineParams(std=1e-6)
+    state = es.init(jax.random.key(0), jnp.array([1.0, 0.0]), params)
+    discarded = []
+    for key in jax.random.split(jax.random.key(1), 5):
+        ask_key, unroll_key, tell_key = jax.random.split(key, 3)
+        population, state = es.ask(ask_key, state, params)
+        inner, losses, dones = evopes.unroll(
+            system_one_step, population, state.inner_state, unroll_key, W
+        )
+        state, metrics = es.tell(
+            tell_key, population, losses, state, params, inner_state=inner, dones=dones
+        )
+        discarded.append(int(metrics["num_discarded"]))
+    assert discarded == [0, 3 * 2 * PAIRS, 0, 3 * 2 * PAIRS, 0]

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import importlib.util
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import jax
@@ -60,3 +61,24 @@ def test_rl_tutorial_runs_every_method():
     # Sequential steps: online methods advance W per update, FullES T per update.
     ratio = curves["FullES"]["sequential_steps"][-1] / curves["NRES"]["sequential_steps"][-1]
     assert ratio == setting.horizon // setting.window
+
+
+def test_rl_tutorial_learns_cartpole_with_policy_dependent_episode_ends():
+    """NRES and PES without a horizon on CartPole-v1 (episodes end when the pole falls).
+
+    The zero policy always pushes left: 9-10 steps per episode (asserted). After
+    60,000 environment steps (120 windows of 25 pairs x 10 steps) this seed ends
+    at NRES 500 and PES 476 on 8 evaluation rollouts. 100 is ten times the zero
+    policy's return, which a run whose estimate is zeroed (it stays at 9.5) or
+    has the wrong sign cannot reach.
+    """
+    tutorial = load("rl_brax")
+    setting = replace(tutorial.CARTPOLE, total_env_steps=60_000, num_evaluations=1, eval_rollouts=8)
+    curves = tutorial.compare(setting, seed=0, methods=("NRES", "PES"))
+    for method, curve in curves.items():
+        assert 9.0 <= curve["returns"][0] <= 10.0, method
+        assert curve["returns"][-1] >= 100.0, (method, curve["returns"])
+        assert curve["total_steps"][-1] == 60_000, method
+        # Episodes end inside windows: some steps are discarded, but few (W = 10 of
+        # episodes lasting 9 to 500 steps: at most about half a window per episode).
+        assert 0.0 < curve["discarded_fraction"] < 0.5, (method, curve["discarded_fraction"])

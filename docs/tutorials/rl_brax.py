@@ -22,7 +22,16 @@ loss over an episode of ``T`` steps; particles are step-unlocked (spread over
 the episode) so each update sees every part of the horizon. The environment's
 own time limit is switched off: the strategy's horizon ends episodes.
 
-Run ``python docs/tutorials/rl_brax.py`` (``--quick`` for a short run).
+Episodes that end when the policy fails (``horizon=None``, the CartPole
+setting): there is no strategy horizon; the environment auto-resets and ends an
+episode through ``done``, when the pole falls (a time that depends on the
+policy) or at its own time limit. The objective is then the expected episode
+return. A particle whose episode ends inside a window sits out the rest of
+that window and starts its new episode at the next window with fresh noise;
+those discarded steps are counted and reported (``discarded_fraction``).
+
+Run ``python docs/tutorials/rl_brax.py`` (``--quick`` for a short run;
+``--terminations`` for CartPole-v1 and Acrobot-v1).
 """
 
 from __future__ import annotations
@@ -48,7 +57,8 @@ class Setting:
     library: str = "brax"  # "brax" (spring backend) or "gymnax"
     hidden_sizes: tuple[int, ...] = ()  # () = linear policy, as in the ES papers
     absorbing: bool = False  # True: a fall ends the episode's rewards (no auto-reset)
-    horizon: int = 1000  # T
+    horizon: int | None = 1000  # T; None: only the environment ends episodes (done)
+    episode_limit: int = 500  # the environment's time limit when horizon is None
     window: int = 100  # W
     num_pairs: int = 30  # P for the online methods; FullES gets P * W / T pairs
     std: float = 0.3
@@ -59,8 +69,13 @@ class Setting:
     eval_rollouts: int = 8
 
     @property
+    def episode_steps(self) -> int:
+        """The longest episode: FullES's and the evaluation's rollout length."""
+        return self.episode_limit if self.horizon is None else self.horizon
+
+    @property
     def full_pairs(self) -> int:
-        return max(1, self.num_pairs * self.window // self.horizon)
+        return max(1, self.num_pairs * self.window // self.episode_steps)
 
     def optax_optimizer(self, method: str) -> optax.GradientTransformation:
         return getattr(optax, self.optimizer)(self.learning_rates[method])
@@ -70,14 +85,18 @@ def make_env(setting: Setting):
     if setting.library == "brax":
         return envs.BraxEnv.make(setting.env_name, backend="spring")  # no time limit: T ends episodes
     env = envs.GymnaxEnv.make(setting.env_name)
-    return envs.GymnaxEnv(env.env, env.params.replace(max_steps_in_episode=10**9))
+    # With a horizon the strategy ends episodes; without one, the environment's limit does.
+    limit = 10**9 if setting.horizon is not None else setting.episode_limit
+    return envs.GymnaxEnv(env.env, env.params.replace(max_steps_in_episode=limit))
 
 
 def make_policy(setting: Setting, env):
     if setting.library == "brax":
         action_dim, output = env.action_size, "clip"  # brax actions live in [-1, 1]
+    elif hasattr(space := env.env.action_space(env.params), "n"):
+        action_dim, output = space.n, "argmax"  # a discrete action: the largest output's index
     else:
-        action_dim, output = env.env.action_space(env.params).shape[0], "identity"
+        action_dim, output = space.shape[0], "identity"
     linear = not setting.hidden_sizes  # the papers' linear policies: no bias, zero init
     policy = envs.MLPPolicy(
         action_dim=action_dim, hidden_sizes=setting.hidden_sizes, use_bias=not linear,
@@ -93,7 +112,9 @@ class Evaluator:
     """Mean return of a policy over fresh T-step rollouts (compiled once, shared by all methods)."""
 
     def __init__(self, setting: Setting, env, policy):
-        fitness = envs.EpisodicFitness(env, policy, num_steps=setting.horizon, num_rollouts=setting.eval_rollouts)
+        fitness = envs.EpisodicFitness(
+            env, policy, num_steps=setting.episode_steps, num_rollouts=setting.eval_rollouts
+        )
         self._returns = jax.jit(fitness.returns)
 
     def __call__(self, theta, key) -> float:
@@ -116,27 +137,29 @@ def train_online(method: str, setting: Setting, task, theta, evaluate, key) -> d
         # W steps of every particle; partners get the same keys (common random numbers).
         inner, losses, dones = evopes.unroll(task.step, population, state.inner_state, unroll_key, setting.window)
         state, metrics = es.tell(tell_key, population, losses, state, params, inner_state=inner, dones=dones)
-        return state, (metrics["total_steps"], metrics["sequential_steps"])
+        return state, metrics["num_discarded"]
 
     @jax.jit
     def windows(state, keys):
-        state, (total, sequential) = jax.lax.scan(window, state, keys)
-        return state, total[-1], sequential[-1]
+        state, masked = jax.lax.scan(window, state, keys)
+        return state, jnp.sum(masked)
 
     num_windows = setting.total_env_steps // (2 * setting.num_pairs * setting.window)
     init_key, loop_key, eval_key = jax.random.split(key, 3)
     state = jax.jit(es.init)(init_key, theta, params)
     curve = _Curve()
     curve.add(0, 0, evaluate(es.get_mean(state), eval_key))
+    discarded = 0  # particle-steps after a done inside a window: computed, not counted
     for keys in _chunks(loop_key, num_windows, setting.num_evaluations):
-        state, total, sequential = windows(state, keys)
-        curve.add(int(total), int(sequential), evaluate(es.get_mean(state), eval_key))
-    return curve.asdict()
+        state, masked = windows(state, keys)
+        discarded += int(masked)
+        curve.add(es.total_steps(state), es.sequential_steps(state), evaluate(es.get_mean(state), eval_key))
+    return {**curve.asdict(), "discarded_fraction": discarded / max(1, curve.total_steps[-1])}
 
 
 def train_full(setting: Setting, env, policy, theta, evaluate, key) -> dict:
     """FullES: antithetic whole episodes, fitness = time-average loss (minus return / T)."""
-    num_pairs, horizon = setting.full_pairs, setting.horizon
+    num_pairs, horizon = setting.full_pairs, setting.episode_steps
     es = evopes.FullES(2 * num_pairs, theta, optimizer=setting.optax_optimizer("FullES"))
     params = es.default_params.replace(std_init=jnp.float32(setting.std))
     # Partners share their rollout's randomness (common random numbers), pairs differ.
@@ -228,7 +251,23 @@ PENDULUM = Setting(
     learning_rates={"NRES": 3e-2, "PES": 1e-2, "TES": 3e-2, "FullES": 3e-2},
     total_env_steps=4_000_000, num_evaluations=20, eval_rollouts=16,
 )
+#: gymnax CartPole-v1 and Acrobot-v1 as shipped: episodes end when the pole falls or the
+#: arm swings up (a time that depends on the policy) or at 500 steps; no strategy horizon.
+#: Linear greedy policies from zero (which always push one way: 9 steps of CartPole, 500
+#: of Acrobot). Rates: best mean of the last five evaluations over Adam rates
+#: {0.003, 0.01, 0.03, 0.1}, one exploratory seed at this budget.
+CARTPOLE = Setting(
+    env_name="CartPole-v1", library="gymnax", horizon=None, episode_limit=500, window=10,
+    num_pairs=25, std=0.1, optimizer="adam",
+    learning_rates={"NRES": 3e-3, "PES": 3e-3, "TES": 3e-2, "FullES": 1e-2},
+    total_env_steps=300_000, num_evaluations=15, eval_rollouts=16,
+)
+ACROBOT = replace(
+    CARTPOLE, env_name="Acrobot-v1",
+    learning_rates={"NRES": 3e-3, "PES": 3e-3, "TES": 3e-3, "FullES": 3e-2},
+)
 SETTINGS = {"brax inverted_pendulum": INVERTED_PENDULUM, "gymnax Pendulum-v1": PENDULUM}
+TERMINATION_SETTINGS = {"gymnax CartPole-v1": CARTPOLE, "gymnax Acrobot-v1": ACROBOT}
 QUICK_SETTINGS = {"gymnax Pendulum-v1": replace(PENDULUM, total_env_steps=1_600_000, num_evaluations=8)}
 #: A few windows of every method, for the tests.
 SMOKE = Setting(
@@ -238,8 +277,12 @@ SMOKE = Setting(
 )
 
 
-def main(quick: bool = False, seed: int = 0) -> dict:
-    settings = QUICK_SETTINGS if quick else SETTINGS
+def main(quick: bool = False, seed: int = 0, terminations: bool = False) -> dict:
+    if terminations:  # CartPole and Acrobot: episodes end when the policy fails or succeeds
+        settings = {label: replace(s, total_env_steps=s.total_env_steps // (2 if quick else 1))
+                    for label, s in TERMINATION_SETTINGS.items()}
+    else:
+        settings = QUICK_SETTINGS if quick else SETTINGS
     return {label: compare(setting, seed) for label, setting in settings.items()}
 
 
@@ -247,5 +290,6 @@ if __name__ == "__main__":
     parser = argparse.ArgumentParser()
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--terminations", action="store_true", help="CartPole-v1 and Acrobot-v1")
     args = parser.parse_args()
-    main(quick=args.quick, seed=args.seed)
+    main(quick=args.quick, seed=args.seed, terminations=args.terminations)

@@ -89,6 +89,23 @@ def _row(label, method, curve, **extra) -> dict:
 
 def main(quick: bool, seed: int, out_dir: Path) -> list[dict]:
     settings = tutorial.QUICK_SETTINGS if quick else tutorial.SETTINGS
+    return run_settings(
+        NAME,
+        settings,
+        lambda label, curves: claims(curves),
+        quick=quick,
+        seed=seed,
+        out_dir=out_dir,
+    )
+
+
+def run_settings(name, settings, claims_fn, *, quick, seed, out_dir, extra_row=()) -> list[dict]:
+    """Every method of the tutorial on every setting, ``NUM_SEEDS`` seeds (one if quick).
+
+    Writes ``name``'s JSON (median-curve ``rows``, ``seed_rows``, the claims of
+    ``claims_fn(label, curves)`` per setting, the curves) and its figure. ``extra_row``
+    names curve entries copied into the rows (their mean over seeds).
+    """
     seeds = [seed] if quick else [seed + i for i in range(NUM_SEEDS)]
     rows, seed_rows, all_curves, checks = [], [], {}, {}
     for label, setting in settings.items():
@@ -96,14 +113,21 @@ def main(quick: bool, seed: int, out_dir: Path) -> list[dict]:
         for run_seed in seeds:
             for method, curve in tutorial.compare(setting, run_seed).items():
                 runs.setdefault(method, []).append(curve)
-                seed_rows.append(_row(label, method, curve, seed=run_seed))
+                extra = {k: curve[k] for k in extra_row if k in curve}
+                seed_rows.append(_row(label, method, curve, seed=run_seed, **extra))
         curves = {method: median_curve(method_runs) for method, method_runs in runs.items()}
         all_curves[label] = curves
-        checks[label] = claims(curves)
+        checks[label] = claims_fn(label, curves)
         print(label, checks[label], flush=True)
-        rows += [_row(label, method, curve) for method, curve in curves.items()]
+        for method, curve in curves.items():
+            extra = {
+                k: float(np.mean([r[k] for r in runs[method]]))
+                for k in extra_row
+                if k in runs[method][0]
+            }
+            rows.append(_row(label, method, curve, **extra))
     write_results(
-        NAME,
+        name,
         rows,
         out_dir,
         quick=quick,
@@ -122,12 +146,11 @@ def main(quick: bool, seed: int, out_dir: Path) -> list[dict]:
             },
         },
     )
-
-    plot(all_curves, out_dir)
+    plot(all_curves, out_dir, name)
     return rows
 
 
-def plot(all_curves: dict, out_dir: Path) -> Path:
+def plot(all_curves: dict, out_dir: Path, name: str = NAME) -> Path:
     """Median return of the mean policy against total (left) and sequential (right, log) steps."""
     fig, axes = plt.subplots(len(all_curves), 2, figsize=(11, 4 * len(all_curves)), squeeze=False)
     for (label, curves), (total_ax, sequential_ax) in zip(all_curves.items(), axes, strict=True):
@@ -143,7 +166,7 @@ def plot(all_curves: dict, out_dir: Path) -> Path:
             ax.legend(fontsize=8)
         total_ax.set(xlabel="total environment steps")
         sequential_ax.set(xlabel="sequential environment steps", xscale="log")
-    return save_figure(fig, NAME, out_dir)
+    return save_figure(fig, name, out_dir)
 
 
 if __name__ == "__main__":

@@ -502,6 +502,8 @@ class OnlineES(Strategy):
           :meth:`sequential_steps` on the host), ``burn_in`` (True when the update was not
           applied because of the burn-in), ``num_nonfinite`` (non-finite loss
           entries), ``num_masked`` ((pair, step) entries left out),
+          ``num_discarded`` (particle-steps after a ``done`` in the window:
+          computed but not counted, the cost of ending episodes mid-window),
           ``finite_gradient`` (False when the estimate overflowed; the update
           is then skipped), ``population_mismatch`` (the population handed
           back was not ``ask``'s; the noise was regenerated),
@@ -559,6 +561,7 @@ class OnlineES(Strategy):
             "burn_in": burn_in,
             "num_nonfinite": stats.num_counted - stats.num_finite,
             "num_masked": W * P - stats.num_valid,
+            "num_discarded": W * 2 * P - stats.num_counted,
             "finite_gradient": finite_gradient,
             "population_mismatch": population_mismatch,
             "invalid_params": {"std": invalid_std},
