@@ -114,7 +114,7 @@ def run_settings(name, settings, claims_fn, *, quick, seed, out_dir, extra_row=(
             for method, curve in tutorial.compare(setting, run_seed).items():
                 runs.setdefault(method, []).append(curve)
                 extra = {k: curve[k] for k in extra_row if k in curve}
-                seed_rows.append(_row(label, method, curve, seed=run_seed, **extra))
+                seed_rows.append({**_row(label, method, curve, seed=run_seed), **extra})
         curves = {method: median_curve(method_runs) for method, method_runs in runs.items()}
         all_curves[label] = curves
         checks[label] = claims_fn(label, curves)
@@ -125,7 +125,7 @@ def run_settings(name, settings, claims_fn, *, quick, seed, out_dir, extra_row=(
                 for k in extra_row
                 if k in runs[method][0]
             }
-            rows.append(_row(label, method, curve, **extra))
+            rows.append({**_row(label, method, curve), **extra})
     write_results(
         name,
         rows,
