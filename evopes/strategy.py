@@ -35,6 +35,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import struct
 
+from evopes.arguments import check_key, check_like
 from evopes.compiled import compiled_method
 from evopes.config_key import static_key
 from evopes.spec import PyTree, SolutionSpec
@@ -93,6 +94,11 @@ class Strategy:
             raise ValueError(f"population_size: expected an integer >= 2, got {population_size!r}")
         self.population_size = int(population_size)
         self.spec = SolutionSpec.from_template(solution)
+        if self.spec.num_dims == 0:
+            raise ValueError(
+                "solution: expected a pytree holding at least one number, got "
+                f"{jax.tree_util.tree_structure(solution)} with leaf shapes {self.spec.shapes}"
+            )
         self.maximize = bool(maximize)
 
     # -- configuration identity -------------------------------------------
@@ -149,6 +155,8 @@ class Strategy:
     @compiled_method(before=lambda self, key, mean, params: self.validate_params(params))
     def init(self, key: jax.Array, mean: PyTree, params: Params) -> State:
         """Initial state centred on ``mean`` (a pytree shaped like ``solution``)."""
+        check_key(key)
+        self._check_params_type(params)
         self.validate_params(params)
         params, _ = self._sanitized(params)  # under jit: nothing invalid enters the state
         flat_mean = self.spec.ravel(mean)
@@ -163,6 +171,7 @@ class Strategy:
     @compiled_method()
     def ask(self, key: jax.Array, state: State, params: Params) -> tuple[PyTree, State]:
         """Samples a population: a pytree whose leaves have a leading population axis."""
+        self._check_call(key, state, params)
         params, _ = self._sanitized(params)
         flat_population, state = self._ask(key, state, params)
         return self.spec.unravel_population(flat_population), state
@@ -181,6 +190,7 @@ class Strategy:
         ``population`` may be ``None`` for strategies that rebuild their
         perturbations from the state (``uses_population = False``).
         """
+        self._check_call(key, state, params)
         fitness = self._check_fitness(fitness)
         raw_fitness = -fitness if self.maximize else fitness
         flat_population = None
@@ -249,7 +259,33 @@ class Strategy:
         return self.spec.unravel(state.best_solution)
 
     # -- validation -----------------------------------------------------------
+    def _expected_state(self) -> State:
+        """Shapes and dtypes of this strategy's state (traced once, then kept)."""
+        if "_state_shapes" not in self.__dict__:
+            mean = self.spec.unravel(jnp.zeros(self.num_dims))
+            self._state_shapes = jax.eval_shape(
+                self._unchecked_init, jax.random.key(0), mean, self.default_params
+            )
+        return self._state_shapes
+
+    def _unchecked_init(self, key, mean, params):
+        return self.init.__wrapped__(self, key, mean, params)
+
+    def _check_params_type(self, params) -> None:
+        check_like("params", params, self.default_params, type(self).__name__)
+
+    def _check_call(self, key, state, params) -> None:
+        """ValueErrors naming the argument for a key, state or params of the wrong kind."""
+        check_key(key)
+        check_like("state", state, self._expected_state(), type(self).__name__)
+        self._check_params_type(params)
+
     def _check_fitness(self, fitness) -> jax.Array:
+        if not isinstance(fitness, jax.Array | np.ndarray | np.number | list | tuple | float | int):
+            raise ValueError(
+                f"fitness: expected an array of shape ({self.population_size},), "
+                f"got {type(fitness).__name__}"
+            )
         fitness = jnp.asarray(fitness)
         if fitness.shape != (self.population_size,):
             raise ValueError(

@@ -111,6 +111,7 @@ import numpy as np
 import optax
 from flax import struct
 
+from evopes.arguments import check_key
 from evopes.compiled import compiled_method
 from evopes.noise import GaussianNoise, NoiseSource, readable_from_population
 from evopes.online.count import Count
@@ -873,14 +874,7 @@ class OnlineES(Strategy):
 
     def _check_call(self, key, state, params) -> None:
         """ValueErrors naming the argument for a key, state or params of the wrong kind."""
-        if not isinstance(key, jax.Array | np.ndarray) or not (
-            jax.dtypes.issubdtype(key.dtype, jax.dtypes.prng_key)
-            or (key.dtype == np.uint32 and key.shape[-1:] == (2,))
-        ):
-            raise ValueError(
-                f"key: expected a PRNG key (jax.random.key(...)), got {type(key).__name__} "
-                f"{getattr(key, 'dtype', '')}"
-            )
+        check_key(key)
         if not isinstance(state, OnlineState):
             raise ValueError(
                 f"state: expected the OnlineState of {type(self).__name__}.init/ask, "
