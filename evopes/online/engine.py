@@ -73,7 +73,11 @@ of the estimates is ``grad E[R] / E[C]`` (renewal-reward), with ``C`` the
 particle-steps one episode occupies (``L`` rounded up to a multiple of ``W``):
 a positive multiple of the gradient. The normalisation ``N_valid`` counts the
 discarded steps too, so it never depends on the noise. The cost is the
-discarded steps: on average fewer than ``W`` per episode (none for ``W = 1``).
+discarded steps: on average fewer than ``W`` per episode (none for ``W = 1``),
+reported as ``metrics["num_discarded"]``; the benchmark ``rl-terminations``
+measures 0.4-1.1% of the steps on CartPole-v1 and 3-4% on Acrobot-v1 with
+``W = 10``. Fewer counted steps raise the variance of a window's estimate by
+about ``1 / (1 - fraction discarded)``.
 For fixed-length episodes (the horizon) this is the time-average objective
 above times the constant ``T``.
 
