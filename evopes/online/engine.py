@@ -130,6 +130,12 @@ InitInner = Callable[[jax.Array], PyTree]
 DEFAULT_OPTIMIZER = optax.sgd(learning_rate=1e-2)
 DEFAULT_NOISE = GaussianNoise()
 DEFAULT_STD = 0.1
+#: Up to this many parameters ``tell`` regenerates the noise from the ids even
+#: when the population is handed back, and only checks the population against it
+#: (:meth:`OnlineES._current_block`); above, reading the noise off the
+#: population is cheaper than generating it again.
+REGENERATE_UP_TO_DIMS = 64
+
 #: Valid ``params.std``: the Stein weights ``e / std^2`` and ``1 / std^2`` must
 #: stay finite in float32 with room for the losses they multiply.
 STD_RANGE = (1e-18, 1e18)
@@ -834,6 +840,17 @@ class OnlineES(Strategy):
             return regenerate(), jnp.array(False)
         P = self.num_pairs
         flat = self.spec.ravel_population(population, self.population_size)
+        if self.num_dims <= REGENERATE_UP_TO_DIMS:
+            # Small theta: regenerating the noise costs less than the checks and the
+            # branch of the read below (Lorenz, d = 2: PES's tell took 1.4x the bare
+            # unroll with the read, 1.02x without). Partners with one id and std get
+            # the bit-identical block; the population is only compared with it.
+            z = self._standard_noise(state)
+            expected = state.mean + (self._signs()[:, None] * std) * z  # as ask computed it
+            size = jnp.abs(flat) + jnp.abs(expected)
+            eps = float(jnp.finfo(jnp.float32).eps)
+            same = jnp.all(jnp.abs(flat - expected) <= 4 * eps * size + 1e-30)
+            return z / std, ~same
         plus, minus = flat[:P], flat[P:]
         half_difference = 0.5 * (plus - minus)
         eps = float(jnp.finfo(jnp.float32).eps)
