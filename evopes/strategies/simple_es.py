@@ -176,8 +176,10 @@ class SimpleES(Strategy):
         return state.mean + state.std * self._noise(key), state.replace(ask_key=key)
 
     def _member(self, population, index, state: SimpleESState, params) -> jax.Array:
-        is_member = (jnp.arange(self.population_size) == index).astype(jnp.float32)
-        return state.mean + state.std * (is_member @ self._noise(state.ask_key))
+        # Only the one row of z is rebuilt (O(n), where a masked sum over the
+        # regenerated population costs a generation's worth of noise again).
+        shape = (self.population_size, self.num_dims)
+        return state.mean + state.std * threefry.normal_row(state.ask_key, shape, index)
 
     def _tell(self, key, population, fitness, state: SimpleESState, params: SimpleESParams):
         del key, population
