@@ -360,6 +360,7 @@ def main(quick: bool, seed: int, out_dir: Path, names: list[str] | None = None) 
         quick=quick,
         seed=seed,
         extra={
+            "convergence": convergence_rows(rows),
             "target": TARGET,
             "seeds": len(seeds),
             "decay": DECAY,
@@ -375,6 +376,30 @@ def main(quick: bool, seed: int, out_dir: Path, names: list[str] | None = None) 
     )
     _plot(table, out_dir)
     return table
+
+
+#: The strategies evopes added for evosax users (issue "find the strategies evosax
+#: users reach for"), whose evaluations to target get a table of their own.
+NEW_STRATEGIES = ("SimpleES", "SNES", "xNES", "PGPE", "ARS", "LM_MA_ES")
+
+
+def convergence_rows(rows: list[dict]) -> list[dict]:
+    """The new strategies' evaluations to target: medians and how many seeds got there."""
+    return [
+        {
+            "strategy": row["strategy"],
+            "function": row["function"],
+            "dim": row["dim"],
+            "seeds": len(row["evopes_evals_per_seed"]),
+            "evopes_reached": sum(c is not None for c in row["evopes_evals_per_seed"]),
+            "evosax_reached": sum(c is not None for c in row["evosax_evals_per_seed"]),
+            "evopes_evals": row["evopes_evals"],
+            "evosax_evals": row["evosax_evals"],
+            "evals_ratio": row["evals_ratio"],
+        }
+        for row in rows
+        if row["strategy"] in NEW_STRATEGIES
+    ]
 
 
 def _plot(rows, out_dir):
