@@ -123,7 +123,11 @@ def uniform_open(key: jax.Array, shape: tuple[int, ...]) -> jax.Array:
     scaled to ``[-1 + ulp, 1)`` (the lower end nudged inwards so that
     ``erfinv`` stays finite).
     """
-    mantissa = (bits(key, shape) >> _UINT32(9)) | _UINT32(0x3F800000)
+    return _uniform_from_bits(bits(key, shape))
+
+
+def _uniform_from_bits(random_bits: jax.Array) -> jax.Array:
+    mantissa = (random_bits >> _UINT32(9)) | _UINT32(0x3F800000)
     unit = jax.lax.bitcast_convert_type(mantissa, jnp.float32) - np.float32(1.0)
     low = np.nextafter(np.float32(-1.0), np.float32(0.0))
     high = np.float32(1.0)
@@ -138,6 +142,24 @@ def normal(key: jax.Array, shape: tuple[int, ...]) -> jax.Array:
     :func:`bits`.
     """
     return np.float32(np.sqrt(2.0)) * jax.lax.erf_inv(uniform_open(key, shape))
+
+
+def normal_row(key: jax.Array, shape: tuple[int, int], index: jax.Array) -> jax.Array:
+    """Row ``index`` of ``normal(key, shape)`` for a 2-D ``shape``, bit for bit.
+
+    Only the row's ``shape[1]`` counters are hashed (``index * shape[1] + j``),
+    so rebuilding one member of a population costs O(n), not O(lambda n).
+    ``key`` is a single key; ``index`` an integer scalar (it may be traced).
+    """
+    rows, cols = (int(n) for n in shape)
+    words = _key_words(key)
+    if words is None or words.shape != (2,) or rows * cols >= 2**32:
+        return normal(key, shape)[index]
+    counts = jnp.asarray(index).astype(jnp.uint32) * _UINT32(cols) + jnp.arange(
+        cols, dtype=jnp.uint32
+    )
+    out0, out1 = hash2x32(words[0], words[1], jnp.zeros((), jnp.uint32), counts)
+    return np.float32(np.sqrt(2.0)) * jax.lax.erf_inv(_uniform_from_bits(out0 ^ out1))
 
 
 def _fallback(draw, key, shape):

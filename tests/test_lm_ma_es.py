@@ -53,7 +53,9 @@ def test_defaults_are_the_papers_line_1():
     assert float(small.c_sigma) == 1.0 and float(small.c_c[0]) == 1.0
 
 
-def test_three_generations_follow_algorithm_1():
+@pytest.mark.parametrize("hand_back", [False, True], ids=["no-population", "population"])
+def test_three_generations_follow_algorithm_1(hand_back):
+    # Without the population tell contracts z_w; with it, line 12 is read off x_i - y.
     es = LMMAES(None, jnp.zeros(DIMS), num_paths=3)
     # c_d raised from 1 / n so that the contractions of line 8 move d visibly
     params = es.default_params.replace(std_init=jnp.float32(0.7),
@@ -74,12 +76,13 @@ def test_three_generations_follow_algorithm_1():
         )
         np.testing.assert_allclose(population, np.asarray(state.mean) + state.std * d,
                                    rtol=1e-5, atol=1e-5)
-        state, metrics = tell(jax.random.key(99), None, fitness, state, params)
+        handed = population if hand_back else None
+        state, metrics = tell(jax.random.key(99), handed, fitness, state, params)
         np.testing.assert_allclose(state.mean, mean, rtol=1e-5, atol=1e-5)
         np.testing.assert_allclose(state.p_sigma, p_sigma, rtol=1e-5, atol=1e-5)
         np.testing.assert_allclose(state.paths, paths, rtol=1e-5, atol=1e-5)
         np.testing.assert_allclose(state.std, std, rtol=1e-5)
-        # the best member so far, rebuilt from the stored key (tell had no population)
+        # the best member so far, read off the population or rebuilt from the stored key
         best = int(jnp.argmin(fitness))
         if fitness[best] < best_fitness:
             best_fitness, best_member = float(fitness[best]), population[best]

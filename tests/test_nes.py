@@ -130,7 +130,9 @@ def test_three_xnes_generations_follow_algorithm_5():
     np.testing.assert_allclose(metrics["best_solution"], population[best], rtol=1e-5)
 
 
-def test_three_snes_generations_follow_algorithm_6():
+@pytest.mark.parametrize("hand_back", [False, True], ids=["no-population", "population"])
+def test_three_snes_generations_follow_algorithm_6(hand_back):
+    # tell regenerates s from the ask key, or reads it off the population handed back
     es = SNES(8, jnp.zeros(DIMS))
     # utilities that do not sum to zero, so that the "- 1" of G_sigma counts
     utilities = paper_utilities(8) + 0.05
@@ -156,12 +158,15 @@ def test_three_snes_generations_follow_algorithm_6():
             float(params.eta_std),
             utilities,
         )
-        state, _ = es.tell(jax.random.key(99), None, fitness, state, params)
+        handed = population if hand_back else None
+        state, _ = es.tell(jax.random.key(99), handed, fitness, state, params)
         np.testing.assert_allclose(state.mean, mean, rtol=1e-5, atol=1e-5)
         np.testing.assert_allclose(state.std, std, rtol=1e-5)
 
 
-def test_three_simple_es_generations_follow_the_documented_rule():
+@pytest.mark.parametrize("hand_back", [False, True], ids=["no-population", "population"])
+def test_three_simple_es_generations_follow_the_documented_rule(hand_back):
+    # tell regenerates z from the ask key, or reads y off the population handed back
     es = SimpleES(8, jnp.zeros(DIMS))
     weights = np.array([0.4, 0.3, 0.2, 0.1, 0, 0, 0, 0])
     params = es.default_params.replace(
@@ -181,7 +186,8 @@ def test_three_simple_es_generations_follow_the_documented_rule():
         mean, std = numpy_simple_es(
             np.asarray(population, np.float64), np.asarray(fitness), mean, std, weights, 0.9, 0.3
         )
-        state, _ = es.tell(jax.random.key(99), population, fitness, state, params)
+        handed = population if hand_back else None
+        state, _ = es.tell(jax.random.key(99), handed, fitness, state, params)
         np.testing.assert_allclose(state.mean, mean, rtol=1e-5, atol=1e-5)
         np.testing.assert_allclose(state.std, std, rtol=1e-5)
 

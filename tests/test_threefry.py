@@ -32,6 +32,20 @@ def test_batched_keys_equal_vmapped_jax_random():
     )
 
 
+@pytest.mark.parametrize("shape", [(1, 1), (4, 3), (13, 40)])
+def test_normal_row_is_that_row_of_normal(shape):
+    for key in (jax.random.key(7), jax.random.PRNGKey(7)):
+        full = jax.random.normal(key, shape)
+        row = jax.jit(threefry.normal_row, static_argnums=1)
+        for index in range(shape[0]):
+            np.testing.assert_array_equal(row(key, shape, jnp.int32(index)), full[index])
+    # other key impls fall back to jax.random and still give the row
+    rbg = jax.random.key(7, impl="rbg")
+    np.testing.assert_array_equal(
+        threefry.normal_row(rbg, (4, 3), 2), jax.random.normal(rbg, (4, 3))[2]
+    )
+
+
 @pytest.mark.parametrize("num", [1, 2, 3, 100])
 def test_split_equals_jax_random_split(num):
     for key in (jax.random.key(7), jax.random.PRNGKey(7)):

@@ -36,7 +36,7 @@ step cannot reach 1e-8. evopes' OpenES draws fresh Gaussian noise
 with T = K = 1: every tell ends the "episode", so the accumulated noise is the
 generation's own and a static function is a fair objective.
 
-Quick mode: d = 10 only, 2 seeds, fewer timing repeats.
+Quick mode: d = 10 only, 2 seeds, shorter timed runs.
 """
 
 from __future__ import annotations
@@ -295,9 +295,13 @@ def _timed_runs(pair: Pair, dim: int, generations: int):
 def time_per_generation(pair: Pair, dim: int, quick: bool) -> dict:
     """Seconds per generation, eager and jitted, evopes and evosax measured in alternation."""
     # Measuring is cheap next to compiling: even quick mode takes enough repeats
-    # for the medians to be stable on a shared machine.
+    # for the medians to be stable on a shared machine. A jitted run of 200
+    # generations at d = 10 lasts a few milliseconds, about one scheduler slice,
+    # so under load a run is either preempted or not: 9 repeats left the median
+    # of either library at the mercy of a few preemptions (jit ratios of 1 to 3
+    # for the same code); 31 keep it at the unpreempted time.
     eager_generations, jit_generations = (30, 200) if quick else (50, 500)
-    repeats = 9 if quick else 21
+    repeats = 31
     eager, jitted = _timed_runs(pair, dim, eager_generations)
     evopes_s, evosax_s = (t / eager_generations for t in time_alternating(eager, repeats))
     eager, jitted = _timed_runs(pair, dim, jit_generations)
@@ -360,6 +364,7 @@ def main(quick: bool, seed: int, out_dir: Path, names: list[str] | None = None) 
         quick=quick,
         seed=seed,
         extra={
+            "convergence": convergence_rows(rows),
             "target": TARGET,
             "seeds": len(seeds),
             "decay": DECAY,
@@ -375,6 +380,30 @@ def main(quick: bool, seed: int, out_dir: Path, names: list[str] | None = None) 
     )
     _plot(table, out_dir)
     return table
+
+
+#: The strategies evopes added for evosax users (issue "find the strategies evosax
+#: users reach for"), whose evaluations to target get a table of their own.
+NEW_STRATEGIES = ("SimpleES", "SNES", "xNES", "PGPE", "ARS", "LM_MA_ES")
+
+
+def convergence_rows(rows: list[dict]) -> list[dict]:
+    """The new strategies' evaluations to target: medians and how many seeds got there."""
+    return [
+        {
+            "strategy": row["strategy"],
+            "function": row["function"],
+            "dim": row["dim"],
+            "seeds": len(row["evopes_evals_per_seed"]),
+            "evopes_reached": sum(c is not None for c in row["evopes_evals_per_seed"]),
+            "evosax_reached": sum(c is not None for c in row["evosax_evals_per_seed"]),
+            "evopes_evals": row["evopes_evals"],
+            "evosax_evals": row["evosax_evals"],
+            "evals_ratio": row["evals_ratio"],
+        }
+        for row in rows
+        if row["strategy"] in NEW_STRATEGIES
+    ]
 
 
 def _plot(rows, out_dir):

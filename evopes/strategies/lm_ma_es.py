@@ -49,8 +49,12 @@ the valid members' weights only); a generation without any finite member
 leaves the state unchanged. sigma is clipped to [``std_min``, ``std_max``].
 
 Perturbations are not stored: ``ask`` keeps its key (two uint32 words) and
-``tell`` regenerates z and d from it, so ``tell(key, None, fitness, ...)``
-works and the population is never re-read.
+``tell`` regenerates z from it, so ``tell(key, None, fitness, ...)`` works.
+The d_i are never rebuilt: line 12 is read off the population handed back,
+sigma sum_i w_i d_i = sum_i w_i (x_i - y) (float32 solutions; exact up to the
+rounding of x at |y|), and without a population it is sigma A z_w, the
+contractions being one linear map A applied to z_w = sum_i w_i z_i, one
+contracted row instead of lambda.
 """
 
 from __future__ import annotations
@@ -62,7 +66,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import struct
 
-from evopes import threefry
+from evopes import shaping, threefry
 from evopes.spec import PyTree, SolutionSpec
 from evopes.strategies.pgpe import _check_range
 from evopes.strategy import Params, State, Strategy, check_positive
@@ -149,6 +153,12 @@ class LMMAES(Strategy):
 
     uses_population = False
 
+    @property
+    def reads_population_if_given(self) -> bool:
+        # A float32 population gives sigma d_i = x_i - y exactly up to rounding;
+        # narrower leaves would round the steps.
+        return self.spec.all_float32
+
     def __init__(self, population_size: int | None = None, solution: PyTree = None, *,
                  num_paths: int | None = None, maximize: bool = False):
         if solution is None:
@@ -210,16 +220,28 @@ class LMMAES(Strategy):
         return z, contract(z, state.paths, params.c_d, state.generation_counter)
 
     def _member(self, population, index, state: LMMAESState, params) -> jax.Array:
-        _, directions = self._directions(state.ask_key, state, params)
-        is_member = jnp.arange(self.population_size) == index
-        return state.mean + state.std * (is_member.astype(jnp.float32) @ directions)
+        if population is not None:
+            return super()._member(population, index, state, params)
+        # The contractions are one linear map A applied to every row: contracting
+        # the one selected z costs O(m n) instead of the population's O(lambda m n).
+        shape = (self.population_size, self.num_dims)
+        z = threefry.normal_row(state.ask_key, shape, index)
+        direction = contract(z[None], state.paths, params.c_d, state.generation_counter)[0]
+        return state.mean + state.std * direction
 
     def _tell(self, key, population, fitness, state: LMMAESState, params: LMMAESParams):
-        del key, population
-        z, directions = self._directions(state.ask_key, state, params)
+        del key
+        z = threefry.normal(state.ask_key, (self.population_size, self.num_dims))
         weights = rank_weights(fitness, params.weights)
         z_w = weights @ z
-        mean = state.mean + state.std * (weights @ directions)  # line 12
+        if population is not None:
+            # sigma d_i = x_i - y: one weighted sum of the population handed back,
+            # where rebuilding d costs m dependent passes.
+            mean = state.mean + weights @ (population - state.mean)  # line 12
+        else:
+            # sum_i w_i d_i = A z_w for the linear map A of line 8: one contracted row.
+            d_w = contract(z_w[None], state.paths, params.c_d, state.generation_counter)[0]
+            mean = state.mean + state.std * d_w  # line 12
         p_sigma = (1 - params.c_sigma) * state.p_sigma + jnp.sqrt(
             params.mu_w * params.c_sigma * (2 - params.c_sigma)
         ) * z_w  # line 13
@@ -254,22 +276,19 @@ def contract(z, paths, c_d, generation_counter):
     A path is used once it has been written at least once (j <= t), so the
     zero paths of the first generations do not shrink d.
     """
-    def apply(directions, path_rate_index):
-        path, rate, index = path_rate_index
-        rate = jnp.where(index < generation_counter, rate, 0.0)
-        return (1 - rate) * directions + rate * jnp.outer(directions @ path, path), None
-
-    indices = jnp.arange(paths.shape[0])
-    directions, _ = jax.lax.scan(apply, z, (paths, c_d, indices))
+    # A Python loop: m is small and static, and unrolled steps run back to back,
+    # where a rolled loop adds its own bookkeeping kernels to every path.
+    directions = z
+    for index in range(paths.shape[0]):
+        rate = jnp.where(index < generation_counter, c_d[index], 0.0)
+        path = paths[index]
+        directions = (1 - rate) * directions + rate * jnp.outer(directions @ path, path)
     return directions
 
 
 def rank_weights(fitness, weights):
     """Weight of each member by its rank; non-finite fitness ranks last with weight 0."""
-    valid = jnp.isfinite(fitness)
-    order = jnp.argsort(jnp.where(valid, fitness, jnp.inf), stable=True)
-    by_member = jnp.zeros_like(weights).at[order].set(weights)
-    return jnp.where(valid, by_member, 0.0)
+    return jnp.where(jnp.isfinite(fitness), weights[shaping.ranks(fitness)], 0.0)
 
 
 def _raw_key(key: jax.Array) -> jax.Array:

@@ -32,7 +32,14 @@ the weights of the finite members are renormalised to sum to one, so a
 generation with many failures still averages only finite members. A generation
 with fewer than two distinct finite fitness values, or whose new mean or sigma
 is not finite, makes no update (``update_skipped``). sigma is clipped to
-[``std_min``, ``std_max``]. ``tell`` regenerates z from the key of ``ask``.
+[``std_min``, ``std_max``].
+
+Where y comes from. ``tell`` reads y_i = x_i - m off the population handed
+back (float32 solutions), exact up to the rounding of x at |m|, and one read
+of it; with ``population=None`` (or narrower leaves, whose rounding would
+spoil y) it regenerates z from the key of ``ask`` instead, y_i = sigma z_i.
+Regenerating costs a second round of random numbers, which XLA fuses into
+every consumer of z: reading is the cheaper of the two.
 """
 
 from __future__ import annotations
@@ -101,6 +108,11 @@ class SimpleES(Strategy):
     """
 
     uses_population = False
+
+    @property
+    def reads_population_if_given(self) -> bool:
+        return self.spec.all_float32
+
     param_ranges = {
         "std_init": (1e-30, 1e20),
         "std_min": (0.0, 1e20),
@@ -176,12 +188,19 @@ class SimpleES(Strategy):
         return state.mean + state.std * self._noise(key), state.replace(ask_key=key)
 
     def _member(self, population, index, state: SimpleESState, params) -> jax.Array:
-        is_member = (jnp.arange(self.population_size) == index).astype(jnp.float32)
-        return state.mean + state.std * (is_member @ self._noise(state.ask_key))
+        if population is not None:
+            return super()._member(population, index, state, params)
+        # Only the one row of z is rebuilt (O(n), where a masked sum over the
+        # regenerated population costs a generation's worth of noise again).
+        shape = (self.population_size, self.num_dims)
+        return state.mean + state.std * threefry.normal_row(state.ask_key, shape, index)
 
     def _tell(self, key, population, fitness, state: SimpleESState, params: SimpleESParams):
-        del key, population
-        steps = state.std * self._noise(state.ask_key)  # y_k = x_k - m
+        del key
+        if population is not None:
+            steps = population - state.mean  # y_k = x_k - m
+        else:
+            steps = state.std * self._noise(state.ask_key)
         weights = member_weights(fitness, params.weights)
         mean, std = simple_es_update(
             steps, weights, state.mean, state.std, params.c_mean, params.c_std

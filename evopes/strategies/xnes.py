@@ -22,7 +22,7 @@ The gradients are natural gradients in the local coordinates of the current
 distribution (s = B^-1 (z - mu) / sigma is standard normal there, and the
 Fisher matrix is the identity), and the exponential map keeps the covariance
 positive definite whatever the step: expm is the matrix exponential
-(``jax.scipy.linalg.expm``), not the elementwise one. G_B is traceless, so
+(:func:`expm`), not the elementwise one. G_B is traceless, so
 det expm(eta_B / 2 G_B) = exp(0) = 1 and B keeps |det B| = 1: sigma alone
 carries the scale.
 
@@ -246,8 +246,10 @@ class XNES(Strategy):
         return state.mean + state.std * noise @ state.shape.T, state.replace(ask_key=key)
 
     def _member(self, population, index, state: XNESState, params) -> jax.Array:
-        is_member = (jnp.arange(self.population_size) == index).astype(jnp.float32)
-        return state.mean + state.std * state.shape @ (is_member @ self._noise(state.ask_key))
+        # Only the one row of s is rebuilt: O(n) numbers instead of the population's.
+        shape = (self.population_size, self.num_dims)
+        noise = threefry.normal_row(state.ask_key, shape, index)
+        return state.mean + state.std * state.shape @ noise
 
     def _tell(self, key, population, fitness, state: XNESState, params: XNESParams):
         del key, population
@@ -293,12 +295,48 @@ def xnes_update(noise, utilities, mean, std, shape, eta_mean, eta_std, eta_shape
 
     new_mean = mean + eta_mean * std * (shape @ grad_delta)
     new_std = std * jnp.exp(eta_std / 2 * grad_std)
-    new_shape = shape @ jax.scipy.linalg.expm(eta_shape / 2 * grad_shape)
+    new_shape = shape @ expm(eta_shape / 2 * grad_shape)
 
     # Rescale B to |det B| = 1 against rounding drift; sigma B is unchanged.
     _, log_abs_det = jnp.linalg.slogdet(new_shape)
     scale = jnp.exp(log_abs_det / d)
     return new_mean, new_std * scale, new_shape / scale
+
+
+#: Largest 1-norm the Taylor polynomial of :func:`expm` is evaluated at.
+_EXPM_THETA = 0.5
+#: Degree of that polynomial: theta^9 / 9! = 5e-9, below float32's rounding.
+_EXPM_DEGREE = 8
+#: Most squarings :func:`expm` does; a matrix that needs more gives NaN.
+_EXPM_MAX_SQUARINGS = 16
+
+
+def expm(matrix: jax.Array) -> jax.Array:
+    """The matrix exponential by scaling and squaring of a Taylor polynomial.
+
+    With s = max(0, ceil(log2(||A||_1 / theta))) squarings,
+
+        expm(A) = T_8(A / 2^s)^(2^s),  T_8(X) = sum_{k<=8} X^k / k!,
+
+    and ||A / 2^s||_1 <= theta = 0.5 bounds the truncation error of T_8 by
+    theta^9 / 9! e^theta, below float32's rounding. Eight products and no
+    linear solve, against ``jax.scipy.linalg.expm``'s Pade approximant, whose
+    solve (an LU factorisation) costs more than the whole rest of a small
+    generation on CPU; xNES's steps eta_B / 2 G_B have small norms, so s is
+    usually 0. A matrix that needs more than 16 squarings (or is not finite)
+    gives NaN, which the update's finiteness check turns into a skipped step.
+    """
+    identity = jnp.eye(matrix.shape[0], dtype=matrix.dtype)
+    norm = jnp.max(jnp.sum(jnp.abs(matrix), axis=0))
+    needed = jnp.ceil(jnp.log2(norm / _EXPM_THETA))
+    ok = jnp.isfinite(norm) & (needed <= _EXPM_MAX_SQUARINGS)
+    squarings = jnp.where(ok, jnp.clip(needed, 0, _EXPM_MAX_SQUARINGS), 0).astype(jnp.int32)
+    scaled = matrix / jnp.exp2(squarings.astype(matrix.dtype))
+    power = identity
+    for k in range(_EXPM_DEGREE, 0, -1):  # Horner: I + X/1 (I + X/2 (I + ...))
+        power = identity + scaled @ power / k
+    power = jax.lax.fori_loop(0, squarings, lambda _, r: r @ r, power)
+    return jnp.where(ok, power, jnp.nan)
 
 
 #: evosax's name, so that code ports by changing an import.
