@@ -273,27 +273,29 @@ def valid_cma_relations(params: CMAESParams, valid: dict) -> dict:
     }
 
 
-def make_params(num_dims: int, constants: dict) -> CMAESParams:
+def make_params(num_dims: int, constants: dict, dtype=jnp.float32) -> CMAESParams:
     """Params from :func:`cma_constants`-like numbers, with the guards' and stops' defaults.
 
     ``std_init = 1``; sigma is kept in [1e-30, 1e20]; TolX 1e-12 and TolXUp 1e4
     (relative to ``std_init``), TolFun 1e-12 and ConditionCov 1e14 as in the
-    tutorial's appendix B.3, and a relative TolFun of 1e-6 (about 8 float32
-    rounding steps of the fitness).
+    tutorial's appendix B.3, and a relative TolFun of about 8 machine epsilons
+    of ``dtype`` (1e-6 in float32, 1.9e-15 in float64): the fitness resolution
+    of the strategy's precision. All fields are arrays of ``dtype``.
     """
-    f32 = lambda value: jnp.asarray(value, jnp.float32)  # noqa: E731
+    as_dtype = lambda value: jnp.asarray(value, dtype)  # noqa: E731
     return CMAESParams(
-        std_init=f32(1.0),
-        std_min=f32(TINY),
-        std_max=f32(1e20),
-        max_step_norm=f32(math.sqrt(num_dims) + 6.0),
-        min_eigenvalue_ratio=f32(1e-15),
-        tol_x=f32(1e-12),
-        tol_x_up=f32(1e4),
-        tol_fun=f32(1e-12),
-        tol_fun_relative=f32(1e-6),
-        tol_condition=f32(1e14),
-        **{name: f32(value) for name, value in constants.items()},
+        std_init=as_dtype(1.0),
+        std_min=as_dtype(TINY),
+        std_max=as_dtype(1e20),
+        max_step_norm=as_dtype(math.sqrt(num_dims) + 6.0),
+        min_eigenvalue_ratio=as_dtype(1e-15),
+        tol_x=as_dtype(1e-12),
+        tol_x_up=as_dtype(1e4),
+        tol_fun=as_dtype(1e-12),
+        # 1e-6 in float32 (about 8 machine epsilons), the same multiple of epsilon otherwise.
+        tol_fun_relative=as_dtype(1e-6 * float(jnp.finfo(dtype).eps / jnp.finfo(jnp.float32).eps)),
+        tol_condition=as_dtype(1e14),
+        **{name: as_dtype(value) for name, value in constants.items()},
     )
 
 
@@ -351,6 +353,9 @@ class CMAES(Strategy):
         if population_size is None:
             population_size = default_population_size(SolutionSpec.from_template(solution).num_dims)
         super().__init__(population_size, solution, maximize=maximize)
+        self.dtype = self.spec.precision
+
+    ranks_in_fitness_dtype = True
 
     @property
     def history_length(self) -> int:
@@ -358,7 +363,8 @@ class CMAES(Strategy):
 
     @property
     def default_params(self) -> CMAESParams:
-        return make_params(self.num_dims, cma_constants(self.num_dims, self.population_size))
+        constants = cma_constants(self.num_dims, self.population_size)
+        return make_params(self.num_dims, constants, self.dtype)
 
     param_ranges = CMA_PARAM_RANGES
 
@@ -380,27 +386,27 @@ class CMAES(Strategy):
 
     # -- the algorithm on flat arrays --------------------------------------------
     def _init(self, key: jax.Array, mean: jax.Array, params: CMAESParams) -> CMAESState:
-        n = self.num_dims
-        zero = jnp.zeros(n, jnp.float32)
+        n, dtype = self.num_dims, self.dtype
+        zero = jnp.zeros(n, dtype)
         return CMAESState(
             mean=mean,
             best_solution=mean,
-            best_fitness=jnp.array(jnp.inf, jnp.float32),
+            best_fitness=jnp.array(jnp.inf, dtype),
             generation_counter=jnp.array(0, jnp.int32),
-            std=jnp.asarray(params.std_init, jnp.float32),
+            std=jnp.asarray(params.std_init, dtype),
             p_sigma=zero,
             p_c=zero,
-            C=jnp.eye(n, dtype=jnp.float32),
-            B=jnp.eye(n, dtype=jnp.float32),
-            D=jnp.ones(n, jnp.float32),
-            sqrt_C=jnp.eye(n, dtype=jnp.float32),
+            C=jnp.eye(n, dtype=dtype),
+            B=jnp.eye(n, dtype=dtype),
+            D=jnp.ones(n, dtype),
+            sqrt_C=jnp.eye(n, dtype=dtype),
             eigen_generation=jnp.array(0, jnp.int32),
             num_eigen_refreshes=jnp.array(0, jnp.int32),
-            fitness_history=jnp.full(self.history_length, UNKNOWN_FITNESS, jnp.float32),
+            fitness_history=jnp.full(self.history_length, UNKNOWN_FITNESS, dtype),
         )
 
     def _ask(self, key: jax.Array, state: CMAESState, params: CMAESParams):
-        z = threefry.normal(key, (self.population_size, self.num_dims))  # (38)
+        z = standard_normal(key, (self.population_size, self.num_dims), self.dtype)  # (38)
         y = z @ state.sqrt_C  # (39) with C^{1/2} = B D B^T for B D (see CMAESState)
         return state.mean + state.std * y, state  # (40)
 
@@ -492,6 +498,17 @@ class CMAES(Strategy):
 
 
 # -- pieces shared with SepCMAES --------------------------------------------------------
+def standard_normal(key: jax.Array, shape: tuple[int, ...], dtype) -> jax.Array:
+    """N(0, I) samples in ``dtype``: the fused float32 generator, or jax.random's float64.
+
+    float32 normals come from a 23-bit uniform; a float64 run draws its own
+    (52-bit) normals so that no part of the sample is float32-grained.
+    """
+    if jnp.dtype(dtype) == jnp.float32:
+        return threefry.normal(key, shape)
+    return jax.random.normal(key, shape, dtype)
+
+
 def population_member(population, index):
     """Row ``index`` of a (lambda, n) population, as a one-hot product.
 
@@ -550,7 +567,7 @@ def stall_indicator(p_sigma, generation_counter, num_dims, params):
     norm = jnp.sqrt(jnp.sum(p_sigma**2))
     correction = jnp.sqrt(1 - (1 - params.c_sigma) ** (2.0 * (generation_counter + 1)))
     threshold = (1.4 + 2 / (num_dims + 1)) * params.chi_n
-    return (norm / correction < threshold).astype(jnp.float32)
+    return (norm / correction < threshold).astype(p_sigma.dtype)
 
 
 def lazy_eigendecomposition(
@@ -605,7 +622,7 @@ def eigendecomposition(C, min_eigenvalue_ratio):
 def record_best(history, fitness, generation_counter):
     """Writes this generation's best finite fitness (or UNKNOWN_FITNESS) into the ring buffer."""
     best = jnp.min(jnp.where(jnp.isfinite(fitness), fitness, UNKNOWN_FITNESS))
-    return history.at[generation_counter % history.shape[0]].set(best)
+    return history.at[generation_counter % history.shape[0]].set(best.astype(history.dtype))
 
 
 def termination_indicators(

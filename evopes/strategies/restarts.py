@@ -165,8 +165,8 @@ def run_params(es, population_size: int, std_init: float):
     constants = constants_fn(n, population_size)
     weights = np.zeros(es.population_size)
     weights[:population_size] = constants["weights"]
-    params = make_params(n, {**constants, "weights": weights})
-    return params.replace(std_init=jnp.asarray(std_init, jnp.float32))
+    params = make_params(n, {**constants, "weights": weights}, es.dtype)
+    return params.replace(std_init=jnp.asarray(std_init, es.dtype))
 
 
 class IPOP:
@@ -270,7 +270,7 @@ class IPOP:
             start = mean(mean_key) if callable(mean) else mean
             state, generations, stops = run_until_stop(
                 es, params, fitness_fn, run_key, start, jnp.asarray(size, jnp.int32),
-                jnp.asarray(limit, jnp.int32), jnp.asarray(target_fitness, jnp.float32),
+                jnp.asarray(limit, jnp.int32), jnp.asarray(target_fitness, es.dtype),
             )
             generations, stops, run_best = jax.device_get(
                 (generations, stops, state.best_fitness)

@@ -31,7 +31,6 @@ import jax.numpy as jnp
 import numpy as np
 from flax import struct
 
-from evopes import threefry
 from evopes.spec import PyTree, SolutionSpec
 from evopes.strategies.cma_es import (
     CMA_PARAM_RANGES,
@@ -45,6 +44,7 @@ from evopes.strategies.cma_es import (
     population_member,
     record_best,
     stall_indicator,
+    standard_normal,
     termination_indicators,
     tolfun_history_length,
     tree_all_finite,
@@ -102,6 +102,9 @@ class SepCMAES(Strategy):
         if population_size is None:
             population_size = default_population_size(SolutionSpec.from_template(solution).num_dims)
         super().__init__(population_size, solution, maximize=maximize)
+        self.dtype = self.spec.precision
+
+    ranks_in_fitness_dtype = True
 
     @property
     def history_length(self) -> int:
@@ -109,7 +112,8 @@ class SepCMAES(Strategy):
 
     @property
     def default_params(self) -> CMAESParams:
-        return make_params(self.num_dims, sep_constants(self.num_dims, self.population_size))
+        constants = sep_constants(self.num_dims, self.population_size)
+        return make_params(self.num_dims, constants, self.dtype)
 
     param_ranges = CMA_PARAM_RANGES
 
@@ -129,21 +133,22 @@ class SepCMAES(Strategy):
         return population_member(population, index)
 
     def _init(self, key, mean, params: CMAESParams) -> SepCMAESState:
-        zero = jnp.zeros(self.num_dims, jnp.float32)
+        dtype = self.dtype
+        zero = jnp.zeros(self.num_dims, dtype)
         return SepCMAESState(
             mean=mean,
             best_solution=mean,
-            best_fitness=jnp.array(jnp.inf, jnp.float32),
+            best_fitness=jnp.array(jnp.inf, dtype),
             generation_counter=jnp.array(0, jnp.int32),
-            std=jnp.asarray(params.std_init, jnp.float32),
+            std=jnp.asarray(params.std_init, dtype),
             p_sigma=zero,
             p_c=zero,
-            variances=jnp.ones(self.num_dims, jnp.float32),
-            fitness_history=jnp.full(self.history_length, UNKNOWN_FITNESS, jnp.float32),
+            variances=jnp.ones(self.num_dims, dtype),
+            fitness_history=jnp.full(self.history_length, UNKNOWN_FITNESS, dtype),
         )
 
     def _ask(self, key, state: SepCMAESState, params: CMAESParams):
-        z = threefry.normal(key, (self.population_size, self.num_dims))
+        z = standard_normal(key, (self.population_size, self.num_dims), self.dtype)
         return state.mean + (state.std * jnp.sqrt(state.variances)) * z, state
 
     def _tell(self, key, population, fitness, state: SepCMAESState, params: CMAESParams):
