@@ -161,7 +161,7 @@ class Strategy:
         raise NotImplementedError
 
     # -- public template ----------------------------------------------------
-    @compiled_method(before=lambda self, key, mean, params: self.validate_params(params))
+    @compiled_method(before=lambda self, key, mean, params: self._check_init(mean, params))
     def init(self, key: jax.Array, mean: PyTree, params: Params) -> State:
         """Initial state centred on ``mean`` (a pytree shaped like ``solution``)."""
         check_key(key)
@@ -171,7 +171,7 @@ class Strategy:
         flat_mean = self.spec.ravel(mean, self.dtype)
         state = self._init(key, flat_mean, params)
         return state.replace(
-            mean=flat_mean,
+            mean=self._genotype(flat_mean),
             best_solution=flat_mean,
             best_fitness=jnp.array(jnp.inf, self.dtype),
             generation_counter=jnp.array(0, jnp.int32),
@@ -267,12 +267,24 @@ class Strategy:
     @compiled_method()
     def get_mean(self, state: State) -> PyTree:
         """The current mean (search centre) as a pytree shaped like ``solution``."""
-        return self.spec.unravel(state.mean)
+        return self.spec.unravel(self._phenotype(state.mean))
+
+    def _phenotype(self, flat: jax.Array) -> jax.Array:
+        """The solution a flat search point stands for (identity; see the bounded CMA-ES)."""
+        return flat
+
+    def _genotype(self, flat: jax.Array) -> jax.Array:
+        """A flat search point standing for the solution ``flat`` (inverse of ``_phenotype``)."""
+        return flat
 
     def get_best_solution(self, state: State) -> PyTree:
         return self.spec.unravel(state.best_solution)
 
     # -- validation -----------------------------------------------------------
+    def _check_init(self, mean: PyTree, params: Params) -> None:
+        """Eager checks of ``init``'s concrete arguments (before it is compiled)."""
+        self.validate_params(params)
+
     def _expected_state(self) -> State:
         """Shapes and dtypes of this strategy's state (traced once, then kept)."""
         if "_state_shapes" not in self.__dict__:

@@ -69,6 +69,7 @@ from flax import struct
 
 from evopes import threefry
 from evopes.spec import PyTree, SolutionSpec
+from evopes.strategies.box import check_inside, flat_bounds, from_box, genotypes_of, to_box
 from evopes.strategy import Metrics, Params, State, Strategy
 
 #: Names of the boolean termination indicators in the metrics (besides ``terminate``).
@@ -319,6 +320,9 @@ class CMAESState(State):
       num_eigen_refreshes: how many eigendecompositions were computed.
       fitness_history: best finite fitness of recent generations (ring buffer
         indexed by generation; ``UNKNOWN_FITNESS`` where unknown), for TolFun.
+      genotypes: with box constraints, the last population as sampled (before
+        the transformation into the box), so that ``tell`` updates with the
+        steps actually drawn (see :mod:`evopes.strategies.box`); None without.
     """
 
     std: jax.Array
@@ -331,6 +335,7 @@ class CMAESState(State):
     eigen_generation: jax.Array
     num_eigen_refreshes: jax.Array
     fitness_history: jax.Array
+    genotypes: jax.Array | None = None
 
 
 class CMAES(Strategy):
@@ -346,7 +351,13 @@ class CMAES(Strategy):
     """
 
     def __init__(
-        self, population_size: int | None = None, solution: PyTree = None, *, maximize: bool = False
+        self,
+        population_size: int | None = None,
+        solution: PyTree = None,
+        *,
+        maximize: bool = False,
+        lower: PyTree = None,
+        upper: PyTree = None,
     ):
         if solution is None:
             raise ValueError("solution: expected a template pytree, got None")
@@ -354,6 +365,36 @@ class CMAES(Strategy):
             population_size = default_population_size(SolutionSpec.from_template(solution).num_dims)
         super().__init__(population_size, solution, maximize=maximize)
         self.dtype = self.spec.precision
+        self.lower, self.upper = flat_bounds(self.spec, lower, upper)
+
+    # Box constraints: the distribution lives on genotypes; ask hands out
+    # their phenotypes (inside the box), tell maps the members back.
+    def _check_init(self, mean, params) -> None:
+        self.validate_params(params)
+        check_inside(self.spec, mean, self.lower, self.upper)
+
+    def _phenotype(self, flat):
+        return flat if self.lower is None else to_box(flat, self.lower, self.upper)
+
+    def _genotype(self, flat):
+        return flat if self.lower is None else from_box(flat, self.lower, self.upper)
+
+    def _empty_genotypes(self):
+        if self.lower is None:
+            return None
+        return jnp.zeros((self.population_size, self.num_dims), self.dtype)
+
+    def _hand_out(self, genotypes, state):
+        """(population for the user, state): the phenotypes, the genotypes kept."""
+        if self.lower is None:
+            return genotypes, state
+        return to_box(genotypes, self.lower, self.upper), state.replace(genotypes=genotypes)
+
+    def _sampled(self, population, state):
+        """The genotypes of the handed-back members (pycma keeps them in an archive)."""
+        if self.lower is None:
+            return population
+        return genotypes_of(population, state.genotypes, self.lower, self.upper)
 
     ranks_in_fitness_dtype = True
 
@@ -403,15 +444,17 @@ class CMAES(Strategy):
             eigen_generation=jnp.array(0, jnp.int32),
             num_eigen_refreshes=jnp.array(0, jnp.int32),
             fitness_history=jnp.full(self.history_length, UNKNOWN_FITNESS, dtype),
+            genotypes=self._empty_genotypes(),
         )
 
     def _ask(self, key: jax.Array, state: CMAESState, params: CMAESParams):
         z = standard_normal(key, (self.population_size, self.num_dims), self.dtype)  # (38)
         y = z @ state.sqrt_C  # (39) with C^{1/2} = B D B^T for B D (see CMAESState)
-        return state.mean + state.std * y, state  # (40)
+        return self._hand_out(state.mean + state.std * y, state)  # (40)
 
     def _tell(self, key, population, fitness, state: CMAESState, params: CMAESParams):
         n = self.num_dims
+        population = self._sampled(population, state)
         y, whitened, weights = selected_steps(
             population, fitness, state.mean, state.std, state.B, state.D, params
         )
