@@ -9,7 +9,7 @@ import pytest
 
 from evopes.strategies.box import from_box, to_box
 from evopes.strategies.cma_es import CMAES
-from evopes.strategies.restarts import IPOP
+from evopes.strategies.restarts import BIPOP, IPOP
 from evopes.strategies.sep_cma_es import SepCMAES
 
 N = 10
@@ -105,15 +105,23 @@ def test_transformation_matches_pycma_bound_transform():
     np.testing.assert_allclose(np.asarray(back), got, rtol=1e-6, atol=1e-6)
 
 
-def test_restarts_keep_every_point_inside():
+@pytest.mark.parametrize("schedule", [IPOP, BIPOP])
+def test_restarts_keep_every_point_inside(schedule):
+    upper = np.array([1.0, 2.0, 3.0])
+    margins = []  # each generation's smallest distance to the box, recorded on the host
+
     def fitness(population, key):  # the minimum of the sum lies at the corner lower
+        margin = jnp.minimum(jnp.min(population + 1.0), jnp.min(upper - population))
+        jax.debug.callback(lambda value: margins.append(float(value)), margin)
         return jnp.sum(population, axis=-1)
 
-    result = IPOP(
-        solution=jnp.zeros(3), lower=-1.0, upper=jnp.array([1.0, 2.0, 3.0]), max_restarts=1
-    ).run(jax.random.key(0), fitness, jnp.zeros(3), max_evaluations=3000, target_fitness=-3 + 1e-6)
+    result = schedule(solution=jnp.zeros(3), lower=-1.0, upper=upper, max_restarts=1).run(
+        jax.random.key(0), fitness, jnp.zeros(3), max_evaluations=3000, target_fitness=-3 + 1e-6
+    )
     assert result.best_fitness <= -3 + 1e-6
-    assert np.all(np.asarray(result.best_solution) >= -1.0)
+    assert len(margins) == sum(run.generations for run in result.runs)
+    assert min(margins) >= 0.0
+    np.testing.assert_allclose(np.asarray(result.best_solution), -1.0, atol=1e-5)
 
 
 @pytest.mark.parametrize(
