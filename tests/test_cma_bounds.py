@@ -140,6 +140,13 @@ def test_invalid_bounds_raise_value_errors_naming_the_argument(kwargs, mean, mes
         es.init(jax.random.key(0), jnp.asarray(mean, jnp.float32), es.default_params)
 
 
+def test_restart_start_outside_the_box_raises():
+    with pytest.raises(ValueError, match="mean: expected the initial mean inside"):
+        IPOP(solution=jnp.zeros(3), lower=0.0, upper=1.0).run(
+            jax.random.key(0), lambda x, key: jnp.sum(x, -1), jnp.full(3, 2.0), max_evaluations=100
+        )
+
+
 def test_pytree_bounds_and_the_mean_on_a_bound():
     solution = {"a": jnp.zeros(2), "b": jnp.zeros(())}
     es = CMAES(solution=solution, lower={"a": jnp.array([0.0, -1.0]), "b": 0.0}, upper=1.0)

@@ -57,7 +57,7 @@ import numpy as np
 
 from evopes import threefry
 from evopes.spec import PyTree, SolutionSpec
-from evopes.strategies.box import flat_bounds
+from evopes.strategies.box import check_inside, flat_bounds
 from evopes.strategies.cma_es import (
     CMAES,
     STOP_INDICATORS,
@@ -277,6 +277,8 @@ class IPOP:
                                lower=self.lower, upper=self.upper)
             params = run_params(es, size, sigma)
             start = mean(mean_key) if callable(mean) else mean
+            # init runs traced inside the compiled run, so check the start here.
+            check_inside(self.spec, start, es.lower, es.upper, "mean")
             state, generations, stops = run_until_stop(
                 es, params, fitness_fn, run_key, start, jnp.asarray(size, jnp.int32),
                 jnp.asarray(limit, jnp.int32), jnp.asarray(target_fitness, es.dtype),
