@@ -85,8 +85,10 @@ def test_float64_state_reaches_1e_minus_8_on_a_shifted_sharp_ridge_like_pycma():
     assert np.median(evals) <= 1.2 * PYCMA_RIDGE_MEDIAN, evals
 
 
-@pytest.mark.parametrize("strategy", [CMAES, SepCMAES])
-@pytest.mark.parametrize("solution_dtype", ["float32", "float64"])
+@pytest.mark.parametrize(
+    ("strategy", "solution_dtype"),
+    [(CMAES, "float32"), (SepCMAES, "float32"), (CMAES, "float64")],
+)
 def test_fitness_offset_of_1000_keeps_its_ranking(strategy, solution_dtype):
     """f = 1000 + differences of 1e-9: float32 would make all members tie (spacing 6e-5).
 
