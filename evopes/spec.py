@@ -73,6 +73,18 @@ class SolutionSpec:
         the strategies compute them in float32)."""
         return all(jnp.dtype(dtype) == jnp.float32 for dtype in self.dtypes)
 
+    @property
+    def precision(self) -> Any:
+        """float64 if JAX runs with ``jax_enable_x64`` and some leaf is float64, else float32.
+
+        Strategies that follow the user's precision (the CMA-ES family) hold
+        their state in this dtype. Read when a strategy is built: a strategy
+        built under x64 computes in float64 for its whole life.
+        """
+        x64 = bool(jax.config.jax_enable_x64)
+        wide = any(jnp.dtype(dtype) == jnp.float64 for dtype in self.dtypes)
+        return jnp.dtype(jnp.float64 if x64 and wide else jnp.float32)
+
     def ravel(self, tree: PyTree, dtype=jnp.float32) -> jax.Array:
         """Pytree -> flat vector of length ``num_dims``."""
         self.check(tree, "solution")

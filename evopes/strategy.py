@@ -89,6 +89,15 @@ class Strategy:
     #: ``metrics["invalid_params"]`` / ``metrics["terminate"]`` say so.
     param_ranges: dict[str, tuple[float, float]] = {}
 
+    #: The dtype of flat solutions, of the state and of the best fitness.
+    #: float32 unless a subclass follows the solution's precision (CMA-ES:
+    #: ``self.dtype = self.spec.precision``, float64 under ``jax_enable_x64``).
+    dtype = jnp.dtype(jnp.float32)
+    #: Whether ``_tell`` receives the fitness in its own floating dtype (float64
+    #: under x64 stays float64), so that ranking never rounds it; otherwise the
+    #: fitness is cast to float32 first.
+    ranks_in_fitness_dtype: bool = False
+
     def __init__(self, population_size: int, solution: PyTree, *, maximize: bool = False):
         if int(population_size) != population_size or population_size < 2:
             raise ValueError(f"population_size: expected an integer >= 2, got {population_size!r}")
@@ -152,19 +161,19 @@ class Strategy:
         raise NotImplementedError
 
     # -- public template ----------------------------------------------------
-    @compiled_method(before=lambda self, key, mean, params: self.validate_params(params))
+    @compiled_method(before=lambda self, key, mean, params: self._check_init(mean, params))
     def init(self, key: jax.Array, mean: PyTree, params: Params) -> State:
         """Initial state centred on ``mean`` (a pytree shaped like ``solution``)."""
         check_key(key)
         self._check_params_type(params)
         self.validate_params(params)
         params, _ = self._sanitized(params)  # under jit: nothing invalid enters the state
-        flat_mean = self.spec.ravel(mean)
+        flat_mean = self.spec.ravel(mean, self.dtype)
         state = self._init(key, flat_mean, params)
         return state.replace(
-            mean=flat_mean,
+            mean=self._genotype(flat_mean),
             best_solution=flat_mean,
-            best_fitness=jnp.array(jnp.inf, jnp.float32),
+            best_fitness=jnp.array(jnp.inf, self.dtype),
             generation_counter=jnp.array(0, jnp.int32),
         )
 
@@ -199,11 +208,15 @@ class Strategy:
                 raise ValueError(
                     f"population: {type(self).__name__}.tell needs the population, got None"
                 )
-            flat_population = self.spec.ravel_population(population, self.population_size)
+            flat_population = self.spec.ravel_population(
+                population, self.population_size, self.dtype
+            )
         elif population is not None:
             self.spec.check(population, "population", batch_shape=(self.population_size,))
             if self.reads_population_if_given:
-                flat_population = self.spec.ravel_population(population, self.population_size)
+                flat_population = self.spec.ravel_population(
+                    population, self.population_size, self.dtype
+                )
 
         finite = jnp.isfinite(raw_fitness)
         ranked = jnp.where(finite, raw_fitness, jnp.inf)
@@ -225,6 +238,7 @@ class Strategy:
                 "terminate": jnp.asarray(extra.get("terminate", False)) | any_invalid,
             }
 
+        generation_best = generation_best.astype(state.best_fitness.dtype)
         improved = generation_best < state.best_fitness
         new_state = new_state.replace(
             best_solution=jnp.where(improved, best_member, state.best_solution),
@@ -253,12 +267,24 @@ class Strategy:
     @compiled_method()
     def get_mean(self, state: State) -> PyTree:
         """The current mean (search centre) as a pytree shaped like ``solution``."""
-        return self.spec.unravel(state.mean)
+        return self.spec.unravel(self._phenotype(state.mean))
+
+    def _phenotype(self, flat: jax.Array) -> jax.Array:
+        """The solution a flat search point stands for (identity; see the bounded CMA-ES)."""
+        return flat
+
+    def _genotype(self, flat: jax.Array) -> jax.Array:
+        """A flat search point standing for the solution ``flat`` (inverse of ``_phenotype``)."""
+        return flat
 
     def get_best_solution(self, state: State) -> PyTree:
         return self.spec.unravel(state.best_solution)
 
     # -- validation -----------------------------------------------------------
+    def _check_init(self, mean: PyTree, params: Params) -> None:
+        """Eager checks of ``init``'s concrete arguments (before it is compiled)."""
+        self.validate_params(params)
+
     def _expected_state(self) -> State:
         """Shapes and dtypes of this strategy's state (traced once, then kept)."""
         if "_state_shapes" not in self.__dict__:
@@ -295,7 +321,11 @@ class Strategy:
             fitness.dtype, jnp.integer
         ):
             raise ValueError(f"fitness: expected a real dtype, got {fitness.dtype}")
-        return fitness.astype(jnp.float32)
+        if self.ranks_in_fitness_dtype and fitness.dtype == jnp.float64:
+            # A float32 cast would merge fitness values that differ by less than
+            # 6e-8 of their size (COCO's offsets f_opt reach 1000): rank them as given.
+            return fitness
+        return fitness.astype(jnp.promote_types(self.dtype, jnp.float32))
 
     def validate_params(self, params: Params) -> None:
         """Checks concrete hyperparameter values against :attr:`param_ranges`; traced values

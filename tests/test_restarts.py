@@ -108,15 +108,18 @@ def test_a_masked_run_updates_exactly_like_the_small_population():
 
 
 def test_docs_examples_run():
-    """The two examples of docs/strategies/cma_es.md run and reach what they print."""
+    """The examples of docs/strategies/cma_es.md run and reach what they print."""
     import pathlib
     import re
 
     page = pathlib.Path(__file__).resolve().parent.parent / "docs" / "strategies" / "cma_es.md"
     blocks = re.findall(r"```python\n(.*?)```", page.read_text(), flags=re.S)
-    assert len(blocks) == 2
-    cma_example, restart_example = {}, {}
+    assert len(blocks) == 3
+    cma_example, precision_example, restart_example = {}, {}, {}
     exec(compile(blocks[0], "cma_es.md:example", "exec"), cma_example)
     assert float(cma_example["best"][-1]) < 1e-8
-    exec(compile(blocks[1], "cma_es.md:restarts", "exec"), restart_example)
+    exec(compile(blocks[1], "cma_es.md:float64", "exec"), precision_example)
+    assert precision_example["es"].dtype == np.float64
+    assert not jax.config.jax_enable_x64  # the example switches x64 off again
+    exec(compile(blocks[2], "cma_es.md:restarts", "exec"), restart_example)
     assert restart_example["result"].best_fitness <= 1e-8

@@ -57,6 +57,7 @@ import numpy as np
 
 from evopes import threefry
 from evopes.spec import PyTree, SolutionSpec
+from evopes.strategies.box import check_inside, flat_bounds
 from evopes.strategies.cma_es import (
     CMAES,
     STOP_INDICATORS,
@@ -165,8 +166,8 @@ def run_params(es, population_size: int, std_init: float):
     constants = constants_fn(n, population_size)
     weights = np.zeros(es.population_size)
     weights[:population_size] = constants["weights"]
-    params = make_params(n, {**constants, "weights": weights})
-    return params.replace(std_init=jnp.asarray(std_init, jnp.float32))
+    params = make_params(n, {**constants, "weights": weights}, es.dtype)
+    return params.replace(std_init=jnp.asarray(std_init, es.dtype))
 
 
 class IPOP:
@@ -181,6 +182,9 @@ class IPOP:
       compiled_population_size: if given, every run is compiled for (and
         samples) this many members, masking the ones beyond its lambda: one
         compilation in all. By default, lambda_def 2^k (see the module notes).
+      lower, upper: box constraints (scalars or pytrees like the solution),
+        given to every run's strategy (see :mod:`evopes.strategies.box`);
+        every start must lie inside.
 
     Usage::
 
@@ -194,8 +198,12 @@ class IPOP:
 
     def __init__(self, solution: PyTree, *, population_size: int | None = None,
                  population_factor: float = 2.0, max_restarts: int = 9, strategy=CMAES,
-                 compiled_population_size: int | None = None):
+                 compiled_population_size: int | None = None, lower: PyTree = None,
+                 upper: PyTree = None):
         self.spec = SolutionSpec.from_template(solution)
+        # Validated here (ValueError naming lower/upper), handed to every run's strategy.
+        flat_bounds(self.spec, lower, upper)
+        self.lower, self.upper = lower, upper
         self.population_size = population_size or default_population_size(self.spec.num_dims)
         if population_factor < 1:
             raise ValueError(f"population_factor: expected a value >= 1, got {population_factor}")
@@ -265,12 +273,15 @@ class IPOP:
             limit = min(default_max_generations(self.spec.num_dims, size), budget // size)
             if limit < 1:
                 break
-            es = self.strategy(population_size=self.compiled_size(size), solution=self.spec)
+            es = self.strategy(population_size=self.compiled_size(size), solution=self.spec,
+                               lower=self.lower, upper=self.upper)
             params = run_params(es, size, sigma)
             start = mean(mean_key) if callable(mean) else mean
+            # init runs traced inside the compiled run, so check the start here.
+            check_inside(self.spec, start, es.lower, es.upper, "mean")
             state, generations, stops = run_until_stop(
                 es, params, fitness_fn, run_key, start, jnp.asarray(size, jnp.int32),
-                jnp.asarray(limit, jnp.int32), jnp.asarray(target_fitness, jnp.float32),
+                jnp.asarray(limit, jnp.int32), jnp.asarray(target_fitness, es.dtype),
             )
             generations, stops, run_best = jax.device_get(
                 (generations, stops, state.best_fitness)

@@ -31,10 +31,11 @@ import jax.numpy as jnp
 import numpy as np
 from flax import struct
 
-from evopes import threefry
 from evopes.spec import PyTree, SolutionSpec
+from evopes.strategies.box import flat_bounds
 from evopes.strategies.cma_es import (
     CMA_PARAM_RANGES,
+    CMAES,
     TINY,
     UNKNOWN_FITNESS,
     CMAESParams,
@@ -45,6 +46,7 @@ from evopes.strategies.cma_es import (
     population_member,
     record_best,
     stall_indicator,
+    standard_normal,
     termination_indicators,
     tolfun_history_length,
     tree_all_finite,
@@ -73,6 +75,8 @@ class SepCMAESState(State):
       p_sigma, p_c: evolution paths.
       variances: diag(C), shape (n,).
       fitness_history: best finite fitness of recent generations (for TolFun).
+      genotypes: with box constraints, the last population before the
+        transformation into the box (as in :class:`CMAESState`); else None.
     """
 
     std: jax.Array
@@ -80,6 +84,7 @@ class SepCMAESState(State):
     p_c: jax.Array
     variances: jax.Array
     fitness_history: jax.Array
+    genotypes: jax.Array | None = None
 
 
 class SepCMAES(Strategy):
@@ -95,13 +100,31 @@ class SepCMAES(Strategy):
     """
 
     def __init__(
-        self, population_size: int | None = None, solution: PyTree = None, *, maximize: bool = False
+        self,
+        population_size: int | None = None,
+        solution: PyTree = None,
+        *,
+        maximize: bool = False,
+        lower: PyTree = None,
+        upper: PyTree = None,
     ):
         if solution is None:
             raise ValueError("solution: expected a template pytree, got None")
         if population_size is None:
             population_size = default_population_size(SolutionSpec.from_template(solution).num_dims)
         super().__init__(population_size, solution, maximize=maximize)
+        self.dtype = self.spec.precision
+        self.lower, self.upper = flat_bounds(self.spec, lower, upper)
+
+    # Box constraints as in CMAES (see evopes.strategies.box).
+    _check_init = CMAES._check_init
+    _phenotype = CMAES._phenotype
+    _genotype = CMAES._genotype
+    _empty_genotypes = CMAES._empty_genotypes
+    _hand_out = CMAES._hand_out
+    _sampled = CMAES._sampled
+
+    ranks_in_fitness_dtype = True
 
     @property
     def history_length(self) -> int:
@@ -109,7 +132,8 @@ class SepCMAES(Strategy):
 
     @property
     def default_params(self) -> CMAESParams:
-        return make_params(self.num_dims, sep_constants(self.num_dims, self.population_size))
+        constants = sep_constants(self.num_dims, self.population_size)
+        return make_params(self.num_dims, constants, self.dtype)
 
     param_ranges = CMA_PARAM_RANGES
 
@@ -129,25 +153,28 @@ class SepCMAES(Strategy):
         return population_member(population, index)
 
     def _init(self, key, mean, params: CMAESParams) -> SepCMAESState:
-        zero = jnp.zeros(self.num_dims, jnp.float32)
+        dtype = self.dtype
+        zero = jnp.zeros(self.num_dims, dtype)
         return SepCMAESState(
             mean=mean,
             best_solution=mean,
-            best_fitness=jnp.array(jnp.inf, jnp.float32),
+            best_fitness=jnp.array(jnp.inf, dtype),
             generation_counter=jnp.array(0, jnp.int32),
-            std=jnp.asarray(params.std_init, jnp.float32),
+            std=jnp.asarray(params.std_init, dtype),
             p_sigma=zero,
             p_c=zero,
-            variances=jnp.ones(self.num_dims, jnp.float32),
-            fitness_history=jnp.full(self.history_length, UNKNOWN_FITNESS, jnp.float32),
+            variances=jnp.ones(self.num_dims, dtype),
+            fitness_history=jnp.full(self.history_length, UNKNOWN_FITNESS, dtype),
+            genotypes=self._empty_genotypes(),
         )
 
     def _ask(self, key, state: SepCMAESState, params: CMAESParams):
-        z = threefry.normal(key, (self.population_size, self.num_dims))
-        return state.mean + (state.std * jnp.sqrt(state.variances)) * z, state
+        z = standard_normal(key, (self.population_size, self.num_dims), self.dtype)
+        return self._hand_out(state.mean + (state.std * jnp.sqrt(state.variances)) * z, state)
 
     def _tell(self, key, population, fitness, state: SepCMAESState, params: CMAESParams):
         n = self.num_dims
+        population = self._sampled(population, state)
         y_w, rank_mu, weights = weighted_steps(
             population, fitness, state.mean, state.std, state.variances, params
         )
