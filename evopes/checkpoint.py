@@ -41,9 +41,26 @@ Guarantees
   whose file name is taken by a checkpoint of another run (or by an unreadable
   file) refuses instead of overwriting it.
 
-Scope: one process writing to a folder. Arrays sharded over the devices of this
-process are gathered to the host on save and put back on the target's sharding
-on restore.
+Arrays sharded over the devices of this process are gathered to the host on
+save and put back on the target's sharding on restore.
+
+Several processes (``jax.distributed``)
+---------------------------------------
+When ``target`` holds an array with data on other processes, every process
+calls :func:`save_checkpoint` with the same arguments. Each writes its *part*,
+``checkpoint_<step>.part<i>of<n>.evopes`` (a file of the same format holding the
+distinct shards its devices hold, each with its place in the global array, and
+its process-local leaves), atomically; all wait at a barrier; process 0 then
+writes the *manifest* ``checkpoint_<step>.evopes``, which holds no leaves but
+the CRC-32 of every part, atomically. Only manifests are listed and pruned, so
+a checkpoint is the latest only once every part is written: a process killed
+during a save leaves the previous checkpoint the latest. After a second
+barrier each process deletes its parts whose manifest is gone.
+:func:`restore_checkpoint` of a manifest has every process read and check every
+part (so all agree on whether the checkpoint is intact without talking) and
+raises :class:`DamagedCheckpointError`, naming the manifest and the part, when a
+part is missing, damaged or not the one committed; a leaf split over processes
+is put together from every part's shards and placed on the target's sharding.
 
 Why not orbax or a bare ``flax.serialization``
 -----------------------------------------------
@@ -55,7 +72,9 @@ background threads, importing it costs seconds, and its API changes between
 releases. A strategy state is small, so one self-describing file (a fixed
 preamble, a msgpack header, the raw leaf bytes, a checksum), flattened with
 ``jax.tree_util`` (any registered pytree works) is both the simplest and the
-easiest to reason about when a process is killed mid-write.
+easiest to reason about when a process is killed mid-write. The multi-process
+protocol keeps that: parts are files of the same checked format, and the
+manifest's per-part CRC-32s make the whole checkpoint verifiable file by file.
 
 File layout (format version 2)
 ------------------------------
@@ -68,6 +87,11 @@ File layout (format version 2)
   byte count in the data section;
 * the data: the leaves' bytes, one after the other;
 * the last 4 bytes: CRC-32 of every byte before them.
+
+Parts and manifests add ``kind``, ``process_index``, ``process_count`` and
+``parts`` (the parts' CRC-32s, in a manifest) to the header, and a leaf split
+over processes adds ``shards`` (each shard's ``[start, stop]`` per axis, offset
+and byte count); a single process's file has neither, as in earlier releases.
 
 Files of format version 1 (evopes releases before run ids) are refused with a
 ``ValueError`` that says so.
