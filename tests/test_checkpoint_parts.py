@@ -8,6 +8,9 @@ process, so the layout, its checks and its errors run without ``jax.distributed`
 
 from __future__ import annotations
 
+import struct
+import zlib
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -31,6 +34,12 @@ def as_parts(monkeypatch):
 
 def _tree(value: float) -> dict:
     return {"x": jnp.full((3,), value), "key": jax.random.key(7), "n": np.int64(5)}
+
+
+def _with_trailer(data: bytes) -> bytes:
+    """``data`` with its whole-file CRC-32 recomputed (a forged but self-consistent file)."""
+    body = data[:-4]
+    return body + struct.pack("<I", zlib.crc32(body))
 
 
 def _name(step: int, part: str = "") -> str:
@@ -108,3 +117,16 @@ def test_a_single_process_file_keeps_the_header_of_earlier_releases(tmp_path):
     assert set(header) == {"run_id", "step", "sequence", "metadata", "data_length", "leaves"}
     assert all("shards" not in leaf for leaf in header["leaves"])
     assert "process_count" not in checkpoint_metadata(path)
+
+
+def test_a_part_edited_with_its_own_checksum_recomputed_is_caught_by_the_manifest(
+    as_parts, tmp_path
+):
+    save_checkpoint(tmp_path, 4, _tree(1.0))
+    part = tmp_path / _name(4, ".part0of1")
+    data = bytearray(part.read_bytes())
+    data[-5] ^= 0x01  # the last data byte (the 'n' leaf); header and its CRC untouched
+    part.write_bytes(_with_trailer(bytes(data)))
+    checkpoint._read(part)  # the part alone reads as intact ...
+    with pytest.raises(DamagedCheckpointError, match="is not the one committed"):
+        restore_checkpoint(tmp_path / _name(4), _tree(0.0))  # ... the manifest's CRC says no
