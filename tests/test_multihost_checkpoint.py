@@ -78,9 +78,7 @@ def _kill_all(workers: list[subprocess.Popen]) -> None:
         worker.communicate()
 
 
-@pytest.fixture(scope="module")
-def phases(tmp_path_factory) -> dict:
-    root = tmp_path_factory.mktemp("multihost_checkpoint")
+def _run_phases(root: Path) -> dict:
     killed_folder = root / "killed"
 
     # Phase 1: process 1 dies mid-save; process 0 waits for its part, and is killed.
@@ -129,7 +127,7 @@ def phases(tmp_path_factory) -> dict:
     return {"listing": listing, "latest": latest, "results": results, "damaged": damaged}
 
 
-def test_a_kill_mid_save_leaves_the_previous_complete_checkpoint_latest(phases):
+def _check_a_kill_mid_save_leaves_the_previous_complete_checkpoint_latest(phases):
     listing = phases["listing"]
     # Steps 2, 4 and 6 are complete (manifest and both parts; keep=3).
     for step in (2, 4, 6):
@@ -140,7 +138,7 @@ def test_a_kill_mid_save_leaves_the_previous_complete_checkpoint_latest(phases):
     assert phases["latest"].name == _name(6)
 
 
-def test_a_manifest_with_a_missing_or_damaged_part_raises_a_value_error_naming_it(phases):
+def _check_a_manifest_with_a_missing_or_damaged_part_raises_a_value_error_naming_it(phases):
     for result in phases["results"]:
         errors = result["restore_errors"]
         assert errors[_name(6)].startswith("DamagedCheckpointError")
@@ -149,7 +147,7 @@ def test_a_manifest_with_a_missing_or_damaged_part_raises_a_value_error_naming_i
         assert _name(4, ".part1of2") in errors[_name(4)] and "checksum" in errors[_name(4)]
 
 
-def test_resume_after_the_kill_is_bit_identical_to_the_uninterrupted_run(phases):
+def _check_resume_after_the_kill_is_bit_identical_to_the_uninterrupted_run(phases):
     for result in phases["results"]:
         assert result["uninterrupted"]["restored"] == []
         assert result["intact"]["restored"] == [_name(6)]
@@ -158,7 +156,7 @@ def test_resume_after_the_kill_is_bit_identical_to_the_uninterrupted_run(phases)
             assert result["intact"][field] == result["uninterrupted"][field]
 
 
-def test_resume_falls_back_past_checkpoints_with_a_bad_part(phases):
+def _check_resume_falls_back_past_checkpoints_with_a_bad_part(phases):
     for result in phases["results"]:
         run = result["damaged"]
         # The driver tried step 6, then 4, and resumed from 2, naming each damaged one.
@@ -170,3 +168,13 @@ def test_resume_falls_back_past_checkpoints_with_a_bad_part(phases):
     # Process 0 alone renamed the damaged manifests aside.
     names = {path.name for path in phases["damaged"].iterdir()}
     assert {_name(6) + ".damaged", _name(4) + ".damaged"} <= names
+
+
+def test_two_processes_survive_a_kill_mid_save_and_resume_bit_identically(tmp_path):
+    # One test, so that the two-process phases run once even when pytest-xdist
+    # spreads a module's tests over several workers.
+    phases = _run_phases(tmp_path)
+    _check_a_kill_mid_save_leaves_the_previous_complete_checkpoint_latest(phases)
+    _check_a_manifest_with_a_missing_or_damaged_part_raises_a_value_error_naming_it(phases)
+    _check_resume_after_the_kill_is_bit_identical_to_the_uninterrupted_run(phases)
+    _check_resume_falls_back_past_checkpoints_with_a_bad_part(phases)
