@@ -947,18 +947,19 @@ def _place_like(value: jax.Array, template: Any) -> jax.Array:
     differently (``bfloat16 * weak float32 -> bfloat16``), and jit compiles
     separately for committed and uncommitted arguments.
     """
-    if getattr(template, "weak_type", False):
-        value = _as_weak_type(value)
     sharding = _template_sharding(template)
     if sharding is not None and not sharding.is_fully_addressable:
         # A target spanning processes: every process holds the whole value and
-        # places the pieces its devices hold.
+        # places the pieces its devices hold (then weak-types the global array).
         if _is_key_dtype(value.dtype):
             impl, data = jax.random.key_impl(value), np.asarray(jax.random.key_data(value))
             placed = jax.make_array_from_callback(data.shape, sharding, lambda i: data[i])
             return jax.random.wrap_key_data(placed, impl=impl)
         host = np.asarray(value)
-        return jax.make_array_from_callback(value.shape, sharding, lambda i: host[i])
+        placed = jax.make_array_from_callback(value.shape, sharding, lambda i: host[i])
+        return _as_weak_type(placed) if getattr(template, "weak_type", False) else placed
+    if getattr(template, "weak_type", False):
+        value = _as_weak_type(value)
     if isinstance(template, jax.Array) and not isinstance(template, jax.core.Tracer):
         return jax.device_put(value, template.sharding) if template.committed else value
     return value if sharding is None else jax.device_put(value, sharding)
