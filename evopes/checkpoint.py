@@ -41,9 +41,26 @@ Guarantees
   whose file name is taken by a checkpoint of another run (or by an unreadable
   file) refuses instead of overwriting it.
 
-Scope: one process writing to a folder. Arrays sharded over the devices of this
-process are gathered to the host on save and put back on the target's sharding
-on restore.
+Arrays sharded over the devices of this process are gathered to the host on
+save and put back on the target's sharding on restore.
+
+Several processes (``jax.distributed``)
+---------------------------------------
+When ``target`` holds an array with data on other processes, every process
+calls :func:`save_checkpoint` with the same arguments. Each writes its *part*,
+``checkpoint_<step>.part<i>of<n>.evopes`` (a file of the same format holding the
+distinct shards its devices hold, each with its place in the global array, and
+its process-local leaves), atomically; all wait at a barrier; process 0 then
+writes the *manifest* ``checkpoint_<step>.evopes``, which holds no leaves but
+the CRC-32 of every part, atomically. Only manifests are listed and pruned, so
+a checkpoint is the latest only once every part is written: a process killed
+during a save leaves the previous checkpoint the latest. After a second
+barrier each process deletes its parts whose manifest is gone.
+:func:`restore_checkpoint` of a manifest has every process read and check every
+part (so all agree on whether the checkpoint is intact without talking) and
+raises :class:`DamagedCheckpointError`, naming the manifest and the part, when a
+part is missing, damaged or not the one committed; a leaf split over processes
+is put together from every part's shards and placed on the target's sharding.
 
 Why not orbax or a bare ``flax.serialization``
 -----------------------------------------------
@@ -55,7 +72,9 @@ background threads, importing it costs seconds, and its API changes between
 releases. A strategy state is small, so one self-describing file (a fixed
 preamble, a msgpack header, the raw leaf bytes, a checksum), flattened with
 ``jax.tree_util`` (any registered pytree works) is both the simplest and the
-easiest to reason about when a process is killed mid-write.
+easiest to reason about when a process is killed mid-write. The multi-process
+protocol keeps that: parts are files of the same checked format, and the
+manifest's per-part CRC-32s make the whole checkpoint verifiable file by file.
 
 File layout (format version 2)
 ------------------------------
@@ -68,6 +87,11 @@ File layout (format version 2)
   byte count in the data section;
 * the data: the leaves' bytes, one after the other;
 * the last 4 bytes: CRC-32 of every byte before them.
+
+Parts and manifests add ``kind``, ``process_index``, ``process_count`` and
+``parts`` (the parts' CRC-32s, in a manifest) to the header, and a leaf split
+over processes adds ``shards`` (each shard's ``[start, stop]`` per axis, offset
+and byte count); a single process's file has neither, as in earlier releases.
 
 Files of format version 1 (evopes releases before run ids) are refused with a
 ``ValueError`` that says so.
@@ -100,7 +124,8 @@ _LEGACY_MAGIC = "evopes-checkpoint"  # format version 1: one msgpack map
 _PREAMBLE = struct.Struct("<8sIQI")  # magic, version, header length, header CRC
 _TRAILER = struct.Struct("<I")  # CRC-32 of the whole file before it
 _PATTERN = re.compile(r"^checkpoint_(\d+)\.evopes$")
-_TEMP_PREFIX = ".tmp-checkpoint_"
+_PART_PATTERN = re.compile(r"^checkpoint_(\d+)\.part(\d+)of(\d+)\.evopes$")
+_TEMP_PREFIX = ".tmp-"
 
 #: Test hook, called with the temporary path after the data is written and
 #: fsync-ed but before it is renamed into place (fault tests use it to kill a
@@ -165,7 +190,9 @@ def save_checkpoint(
     step = int(step)
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
-    _remove_temporary_files(directory)
+    spans_processes = _spans_processes(target)
+    process_index, process_count = _process_grid() if spans_processes else (0, 1)
+    _remove_temporary_files(directory, process_index)
 
     final_path = directory / _file_name(step)
     entries = _scan(directory)
@@ -173,15 +200,28 @@ def save_checkpoint(
         if entry.path.name == final_path.name:
             _check_may_overwrite(entry, run_id)
     sequence = 1 + max((e.header["sequence"] for e in entries if e.header), default=0)
+    common = dict(step=step, sequence=sequence, run_id=run_id, metadata=metadata or {})
 
-    temp_path = directory / f"{_TEMP_PREFIX}{step:012d}.{os.getpid()}"
-    _write_atomically(
-        temp_path,
-        final_path,
-        _encode(target, step=step, sequence=sequence, run_id=run_id, metadata=metadata or {}),
-    )
+    if not spans_processes:
+        _write_atomically(directory, final_path, process_index, _encode(target, **common))
+    else:
+        # Every process writes its part; once all are written, process 0 commits
+        # the checkpoint by writing its manifest (the file latest_checkpoint sees).
+        part = directory / _part_name(step, process_index, process_count)
+        chunks = _encode(target, kind="part", process=(process_index, process_count), **common)
+        _write_atomically(directory, part, process_index, chunks)
+        _sync(f"evopes-checkpoint-{step}-{sequence}-parts-written")
+        if process_index == 0:
+            checksums = [
+                _trailer(directory / _part_name(step, q, process_count))
+                for q in range(process_count)
+            ]
+            manifest = _encode(
+                {}, kind="manifest", process=(0, process_count), parts=checksums, **common
+            )
+            _write_atomically(directory, final_path, process_index, manifest)
 
-    if keep is not None:
+    if process_index == 0 and keep is not None:
         same_run = [
             e
             for e in _scan(directory)
@@ -192,6 +232,9 @@ def save_checkpoint(
         same_run.sort(key=lambda e: e.header["sequence"])
         for old in same_run[: max(0, len(same_run) - (keep - 1))]:
             old.path.unlink(missing_ok=True)
+    if spans_processes:
+        _sync(f"evopes-checkpoint-{step}-{sequence}-committed")
+        _remove_orphan_parts(directory, process_index, run_id)
     return final_path
 
 
@@ -212,11 +255,22 @@ def restore_checkpoint(path: str | os.PathLike, target: PyTree) -> PyTree:
     """
     path = _resolve(path)
     header, data = _read(path)
+    if _kind(header) == "part":
+        raise ValueError(
+            f"path: {path} is one process's part of a checkpoint; restore the checkpoint "
+            f"itself, {_file_name(header['step'])}"
+        )
+    if _kind(header) == "manifest":
+        this_process, parts = _read_parts(path, header)
+        path, header, data = parts[this_process]
+        return _unflatten_into(path, header, data, target, parts)
     return _unflatten_into(path, header, data, target)
 
 
 def checkpoint_metadata(path: str | os.PathLike) -> dict:
     """``{"step", "format_version", "run_id", "write_sequence", **metadata}`` of a checkpoint.
+
+    A checkpoint written by several processes also has ``"process_count"``.
 
     Reads and checks the header only (see :func:`restore_checkpoint` for the data).
     """
@@ -227,6 +281,7 @@ def checkpoint_metadata(path: str | os.PathLike) -> dict:
         "format_version": FORMAT_VERSION,
         "run_id": header["run_id"],
         "write_sequence": header["sequence"],
+        **({} if _kind(header) == "single" else {"process_count": header["process_count"]}),
         **header["metadata"],
     }
 
@@ -284,6 +339,69 @@ def _file_name(step: int) -> str:
     return f"checkpoint_{step:012d}.evopes"
 
 
+def _kind(header: dict) -> str:
+    """``"single"`` (one process's whole checkpoint), ``"part"`` or ``"manifest"``."""
+    return header.get("kind", "single")
+
+
+def _process_grid() -> tuple[int, int]:
+    """(this process's index, the number of processes) of a ``jax.distributed`` run."""
+    return jax.process_index(), jax.process_count()
+
+
+def _part_name(step: int, process_index: int, process_count: int) -> str:
+    return f"checkpoint_{step:012d}.part{process_index}of{process_count}.evopes"
+
+
+def _parts_of(path: Path, header: dict) -> list[Path]:
+    """The part files of a multi-process checkpoint (its manifest's header given)."""
+    count = header["process_count"]
+    return [path.with_name(_part_name(header["step"], q, count)) for q in range(count)]
+
+
+def _sync(name: str) -> None:
+    """A barrier across the processes of a ``jax.distributed`` run (a no-op with one)."""
+    if jax.process_count() > 1:
+        from jax.experimental import multihost_utils
+
+        multihost_utils.sync_global_devices(name)
+
+
+def _spans_processes(tree: PyTree) -> bool:
+    """Whether a leaf is an array with data on another process (``jax.distributed``)."""
+    return any(
+        isinstance(leaf, jax.Array)
+        and not isinstance(leaf, jax.core.Tracer)
+        and not leaf.is_fully_addressable
+        for leaf in jax.tree_util.tree_leaves(tree)
+    )
+
+
+def _trailer(path: Path) -> int:
+    """The whole-file CRC-32 stored at the end of a checkpoint file."""
+    with open(path, "rb") as file:
+        file.seek(-_TRAILER.size, os.SEEK_END)
+        return _TRAILER.unpack(file.read(_TRAILER.size))[0]
+
+
+def _remove_orphan_parts(directory: Path, process_index: int, run_id: str | None) -> None:
+    """Deletes this process's parts (of ``run_id``) whose checkpoint has no manifest.
+
+    They belong to checkpoints pruned by retention, or never committed because
+    another process died while writing its part.
+    """
+    for path in directory.glob(f"checkpoint_*.part{process_index}of*.evopes"):
+        match = _PART_PATTERN.match(path.name)
+        if match is None or (directory / _file_name(int(match.group(1)))).exists():
+            continue
+        try:
+            header = _read_header(path)
+        except (ValueError, OSError):
+            continue  # unreadable: not provably ours, left alone
+        if header["run_id"] == run_id and _kind(header) == "part":
+            path.unlink(missing_ok=True)
+
+
 def _scan(directory: Path) -> list[_Entry]:
     """Every ``checkpoint_<step>.evopes`` of ``directory``, oldest first by write order."""
     if not directory.is_dir():
@@ -329,7 +447,8 @@ def _resolve(path: str | os.PathLike) -> Path:
     return path
 
 
-def _write_atomically(temp_path: Path, final_path: Path, chunks: list) -> None:
+def _write_atomically(directory: Path, final_path: Path, process_index: int, chunks: list) -> None:
+    temp_path = directory / f"{_TEMP_PREFIX}{final_path.name}.p{process_index}.{os.getpid()}"
     with open(temp_path, "wb") as file:
         for chunk in chunks:
             file.write(chunk)
@@ -341,9 +460,10 @@ def _write_atomically(temp_path: Path, final_path: Path, chunks: list) -> None:
     _fsync_directory(final_path.parent)
 
 
-def _remove_temporary_files(directory: Path) -> None:
-    """Deletes temporary files left by a writer that died before renaming them."""
-    for stale in directory.glob(f"{_TEMP_PREFIX}*"):
+def _remove_temporary_files(directory: Path, process_index: int) -> None:
+    """Deletes temporary files left by a writer (of this process index) that died before
+    renaming them; other processes' files, possibly being written, are left alone."""
+    for stale in directory.glob(f"{_TEMP_PREFIX}*.p{process_index}.*"):
         stale.unlink(missing_ok=True)
 
 
@@ -371,43 +491,86 @@ def _is_key_dtype(dtype) -> bool:
     return jax.dtypes.issubdtype(dtype, jax.dtypes.prng_key)
 
 
-def _host_array(name: str, leaf: Any) -> tuple[np.ndarray, str, str | None]:
-    """(bytes-ready array, dtype name, key implementation or None) of one leaf."""
+def _to_host(name: str, value: Any) -> np.ndarray:
+    """A C-contiguous numpy copy of a (non-key) value."""
+    array = np.asarray(jax.device_get(value))
+    if not array.flags.c_contiguous:  # (np.ascontiguousarray would turn a 0-d array 1-d)
+        array = array.copy(order="C")
+    if array.dtype.kind == "O":
+        raise ValueError(f"target: leaf {name!r} is not numeric (got {type(value).__name__})")
+    return array
+
+
+def _shard_index(index: tuple, shape: tuple) -> list[list[int]]:
+    """A shard's index (a tuple of slices) as ``[[start, stop], ...]`` over every axis."""
+    bounds = []
+    for axis, size in enumerate(shape):
+        piece = index[axis] if axis < len(index) else slice(None)
+        start, stop, stride = piece.indices(size)
+        if stride != 1:
+            raise ValueError(f"unsupported strided shard index {index}")
+        bounds.append([start, stop])
+    return bounds
+
+
+def _encode_leaf(name: str, leaf: Any) -> tuple[dict, list[np.ndarray]]:
+    """A leaf's header record (without offsets) and its arrays (one, or one per shard).
+
+    An array with data on other processes is stored as the distinct shards this
+    process holds, each with its index in the global array.
+    """
     if isinstance(leaf, jax.ShapeDtypeStruct):
         raise ValueError(f"target: leaf {name!r} is a ShapeDtypeStruct; expected a value to save")
     key_impl = None
     dtype_name = str(leaf.dtype if hasattr(leaf, "dtype") else np.asarray(leaf).dtype)
-    if hasattr(leaf, "dtype") and _is_key_dtype(leaf.dtype):
+    is_key = hasattr(leaf, "dtype") and _is_key_dtype(leaf.dtype)
+    if is_key:
         key_impl = str(jax.random.key_impl(leaf))
-        leaf = jax.random.key_data(leaf)
-    array = np.asarray(jax.device_get(leaf))
-    if not array.flags.c_contiguous:  # (np.ascontiguousarray would turn a 0-d array 1-d)
-        array = array.copy(order="C")
-    if array.dtype.kind == "O":
-        raise ValueError(f"target: leaf {name!r} is not numeric (got {type(leaf).__name__})")
-    return array, dtype_name, key_impl
+    as_data = (lambda x: jax.random.key_data(x)) if is_key else (lambda x: x)
+    if isinstance(leaf, jax.Array) and not leaf.is_fully_addressable:
+        shards, arrays = [], []
+        for shard in leaf.addressable_shards:
+            bounds = _shard_index(shard.index, leaf.shape)
+            if any(bounds == known["index"] for known in shards):
+                continue  # a replica of a shard already stored
+            arrays.append(_to_host(name, as_data(shard.data)))
+            shards.append({"index": bounds})
+        data_shape = arrays[0].shape[len(leaf.shape) :] if is_key else ()
+        record = {"shape": list(leaf.shape) + list(data_shape), "shards": shards}
+        data_dtype = arrays[0].dtype.name
+    else:
+        arrays = [_to_host(name, as_data(leaf))]
+        record = {"shape": list(arrays[0].shape)}
+        data_dtype = arrays[0].dtype.name
+    record.update(path=name, dtype=dtype_name, data_dtype=data_dtype, key_impl=key_impl)
+    return record, arrays
 
 
-def _encode(tree: PyTree, *, step: int, sequence: int, run_id: str | None, metadata: dict) -> list:
+def _encode(
+    tree: PyTree,
+    *,
+    step: int,
+    sequence: int,
+    run_id: str | None,
+    metadata: dict,
+    kind: str = "single",
+    process: tuple[int, int] = (0, 1),
+    parts: list[int] | None = None,
+) -> list:
     """The file's bytes, as a list of buffers (preamble, header, leaf data, trailer)."""
     leaves, _ = _flatten(tree)
     records, buffers, offset = [], [], 0
     for name, leaf in leaves:
-        array, dtype_name, key_impl = _host_array(name, leaf)
-        raw = array.reshape(-1).view(np.uint8)
-        records.append(
-            {
-                "path": name,
-                "dtype": dtype_name,
-                "data_dtype": array.dtype.name,
-                "shape": list(array.shape),
-                "key_impl": key_impl,
-                "offset": offset,
-                "nbytes": int(raw.nbytes),
-            }
-        )
-        buffers.append(raw)
-        offset += int(raw.nbytes)
+        record, arrays = _encode_leaf(name, leaf)
+        raws = [array.reshape(-1).view(np.uint8) for array in arrays]
+        record.update(offset=offset, nbytes=sum(int(raw.nbytes) for raw in raws))
+        for shard, raw in zip(record.get("shards") or [], raws, strict=False):
+            shard.update(offset=offset, nbytes=int(raw.nbytes))
+            offset += int(raw.nbytes)
+        if "shards" not in record:
+            offset += int(raws[0].nbytes)
+        records.append(record)
+        buffers += raws
     header = {
         "run_id": run_id,
         "step": step,
@@ -416,6 +579,10 @@ def _encode(tree: PyTree, *, step: int, sequence: int, run_id: str | None, metad
         "data_length": offset,
         "leaves": records,
     }
+    if kind != "single":  # single-process files keep the header of earlier releases
+        header.update(
+            kind=kind, process_index=process[0], process_count=process[1], parts=parts or []
+        )
     try:
         header_bytes = msgpack.packb(header, use_bin_type=True)
     except (TypeError, ValueError, OverflowError) as error:
@@ -526,14 +693,28 @@ def _is_int(value, minimum: int = 0) -> bool:
 def _check_header(header) -> None:
     """Raises _Invalid unless every field has its type and the leaves agree with the data."""
     _expect(isinstance(header, dict), f"expected a map, got {type(header).__name__}")
-    fields = ("run_id", "step", "sequence", "metadata", "data_length", "leaves")
-    _expect(set(header) == set(fields), f"fields {sorted(map(str, header))}")
+    fields = {"run_id", "step", "sequence", "metadata", "data_length", "leaves"}
+    multi = {"kind", "process_index", "process_count", "parts"}  # parts and manifests only
+    _expect(set(header) in (fields, fields | multi), f"fields {sorted(map(str, header))}")
+    header = {"kind": "single", "process_index": 0, "process_count": 1, "parts": [], **header}
     run_id = header["run_id"]
     _expect(run_id is None or (isinstance(run_id, str) and run_id), f"run_id {run_id!r}")
-    for name in ("step", "sequence", "data_length"):
+    for name in ("step", "sequence", "data_length", "process_index"):
         _expect(_is_int(header[name]), f"{name} {header[name]!r}")
+    kind, index, count = header["kind"], header["process_index"], header["process_count"]
+    _expect(kind in ("single", "part", "manifest"), f"kind {kind!r}")
+    _expect(_is_int(count, 1) and index < count, f"process {index!r} of {count!r}")
+    _expect(kind != "single" or count == 1, f"single file of {count} processes")
+    parts = header["parts"]
+    _expect(
+        isinstance(parts, list)
+        and all(_is_int(crc) and crc < 2**32 for crc in parts)
+        and len(parts) == (count if kind == "manifest" else 0),
+        f"parts {parts!r}",
+    )
     _expect(isinstance(header["metadata"], dict), "metadata is not a map")
     _expect(isinstance(header["leaves"], list), "leaves is not a list")
+    _expect(kind != "manifest" or not header["leaves"], "a manifest with leaves")
     end = 0
     for index, leaf in enumerate(header["leaves"]):
         _check_leaf(index, leaf)
@@ -543,8 +724,11 @@ def _check_header(header) -> None:
 
 
 def _check_leaf(index: int, leaf) -> None:
-    fields = ("path", "dtype", "data_dtype", "shape", "key_impl", "offset", "nbytes")
-    _expect(isinstance(leaf, dict) and set(leaf) == set(fields), f"leaf {index} fields")
+    fields = {"path", "dtype", "data_dtype", "shape", "key_impl", "offset", "nbytes"}
+    _expect(
+        isinstance(leaf, dict) and set(leaf) in (fields, fields | {"shards"}),
+        f"leaf {index} fields",
+    )
     _expect(isinstance(leaf["path"], str), f"leaf {index} path")
     _expect(isinstance(leaf["dtype"], str), f"leaf {index} dtype")
     _expect(isinstance(leaf["data_dtype"], str), f"leaf {index} data_dtype")
@@ -567,12 +751,56 @@ def _check_leaf(index: int, leaf) -> None:
             data_dtype == np.uint32 and leaf["dtype"].startswith("key<"),
             f"leaf {index} key {leaf['dtype']!r} stored as {leaf['data_dtype']!r}",
         )
-    expected = math.prod(shape) * data_dtype.itemsize
+    if "shards" not in leaf:
+        expected = math.prod(shape) * data_dtype.itemsize
+    else:
+        expected = _check_shards(index, leaf, data_dtype.itemsize)
     _expect(leaf["nbytes"] == expected, f"leaf {index} has {leaf['nbytes']} bytes, not {expected}")
 
 
+def _check_shards(index: int, leaf: dict, itemsize: int) -> int:
+    """Checks a sharded leaf's shard records; returns their total byte count."""
+    shards, shape = leaf["shards"], leaf["shape"]
+    _expect(isinstance(shards, list) and shards, f"leaf {index} shards")
+    end = leaf["offset"]
+    for shard in shards:
+        _expect(
+            isinstance(shard, dict) and set(shard) == {"index", "offset", "nbytes"},
+            f"leaf {index} shard fields",
+        )
+        bounds = shard["index"]
+        _expect(
+            isinstance(bounds, list)
+            and len(bounds) <= len(shape)
+            and all(
+                isinstance(b, list)
+                and len(b) == 2
+                and all(_is_int(x) for x in b)
+                and b[0] <= b[1] <= size
+                for b, size in zip(bounds, shape, strict=False)
+            ),
+            f"leaf {index} shard index {bounds!r}",
+        )
+        rows = math.prod(stop - start for start, stop in bounds)
+        expected = rows * math.prod(shape[len(bounds) :]) * itemsize
+        _expect(
+            shard["offset"] == end and shard["nbytes"] == expected,
+            f"leaf {index} shard at {shard['offset']!r} of {shard['nbytes']!r} bytes",
+        )
+        end += expected
+    return end - leaf["offset"]
+
+
 # -- decoding -------------------------------------------------------------------------
-def _unflatten_into(path: Path, header: dict, data: memoryview, target: PyTree) -> PyTree:
+def _unflatten_into(
+    path: Path, header: dict, data: memoryview, target: PyTree, parts: list | None = None
+) -> PyTree:
+    """The checkpoint's values in the structure of ``target``.
+
+    ``parts`` holds every process's ``(path, header, data)`` when ``header`` and
+    ``data`` are this process's part of a multi-process checkpoint: a leaf split
+    over processes is put together from the shards of every part.
+    """
     template_leaves, treedef = _flatten(target)
     stored = header["leaves"]
     if len(stored) != len(template_leaves):
@@ -582,12 +810,17 @@ def _unflatten_into(path: Path, header: dict, data: memoryview, target: PyTree) 
             f"({[leaf['path'] for leaf in stored]})"
         )
     restored = []
-    for (name, template), leaf in zip(template_leaves, stored, strict=True):
+    for index, ((name, template), leaf) in enumerate(zip(template_leaves, stored, strict=True)):
         if leaf["path"] != name:
             raise ValueError(
                 f"checkpoint {path.name}: expected leaf {name!r}, found {leaf['path']!r} "
                 "(the target's pytree structure differs from the saved one)"
             )
+        if "shards" in leaf:
+            whole = _gather_shards(index, leaf, parts or [(path, header, data)])
+            leaf = {**leaf, "shape": list(whole.shape)}
+            restored.append(_decode_leaf(path, name, template, leaf, whole))
+            continue
         array = np.frombuffer(
             data,
             dtype=jnp.dtype(leaf["data_dtype"]),
@@ -596,6 +829,79 @@ def _unflatten_into(path: Path, header: dict, data: memoryview, target: PyTree) 
         ).reshape(leaf["shape"])
         restored.append(_decode_leaf(path, name, template, leaf, array))
     return jax.tree_util.tree_unflatten(treedef, restored)
+
+
+def _read_parts(manifest: Path, header: dict) -> tuple[int, list]:
+    """(this process's index, every part's ``(path, header, data)``) of a manifest.
+
+    Every process checks every part, so all of them agree on whether the
+    checkpoint is intact (and a resuming run falls back in step) without talking.
+    A part that is missing, damaged, or not the one the manifest committed (its
+    CRC-32, run, step or write sequence differ) raises
+    :class:`DamagedCheckpointError` naming the manifest and the part.
+    """
+    count = header["process_count"]
+    this_process, process_count = _process_grid()
+    if count != process_count:
+        raise ValueError(
+            f"checkpoint {manifest.name}: written by {count} processes, restored by "
+            f"{process_count}; restore it with as many processes (jax.distributed)"
+        )
+    parts = []
+    for process_index, part in enumerate(_parts_of(manifest, header)):
+        if not part.is_file():
+            raise DamagedCheckpointError(manifest, f"part {part.name} is missing")
+        try:
+            part_header, part_data = _read(part)
+        except ValueError as error:
+            reason = getattr(error, "reason", str(error))
+            raise DamagedCheckpointError(manifest, f"part {part.name}: {reason}") from None
+        expected = {
+            "kind": "part", "run_id": header["run_id"], "step": header["step"],
+            "sequence": header["sequence"], "process_index": process_index,
+            "process_count": count,
+        }  # fmt: skip
+        found = {name: part_header.get(name) for name in expected}
+        if found != expected or _trailer(part) != header["parts"][process_index]:
+            raise DamagedCheckpointError(
+                manifest, f"part {part.name} is not the one committed ({found})"
+            )
+        parts.append((part, part_header, part_data))
+    return this_process, parts
+
+
+def _gather_shards(index: int, leaf: dict, parts: list) -> np.ndarray:
+    """The whole array of a leaf split over processes, from the shards of every part."""
+    shape, data_dtype = leaf["shape"], np.dtype(jnp.dtype(leaf["data_dtype"]))
+    whole = np.zeros(shape, data_dtype)
+    covered = np.zeros(shape[: len(leaf["shards"][0]["index"])], bool)
+    for part, part_header, part_data in parts:
+        found = part_header["leaves"][index] if index < len(part_header["leaves"]) else {}
+        same = ("path", "dtype", "data_dtype", "shape", "key_impl")
+        if any(found.get(name) != leaf[name] for name in same) or "shards" not in found:
+            raise DamagedCheckpointError(
+                part, f"leaf {index} differs from the other parts' ({found.get('path')!r})"
+            )
+        for shard in found["shards"]:
+            if len(shard["index"]) != covered.ndim:
+                raise DamagedCheckpointError(part, f"leaf {leaf['path']!r}: shard ranks differ")
+            window = tuple(slice(start, stop) for start, stop in shard["index"])
+            piece_shape = [stop - start for start, stop in shard["index"]] + shape[covered.ndim :]
+            whole[window] = np.frombuffer(
+                part_data, data_dtype, count=math.prod(piece_shape), offset=shard["offset"]
+            ).reshape(piece_shape)
+            covered[window] = True
+    if not covered.all():
+        raise DamagedCheckpointError(
+            parts[0][0], f"leaf {leaf['path']!r}: the parts' shards do not cover the array"
+        )
+    return whole
+
+
+def _template_sharding(template: Any):
+    if isinstance(template, jax.core.Tracer):
+        return None
+    return getattr(template, "sharding", None)  # a jax.Array, or a ShapeDtypeStruct
 
 
 def _decode_leaf(path: Path, name: str, template: Any, leaf: dict, array: np.ndarray) -> Any:
@@ -641,11 +947,21 @@ def _place_like(value: jax.Array, template: Any) -> jax.Array:
     differently (``bfloat16 * weak float32 -> bfloat16``), and jit compiles
     separately for committed and uncommitted arguments.
     """
+    sharding = _template_sharding(template)
+    if sharding is not None and not sharding.is_fully_addressable:
+        # A target spanning processes: every process holds the whole value and
+        # places the pieces its devices hold (then weak-types the global array).
+        if _is_key_dtype(value.dtype):
+            impl, data = jax.random.key_impl(value), np.asarray(jax.random.key_data(value))
+            placed = jax.make_array_from_callback(data.shape, sharding, lambda i: data[i])
+            return jax.random.wrap_key_data(placed, impl=impl)
+        host = np.asarray(value)
+        placed = jax.make_array_from_callback(value.shape, sharding, lambda i: host[i])
+        return _as_weak_type(placed) if getattr(template, "weak_type", False) else placed
     if getattr(template, "weak_type", False):
         value = _as_weak_type(value)
     if isinstance(template, jax.Array) and not isinstance(template, jax.core.Tracer):
         return jax.device_put(value, template.sharding) if template.committed else value
-    sharding = getattr(template, "sharding", None)  # a ShapeDtypeStruct with a sharding
     return value if sharding is None else jax.device_put(value, sharding)
 
 

@@ -561,7 +561,7 @@ class _RunFolder:
         directory = Path(directory)
         entries = checkpoint._scan(directory)
         if not entries:
-            return cls(directory, uuid.uuid4().hex, fingerprint, [], [])
+            return cls(directory, _new_run_id(), fingerprint, [], [])
         if not resume:
             names = ", ".join(entry.path.name for entry in entries[-3:])
             raise ValueError(
@@ -628,20 +628,27 @@ class _RunFolder:
 
     def _set_aside(self, damaged: list, resumed_from: Path) -> None:
         """Renames damaged files to ``<name>.damaged``: kept for inspection, never read again,
-        and out of the way of the checkpoints the resumed run writes."""
+        and out of the way of the checkpoints the resumed run writes.
+
+        In a run of several processes (``jax.distributed``) every process found the
+        same damage (each checks every part), and process 0 alone renames.
+        """
+        renames = jax.process_index() == 0
         for entry in damaged:
             aside = entry.path.with_name(entry.path.name + ".damaged")
             counter = 1
             while aside.exists():
                 aside = entry.path.with_name(f"{entry.path.name}.damaged{counter}")
                 counter += 1
-            entry.path.rename(aside)
+            if renames:
+                entry.path.rename(aside)
             warnings.warn(
                 f"{entry.error}; resuming from {resumed_from.name}, the newest intact "
                 f"checkpoint of the run; the damaged file was renamed to {aside.name}",
                 RuntimeWarning,
                 stacklevel=4,
             )
+        checkpoint._sync("evopes-run-damaged-set-aside")
 
     def save(self, carry: _Carry, history: dict, keep: int) -> None:
         checkpoint.save_checkpoint(
@@ -656,6 +663,16 @@ class _RunFolder:
                 "fingerprint": self.fingerprint,
             },
         )
+
+
+def _new_run_id() -> str:
+    """A fresh run id; in a run of several processes, process 0's, shared with all."""
+    if jax.process_count() == 1:
+        return uuid.uuid4().hex
+    from jax.experimental import multihost_utils
+
+    mine = np.frombuffer(uuid.uuid4().bytes, np.uint8)
+    return bytes(np.asarray(multihost_utils.broadcast_one_to_all(mine))).hex()
 
 
 class _MetricsLog:
