@@ -205,7 +205,40 @@ def main(quick: bool, seed: int, out_dir: Path) -> list[dict]:
         },
     )
     _plot(rows, dims, out_dir)
+    _postprocess(data, Path(out_dir))
     return rows
+
+
+def _postprocess(data: Path, out_dir: Path) -> None:
+    """cocopp on the two data folders; keeps its ECDF figures per dimension and group.
+
+    cocopp runs in a subprocess (it changes matplotlib's global settings) and
+    writes to ``data/ppdata``; the runtime ECDFs (``pprldmany_<d>D_<group>.svg``)
+    are copied to ``out_dir/coco-bbob-ecdf``.
+    """
+    import subprocess
+    import sys
+
+    folder = data / "ppdata"
+    shutil.rmtree(folder, ignore_errors=True)
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "cocopp",
+            "-o",
+            str(folder),
+            str(data / "evopes"),
+            str(data / "pycma"),
+        ],
+        check=True,
+        stdout=subprocess.DEVNULL,
+    )
+    figures = out_dir / "coco-bbob-ecdf"
+    figures.mkdir(exist_ok=True)
+    for svg in folder.glob("*/pprldmany_*D_*.svg"):
+        shutil.copyfile(svg, figures / svg.name)
+    shutil.rmtree(folder, ignore_errors=True)
 
 
 def _plot(rows, dims, out_dir):
