@@ -139,6 +139,29 @@ class LearnedOptimizerTask:
         sizes = [int(np.prod(leaf.shape)) for leaf in jax.tree.leaves(template)]
         return np.asarray(sizes), np.repeat(np.arange(len(sizes)), sizes)
 
+    def features(self, flat_params, g, momenta, second, step) -> jax.Array:
+        """The MLP's inputs for every flat parameter: (n, num_features).
+
+        ``[p, g, m_b..., g / sqrt(v + eps), m_b / sqrt(v + eps)...]`` each
+        normalised over its tensor, then the time features ``tanh(t / tau)``.
+        One fused pass over the flat vector: no loop over the classifier's tensors.
+        """
+        rsqrt = jax.lax.rsqrt(second + 1e-8)
+        raw = jnp.concatenate([g[None], momenta])
+        per_parameter = jnp.concatenate([flat_params[None], raw, raw * rsqrt])  # (9, n)
+        sizes, tensor_index = self._layout()
+        # (n, num_tensors) one-hot membership: per-tensor means and their broadcast back are
+        # two small matmuls (a scatter would be much slower on CPU).
+        membership = (tensor_index[:, None] == np.arange(len(sizes))).astype(np.float32)
+        mean_square = (jnp.square(per_parameter) @ membership) / sizes
+        normalised = per_parameter * (jax.lax.rsqrt(mean_square + _NORM_EPS) @ membership.T)
+        t = step.astype(jnp.float32)
+        time_features = jnp.tanh(t / jnp.asarray(self.time_scales, jnp.float32))
+        return jnp.concatenate(
+            [normalised.T, jnp.broadcast_to(time_features, (flat_params.size, time_features.size))],
+            axis=1,
+        )
+
     def apply_lopt(self, theta: dict, inner: InnerState, grads: list) -> InnerState:
         """One learned-optimizer step on the classifier, given its gradient.
 
@@ -150,22 +173,8 @@ class LearnedOptimizerTask:
         momenta = decays * inner.momenta + (1 - decays) * g
         b2 = self.second_moment_decay
         second = b2 * inner.second_moment + (1 - b2) * g * g
-
-        rsqrt = jax.lax.rsqrt(second + 1e-8)
         raw = jnp.concatenate([g[None], momenta])
-        per_parameter = jnp.concatenate([flat_params[None], raw, raw * rsqrt])  # (9, n)
-        sizes, tensor_index = self._layout()
-        # (n, num_tensors) one-hot membership: per-tensor means and their broadcast back are
-        # two small matmuls (a scatter would be much slower on CPU).
-        membership = (tensor_index[:, None] == np.arange(len(sizes))).astype(np.float32)
-        mean_square = (jnp.square(per_parameter) @ membership) / sizes
-        normalised = per_parameter * (jax.lax.rsqrt(mean_square + _NORM_EPS) @ membership.T)
-        t = inner.step.astype(jnp.float32)
-        time_features = jnp.tanh(t / jnp.asarray(self.time_scales, jnp.float32))
-        features = jnp.concatenate(
-            [normalised.T, jnp.broadcast_to(time_features, (flat_params.size, time_features.size))],
-            axis=1,
-        )
+        features = self.features(flat_params, g, momenta, second, inner.step)
 
         hidden = features
         for layer in theta["mlp"][:-1]:
