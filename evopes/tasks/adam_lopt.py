@@ -120,10 +120,8 @@ class AdamLearnedOptimizerTask(LearnedOptimizerTask):
         v_hat = second / (1 - b2**count).astype(jnp.float32)
         adam_direction = m_hat / (jnp.sqrt(v_hat) + self.adam_eps)
 
-        hidden = self.features(flat_params, g, momenta, second, inner.step)
-        for layer in theta["mlp"][:-1]:
-            hidden = jax.nn.relu(hidden @ layer["w"] + layer["b"])
-        out = hidden @ theta["mlp"][-1]["w"] + theta["mlp"][-1]["b"]
+        per_parameter = self.features(flat_params, g, momenta, second)
+        out = self.mlp_outputs(theta["mlp"], per_parameter, inner.step)
         direction = adam_direction + self.direction_mult * out[:, 0]
         learning_rate = self.lr0 * jnp.exp(theta["log_lr"])
         update = -learning_rate * direction * jnp.exp(self.exp_mult * out[:, 1])
