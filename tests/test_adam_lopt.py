@@ -88,7 +88,7 @@ def test_changing_theta_changes_the_trajectory(part):
         last = theta["mlp"][-1]
         theta["mlp"][-1] = {"w": last["w"] + 0.01, "b": last["b"] + 0.01}
     else:
-        theta = {**theta, "log_lr": jnp.float32(0.5)}
+        theta = {**theta, "log_lr": jnp.float32(0.05)}
     lopt_params, _ = _lopt_run(theta, key, step_keys)
     adam_params, _ = _adam_run(TASK.lr0, key, step_keys)
     gap = max(
