@@ -43,6 +43,7 @@ NRES needs fewer sequential steps than FullES), not the paper's numbers.
 
 from __future__ import annotations
 
+import functools
 import time
 from pathlib import Path
 
@@ -97,11 +98,9 @@ def _timed(fn, *args):
     return result, time.perf_counter() - start
 
 
-def meta_train_online(es, params, theta, key, task, num_blocks, block_windows, evaluate):
-    """ask / unroll / tell in compiled blocks; evaluation between blocks, outside the timing.
-
-    Returns (theta, sequential steps, total steps, seconds, meta-loss) per block.
-    """
+@functools.partial(jax.jit, static_argnums=(0, 1))
+def _windows(es, task, params, state, keys):
+    """ask / unroll / tell for each key, in one compiled scan (compiled once per method)."""
 
     def window(state, key):
         ask_key, unroll_key, tell_key = threefry.split(key, 3)
@@ -114,16 +113,44 @@ def meta_train_online(es, params, theta, key, task, num_blocks, block_windows, e
         )
         return state, (metrics["sequential_steps"], metrics["total_steps"])
 
-    block = jax.jit(lambda state, keys: jax.lax.scan(window, state, keys))
+    return jax.lax.scan(window, state, keys)
+
+
+@functools.partial(jax.jit, static_argnums=(0, 1))
+def _generation(es, task, params, state, key):
+    """One FullES generation: a whole T-step episode per member, then tell."""
+    ask_key, episode_key, tell_key = threefry.split(key, 3)
+    population, state = es.ask(ask_key, state, params)
+    fitness = episode_fitness(task.init_inner, task.step, task.horizon, population, episode_key)
+    state, _ = es.tell(tell_key, population, fitness, state, params)
+    return state
+
+
+_COMPILED: dict = {}
+
+
+def _compiled(function, es, task, params, state, key_or_keys):
+    """``function`` compiled once per (function, strategy, task): the timed calls never compile."""
+    cache_key = (function, es, task)
+    if cache_key not in _COMPILED:
+        _COMPILED[cache_key] = function.lower(es, task, params, state, key_or_keys).compile()
+    return _COMPILED[cache_key]
+
+
+def meta_train_online(es, params, theta, key, task, num_blocks, block_windows, evaluate):
+    """ask / unroll / tell in compiled blocks; evaluation between blocks, outside the timing.
+
+    Returns (theta, sequential steps, total steps, seconds, meta-loss) per block.
+    """
     init_key, loop_key = jax.random.split(key)
     state = es.init(init_key, theta, params)
     keys = jax.random.split(loop_key, num_blocks * block_windows).reshape(
         (num_blocks, block_windows)
     )
-    block.lower(state, keys[0]).compile()  # compile outside the timing
+    windows = _compiled(_windows, es, task, params, state, keys[0])
     rows, seconds = [], 0.0
     for block_keys in keys:
-        (state, (sequential, total)), elapsed = _timed(block, state, block_keys)
+        (state, (sequential, total)), elapsed = _timed(windows, params, state, block_keys)
         seconds += elapsed
         mean = es.get_mean(state)
         rows.append((mean, int(sequential[-1]), int(total[-1]), seconds, float(evaluate(mean))))
@@ -132,22 +159,13 @@ def meta_train_online(es, params, theta, key, task, num_blocks, block_windows, e
 
 def meta_train_fulles(es, params, theta, key, task, num_generations, evaluate):
     """FullES, one whole T-step episode per member and generation; timed like the online ones."""
-
-    def generation(state, key):
-        ask_key, episode_key, tell_key = threefry.split(key, 3)
-        population, state = es.ask(ask_key, state, params)
-        fitness = episode_fitness(task.init_inner, task.step, task.horizon, population, episode_key)
-        state, _ = es.tell(tell_key, population, fitness, state, params)
-        return state
-
-    step = jax.jit(generation)
     init_key, loop_key = jax.random.split(key)
     state = es.init(init_key, theta, params)
     keys = jax.random.split(loop_key, num_generations)
-    step.lower(state, keys[0]).compile()
+    generation = _compiled(_generation, es, task, params, state, keys[0])
     rows, seconds = [], 0.0
     for index, generation_key in enumerate(keys):
-        state, elapsed = _timed(step, state, generation_key)
+        state, elapsed = _timed(generation, params, state, generation_key)
         seconds += elapsed
         mean = es.get_mean(state)
         count = index + 1
