@@ -36,7 +36,7 @@ validation loss at the end of the run on ``TUNE_SEEDS`` held-out seeds
 Reported: the validation loss at the end of the run and its mean over the
 run, means and standard deviations over seeds.
 
-``--quick`` (minutes): T = 50, 8 pairs, 250 updates, meta-Adam 3e-3, two
+``--quick`` (minutes): T = 50, 8 pairs, 250 updates, meta-Adam 1e-3, two
 seeds; it shows the direction (the meta-trained optimizer beats its start,
 NRES needs fewer sequential steps than FullES), not the paper's numbers.
 """
@@ -82,10 +82,10 @@ QUICK = {
     "horizon": 50,
     "num_pairs": 8,
     "num_windows": 250,
-    "online_lr": 3e-3,
+    "online_lr": 1e-3,
     "gpes_period": 8,
     "fulles_pairs": 10,
-    "fulles_lr": 3e-3,
+    "fulles_lr": 1e-3,
     "num_evals": 10,
     "num_seeds": 2,
 }
@@ -395,7 +395,13 @@ def _figure(runs, initial, level, fresh, horizon):
     ax_meta.legend(fontsize=8)
     steps = np.arange(1, horizon + 1)
     for name, curve in fresh.items():
-        ax_fresh.plot(steps, curve, label=f"{name}: {curve[-1]:.3f} at T")
+        method = name.removesuffix("-trained")
+        style = (
+            {"color": f"C{list(runs).index(method)}"}
+            if method in runs
+            else {"color": "k", "ls": "--" if "tuned" in name else ":"}
+        )
+        ax_fresh.plot(steps, curve, label=f"{name}: {curve[-1]:.3f} at T", **style)
     ax_fresh.set(
         xlabel="inner step",
         ylabel="validation loss",
