@@ -1,37 +1,50 @@
-"""Meta-training a learned optimizer on 8x8 digits: NRES vs PES vs FullES (NRES paper).
+"""Meta-training a learned optimizer on 8x8 digits: NRES vs PES vs GPES vs FullES (NRES paper).
 
-The task (``evopes.tasks.learned_optimizer``): a per-parameter MLP learned
-optimizer (1542 parameters) trains a 64-32-32-32-10 gelu MLP on ``digits`` for
-T inner steps; the meta-loss is the mean validation loss over the T steps
-(Li et al. 2023, section 5.3; the paper used 8x8 Fashion-MNIST).
+The task (``evopes.tasks.adam_lopt``): an Adam-plus-MLP learned optimizer
+(1539 parameters; theta = init is Adam at ``lr0 = 1e-3``) trains a
+64-32-32-32-10 gelu MLP on ``digits`` for T inner steps; the meta-loss is the
+mean validation loss over the T steps (Li et al. 2023, section 5.3; the paper
+used 8x8 Fashion-MNIST, which is not available offline: the bundled
+scikit-learn digits stand in).
 
-Methods, with the paper's sigma = 0.01: NRES and PES step-unlocked with W = 1
-and Adam; FullES (one whole T-step run per member, 10 pairs, Adam 3e-2). The
-online methods get ``num_windows`` windows after their T-window burn-in;
-FullES gets the same number of particle-steps, but at least 3 generations
-(one update per T sequential steps). The paper used 100 pairs and Adam 3e-4
-for NRES and PES; this 2-core CPU affords fewer pairs (8) and updates (1000
-after the burn-in), so the Adam learning rate is raised to 1e-3, decaying
-(cosine) to 1e-4 over the updates (see ``settings`` in the JSON and
-``FINAL_FRACTION``). ``--quick`` uses T = 100, 400 updates and Adam 3e-3 with
-the same decay.
+Default configuration, the paper's setting: W = 1, T = 1000, N = 100
+particles per online strategy, i.e. 50 antithetic pairs (each pair shares a
+classifier and its data, and its two members run theta + e and theta - e),
+step-unlocked with a burn-in of T windows, sigma = 0.01, meta-optimizer Adam at
+the paper's 3e-4. Methods: NRES, PES and GPES_K (K = 32, about sqrt(T), between
+PES's K = 1 and NRES's K = T), 1000 updates after the burn-in; FullES with 10
+pairs (the paper's) and the same total unroll steps as the online methods, one
+update per T sequential steps. Three meta-training seeds each.
 
-The meta-loss in the rows and curves is ``task.meta_loss`` of the mean theta
-(fresh runs, whole validation split, averaged over ``EVAL_KEYS`` keys), at
-the end of training; ``sequential_steps`` counts inner steps along one
-particle, burn-in included.
+Timing: each method's windows (or generations) run in compiled blocks between
+evaluations; the wall-clock column sums the blocks only (the evaluations, the
+compilation and the first call of each block are excluded, as in the paper).
+Curves: the meta-loss (``task.meta_loss`` of the mean theta on ``EVAL_KEYS``
+fresh runs, whole validation split) against sequential steps (burn-in
+included). ``level`` is the common meta-loss level: half-way from the initial
+meta-loss to NRES's final one (mean over seeds); the rows give how many seeds
+of each method reach it and the sequential steps and seconds they needed
+(means and standard deviations over the seeds that reach it).
 
-Second part: the NRES-trained optimizer trains a fresh MLP for T steps,
-compared with Adam at the best learning rate of a small grid (tuned on other
-seeds by the validation loss after T steps) and with the initial optimizer.
+Meta-generalisation: every meta-trained theta (all methods and seeds) trains
+fresh classifiers (``FRESH_SEEDS`` new seeds) in three settings, (a) the
+meta-training MLP for T steps, (b) a different MLP (``OTHER_LAYERS``, wider
+and shallower) for T steps, (c) the meta-training MLP for 2T steps, against
+Adam at the learning rate of ``ADAM_LEARNING_RATES`` with the lowest
+validation loss at the end of the run on ``TUNE_SEEDS`` held-out seeds
+(tuned per setting), and against the starting point (Adam at lr0).
+Reported: the validation loss at the end of the run and its mean over the
+run, means and standard deviations over seeds.
 
-Rows: ``{method, final_meta_loss, sequential_steps, total_steps}`` for the
-three meta-training runs (and the initial theta), then
-``{method, final_meta_loss, final_valid_loss}`` for the fresh-MLP comparison.
+``--quick`` (minutes): T = 50, 8 pairs, 250 updates, meta-Adam 1e-3, two
+seeds; it shows the direction (the meta-trained optimizer beats its start,
+NRES needs fewer sequential steps than FullES), not the paper's numbers.
 """
 
 from __future__ import annotations
 
+import functools
+import time
 from pathlib import Path
 
 import jax
@@ -41,163 +54,237 @@ import numpy as np
 import optax
 
 import evopes
+from evopes import threefry
 from evopes.bench.common import cli, save_figure, write_results
-from evopes.tasks.learned_optimizer import LearnedOptimizerTask
-from evopes.tasks.training import train_episodic, train_online
+from evopes.tasks.adam_lopt import AdamLearnedOptimizerTask
+from evopes.tasks.training import episode_fitness
 
 NAME = "lopt"
 STD = 0.01
 EVAL_KEYS = 4
+FRESH_SEEDS = 4
+TUNE_SEEDS = 2
 ADAM_LEARNING_RATES = (1e-3, 3e-3, 1e-2, 3e-2, 1e-1)
+OTHER_LAYERS = (64, 128, 128, 10)
 
 FULL = {
     "horizon": 1000,
-    "num_pairs": 8,
+    "num_pairs": 50,
     "num_windows": 1000,
-    "online_lr": 1e-3,
+    "online_lr": 3e-4,
+    "gpes_period": 32,
     "fulles_pairs": 10,
-    "fulles_lr": 3e-2,
+    "fulles_lr": 3e-4,
     "num_evals": 10,
+    "num_seeds": 3,
 }
 QUICK = {
-    "horizon": 100,
+    "horizon": 50,
     "num_pairs": 8,
-    "num_windows": 400,
-    "online_lr": 3e-3,
+    "num_windows": 250,
+    "online_lr": 1e-3,
+    "gpes_period": 8,
     "fulles_pairs": 10,
-    "fulles_lr": 3e-2,
-    "num_evals": 5,
+    "fulles_lr": 1e-3,
+    "num_evals": 10,
+    "num_seeds": 2,
 }
 
 
-#: The online methods' meta learning rate decays (cosine) to this fraction of its
-#: start over the updates after the burn-in. With a constant Adam 1e-3 the full
-#: run's NRES meta-loss fell to 0.52 and then jumped back to 2.37 at the last
-#: evaluation: a learned optimizer grown too aggressive makes the classifiers
-#: diverge, and a decaying meta step size, common in learned-optimizer
-#: meta-training, keeps late updates from overshooting.
-FINAL_FRACTION = 0.1
+def _timed(fn, *args):
+    """(result, seconds) of a compiled call, synchronised."""
+    start = time.perf_counter()
+    result = jax.block_until_ready(fn(*args))
+    return result, time.perf_counter() - start
 
 
-def meta_learning_rate(initial: float, num_updates: int) -> optax.Schedule:
-    """Cosine decay from ``initial`` to ``FINAL_FRACTION * initial`` over ``num_updates``.
+@functools.partial(jax.jit, static_argnums=(0, 1))
+def _windows(es, task, params, state, keys):
+    """ask / unroll / tell for each key, in one compiled scan (compiled once per method)."""
 
-    The engine applies no update (and advances no optimizer count) during the
-    burn-in, so the schedule starts with the first real update.
+    def window(state, key):
+        ask_key, unroll_key, tell_key = threefry.split(key, 3)
+        population, state = es.ask(ask_key, state, params)
+        inner, losses, dones = evopes.unroll(
+            task.step, population, es.get_inner_state(state), unroll_key, es.truncation_length
+        )
+        state, metrics = es.tell(
+            tell_key, population, losses, state, params, inner_state=inner, dones=dones
+        )
+        return state, (metrics["sequential_steps"], metrics["total_steps"])
+
+    return jax.lax.scan(window, state, keys)
+
+
+@functools.partial(jax.jit, static_argnums=(0, 1))
+def _generation(es, task, params, state, key):
+    """One FullES generation: a whole T-step episode per member, then tell."""
+    ask_key, episode_key, tell_key = threefry.split(key, 3)
+    population, state = es.ask(ask_key, state, params)
+    fitness = episode_fitness(task.init_inner, task.step, task.horizon, population, episode_key)
+    state, _ = es.tell(tell_key, population, fitness, state, params)
+    return state
+
+
+_COMPILED: dict = {}
+
+
+def _compiled(function, es, task, params, state, key_or_keys):
+    """``function`` compiled once per (function, strategy, task): the timed calls never compile."""
+    cache_key = (function, es, task)
+    if cache_key not in _COMPILED:
+        _COMPILED[cache_key] = function.lower(es, task, params, state, key_or_keys).compile()
+    return _COMPILED[cache_key]
+
+
+def meta_train_online(es, params, theta, key, task, num_blocks, block_windows, evaluate):
+    """ask / unroll / tell in compiled blocks; evaluation between blocks, outside the timing.
+
+    Returns (theta, sequential steps, total steps, seconds, meta-loss) per block.
     """
-    return optax.cosine_decay_schedule(initial, num_updates, alpha=FINAL_FRACTION)
+    init_key, loop_key = jax.random.split(key)
+    state = es.init(init_key, theta, params)
+    keys = jax.random.split(loop_key, num_blocks * block_windows).reshape(
+        (num_blocks, block_windows)
+    )
+    windows = _compiled(_windows, es, task, params, state, keys[0])
+    rows, seconds = [], 0.0
+    for block_keys in keys:
+        (state, (sequential, total)), elapsed = _timed(windows, params, state, block_keys)
+        seconds += elapsed
+        mean = es.get_mean(state)
+        rows.append((mean, int(sequential[-1]), int(total[-1]), seconds, float(evaluate(mean))))
+    return rows
+
+
+def meta_train_fulles(es, params, theta, key, task, num_generations, evaluate):
+    """FullES, one whole T-step episode per member and generation; timed like the online ones."""
+    init_key, loop_key = jax.random.split(key)
+    state = es.init(init_key, theta, params)
+    keys = jax.random.split(loop_key, num_generations)
+    generation = _compiled(_generation, es, task, params, state, keys[0])
+    rows, seconds = [], 0.0
+    for index, generation_key in enumerate(keys):
+        state, elapsed = _timed(generation, params, state, generation_key)
+        seconds += elapsed
+        mean = es.get_mean(state)
+        count = index + 1
+        rows.append(
+            (
+                mean,
+                count * task.horizon,
+                count * es.population_size * task.horizon,
+                seconds,
+                float(evaluate(mean)),
+            )
+        )
+    return rows
+
+
+def _reach(rows, level):
+    """(sequential steps, total steps, seconds) at the first evaluation at or below level."""
+    for _, sequential, total, seconds, meta_loss in rows:
+        if meta_loss <= level:
+            return sequential, total, seconds
+    return None, None, None
+
+
+def _mean_std(values):
+    values = [v for v in values if v is not None]
+    if not values:
+        return None, None
+    return float(np.mean(values)), float(np.std(values))
 
 
 def main(quick: bool, seed: int, out_dir: Path) -> list[dict]:
     config = QUICK if quick else FULL
     T, P = config["horizon"], config["num_pairs"]
-    task = LearnedOptimizerTask(horizon=T)
-    theta = task.init_theta(jax.random.key(seed))
+    task = AdamLearnedOptimizerTask(horizon=T)
+    seeds = [seed + i for i in range(config["num_seeds"])]
     eval_keys = jax.random.split(jax.random.key(seed + 1000), EVAL_KEYS)
-    evaluate = lambda th: jnp.mean(jax.vmap(lambda k: task.meta_loss(th, k))(eval_keys))
-    initial = float(jax.jit(evaluate)(theta))
+    evaluate = jax.jit(lambda th: jnp.mean(jax.vmap(lambda k: task.meta_loss(th, k))(eval_keys)))
+    theta0 = task.init_theta(jax.random.key(seed))
+    initial = float(evaluate(theta0))
 
-    curves, rows = (
-        {},
-        [
-            {
-                "method": "initial",
-                "final_meta_loss": initial,
-                "sequential_steps": 0,
-                "total_steps": 0,
-            }
-        ],
-    )
-    for name, strategy_class in (("NRES", evopes.NRES), ("PES", evopes.PES)):
+    online = {
+        "NRES": (evopes.NRES, {}),
+        "PES": (evopes.PES, {}),
+        f"GPES K={config['gpes_period']}": (
+            evopes.GPES,
+            {"noise_period": config["gpes_period"]},
+        ),
+    }
+    runs = {}
+    for name, (strategy_class, extra) in online.items():
         es = strategy_class(
             population_size=2 * P,
-            solution=theta,
+            solution=theta0,
             truncation_length=1,
             horizon=T,
             init_inner=task.init_inner,
-            optimizer=optax.adam(meta_learning_rate(config["online_lr"], config["num_windows"])),
+            optimizer=optax.adam(config["online_lr"]),
+            **extra,
         )
         num_windows = es.burn_in_windows + config["num_windows"]
-        every = num_windows // config["num_evals"]
-        trace = train_online(
-            es,
-            es.default_params.replace(std=STD),
-            theta,
-            jax.random.key(seed),
-            task.step,
-            every * config["num_evals"],
-            evaluate=evaluate,
-            eval_every=every,
-        )
-        sequential = np.asarray(trace.sequential_steps)[every - 1 :: every]
-        total = np.asarray(trace.total_steps)[every - 1 :: every]
-        curves[name] = (sequential, total, np.asarray(trace.evaluation))
-        if name == "NRES":
-            nres_theta = jax.tree.map(lambda x: x[-1], trace.theta)
-    budget = int(curves["NRES"][1][-1])
-
-    es = evopes.FullES(
+        block = num_windows // config["num_evals"]
+        params = es.default_params.replace(std=STD)
+        runs[name] = [
+            meta_train_online(
+                es,
+                params,
+                task.init_theta(jax.random.key(s)),
+                jax.random.key(s),
+                task,
+                config["num_evals"],
+                block,
+                evaluate,
+            )
+            for s in seeds
+        ]
+    budget = runs["NRES"][0][-1][2]
+    fulles = evopes.FullES(
         population_size=2 * config["fulles_pairs"],
-        solution=theta,
+        solution=theta0,
         optimizer=optax.adam(config["fulles_lr"]),
     )
-    # Equal particle-steps would give FullES a single update here; it gets at least 3.
-    generations = max(3, budget // (es.population_size * T))
-    trace = train_episodic(
-        es,
-        es.default_params.replace(std_init=STD),
-        theta,
-        jax.random.key(seed),
-        task.init_inner,
-        task.step,
-        T,
-        generations,
-        evaluate=evaluate,
-    )
-    curves["FullES"] = (
-        np.asarray(trace.sequential_steps),
-        np.asarray(trace.total_steps),
-        np.asarray(trace.evaluation),
-    )
-    for name, (sequential, total, meta_loss) in curves.items():
+    generations = max(1, budget // (fulles.population_size * T))
+    runs["FullES"] = [
+        meta_train_fulles(
+            fulles,
+            fulles.default_params.replace(std_init=STD),
+            task.init_theta(jax.random.key(s)),
+            jax.random.key(s),
+            task,
+            generations,
+            evaluate,
+        )
+        for s in seeds
+    ]
+
+    # The common level: half-way from the start to NRES's final meta-loss (mean over seeds).
+    level = initial - 0.5 * (initial - np.mean([r[-1][4] for r in runs["NRES"]]))
+    rows = [{"method": "Adam lr0 (start)", "final_meta_loss": initial, "final_meta_loss_std": 0.0}]
+    for name, seed_runs in runs.items():
+        reached = [_reach(r, level) for r in seed_runs]
+        final, final_std = _mean_std([r[-1][4] for r in seed_runs])
+        sequential, sequential_std = _mean_std([x[0] for x in reached])
+        seconds, seconds_std = _mean_std([x[2] for x in reached])
         rows.append(
             {
                 "method": name,
-                "final_meta_loss": float(meta_loss[-1]),
-                "sequential_steps": int(sequential[-1]),
-                "total_steps": int(total[-1]),
+                "final_meta_loss": final,
+                "final_meta_loss_std": final_std,
+                "seeds_reaching_level": sum(x[0] is not None for x in reached),
+                "sequential_steps_to_level": sequential,
+                "sequential_steps_to_level_std": sequential_std,
+                "seconds_to_level": seconds,
+                "seconds_to_level_std": seconds_std,
+                "total_steps": seed_runs[0][-1][2],
+                "seconds_total": float(np.mean([r[-1][3] for r in seed_runs])),
             }
         )
 
-    # The meta-trained optimizer on fresh MLPs vs Adam with a tuned learning rate.
-    tune_keys = jax.random.split(jax.random.key(seed + 2000), 2)
-    test_keys = jax.random.split(jax.random.key(seed + 3000), EVAL_KEYS)
-    adam_curves = jax.jit(
-        jax.vmap(
-            lambda lr, keys: jax.vmap(lambda k: task.adam_curve(lr, k))(keys), in_axes=(0, None)
-        )
-    )
-    tuning = np.asarray(adam_curves(jnp.asarray(ADAM_LEARNING_RATES), tune_keys))[:, :, -1].mean(
-        axis=1
-    )
-    best_lr = ADAM_LEARNING_RATES[int(np.argmin(tuning))]
-    lopt_curves = jax.jit(jax.vmap(task.lopt_curve, in_axes=(None, 0)))
-    fresh = {
-        "NRES-trained lopt": np.asarray(lopt_curves(nres_theta, test_keys)).mean(axis=0),
-        f"Adam lr={best_lr:g} (tuned)": np.asarray(adam_curves(jnp.asarray([best_lr]), test_keys))[
-            0
-        ].mean(axis=0),
-        "initial lopt": np.asarray(lopt_curves(theta, test_keys)).mean(axis=0),
-    }
-    for name, curve in fresh.items():
-        rows.append(
-            {
-                "method": name + ", fresh MLP",
-                "final_meta_loss": float(curve.mean()),
-                "final_valid_loss": float(curve[-1]),
-            }
-        )
-
+    generalisation_rows, fresh_curves = _generalisation(task, theta0, runs, seed)
     write_results(
         NAME,
         rows,
@@ -205,51 +292,123 @@ def main(quick: bool, seed: int, out_dir: Path) -> list[dict]:
         quick=quick,
         seed=seed,
         extra={
+            "generalisation_rows": generalisation_rows,
             "settings": {
                 **config,
                 "std": STD,
-                "online_optimizer": (
-                    f"adam(cosine {config['online_lr']} -> {config['online_lr'] * FINAL_FRACTION})"
-                ),
-                "fulles_optimizer": f"adam({config['fulles_lr']})",
+                "lr0": task.lr0,
+                "seeds": seeds,
+                "level": level,
                 "fulles_generations": generations,
                 "eval_keys": EVAL_KEYS,
+                "fresh_seeds": FRESH_SEEDS,
+                "tune_seeds": TUNE_SEEDS,
                 "adam_learning_rates": list(ADAM_LEARNING_RATES),
-                "adam_tuning_final_valid_loss": tuning.tolist(),
+                "other_layers": list(OTHER_LAYERS),
+                "backend": jax.default_backend(),
             },
         },
     )
-    save_figure(_figure(curves, fresh, initial, T), NAME, out_dir)
+    save_figure(_figure(runs, initial, level, fresh_curves, T), NAME, out_dir)
     return rows
 
 
-def _figure(curves, fresh, initial, horizon):
-    fig, (ax_meta, ax_fresh) = plt.subplots(1, 2, figsize=(12, 4.5))
-    for name, (sequential, _, meta_loss) in curves.items():
-        ax_meta.plot(
-            np.concatenate([[0], sequential]),
-            np.concatenate([[initial], meta_loss]),
-            "o-",
-            ms=3,
-            label=name,
+def _generalisation(task, theta0, runs, seed):
+    """Fresh classifiers trained by every meta-trained theta, by tuned Adam and by the start."""
+    settings = {
+        "same MLP, T": (task, task.horizon),
+        f"MLP {'-'.join(map(str, OTHER_LAYERS))}, T": (
+            AdamLearnedOptimizerTask(horizon=task.horizon, layer_sizes=OTHER_LAYERS),
+            task.horizon,
+        ),
+        "same MLP, 2T": (task, 2 * task.horizon),
+    }
+    tune_keys = jax.random.split(jax.random.key(seed + 2000), TUNE_SEEDS)
+    fresh_keys = jax.random.split(jax.random.key(seed + 3000), FRESH_SEEDS)
+    rows, curves = [], {}
+    for setting, (setting_task, num_steps) in settings.items():
+        adam = jax.jit(
+            jax.vmap(
+                jax.vmap(
+                    lambda lr, k, t=setting_task, n=num_steps: t.adam_curve(lr, k, n),
+                    in_axes=(None, 0),
+                ),
+                in_axes=(0, None),
+            )
         )
+        lopt = jax.jit(
+            jax.vmap(
+                lambda th, k, t=setting_task, n=num_steps: t.lopt_curve(th, k, n), in_axes=(None, 0)
+            )
+        )
+        tuning = np.asarray(adam(jnp.asarray(ADAM_LEARNING_RATES), tune_keys))[:, :, -1].mean(1)
+        best_lr = ADAM_LEARNING_RATES[int(np.argmin(tuning))]
+        candidates = {
+            f"Adam lr={best_lr:g} (tuned)": [
+                np.asarray(adam(jnp.asarray([best_lr]), fresh_keys))[0]
+            ],
+            f"Adam lr0={task.lr0:g} (start)": [np.asarray(lopt(theta0, fresh_keys))],
+        }
+        for name, seed_runs in runs.items():
+            candidates[f"{name}-trained"] = [
+                np.asarray(lopt(r[-1][0], fresh_keys)) for r in seed_runs
+            ]
+        for name, per_theta in candidates.items():
+            curve = np.concatenate(per_theta)  # (thetas x fresh seeds, steps)
+            rows.append(
+                {
+                    "setting": setting,
+                    "optimizer": name,
+                    "final_valid_loss": float(curve[:, -1].mean()),
+                    "final_valid_loss_std": float(curve[:, -1].std()),
+                    "mean_valid_loss": float(curve.mean()),
+                    "mean_valid_loss_std": float(curve.mean(axis=1).std()),
+                }
+            )
+            if setting == "same MLP, T":
+                curves[name] = curve.mean(axis=0)
+    return rows, curves
+
+
+def _figure(runs, initial, level, fresh, horizon):
+    fig, (ax_meta, ax_fresh) = plt.subplots(1, 2, figsize=(12, 4.5))
+    for index, (name, seed_runs) in enumerate(runs.items()):
+        for seed_index, rows in enumerate(seed_runs):
+            sequential = [0] + [r[1] for r in rows]
+            meta_loss = [initial] + [r[4] for r in rows]
+            ax_meta.plot(
+                sequential,
+                meta_loss,
+                "o-",
+                ms=3,
+                color=f"C{index}",
+                alpha=0.8,
+                label=name if seed_index == 0 else None,
+            )
+    ax_meta.axhline(level, color="k", ls="--", lw=1, label="common level")
     ax_meta.axvline(horizon, color="k", ls=":", lw=1, label="end of the online burn-in")
     ax_meta.set(
         xlabel="sequential inner steps (burn-in included)",
         ylabel=f"meta-loss (mean validation loss over T = {horizon})",
-        title="meta-training",
+        title="meta-training (one line per seed)",
     )
-    ax_meta.legend()
+    ax_meta.legend(fontsize=8)
     steps = np.arange(1, horizon + 1)
     for name, curve in fresh.items():
-        ax_fresh.plot(steps, curve, label=f"{name}: {curve[-1]:.3f} at T")
+        method = name.removesuffix("-trained")
+        style = (
+            {"color": f"C{list(runs).index(method)}"}
+            if method in runs
+            else {"color": "k", "ls": "--" if "tuned" in name else ":"}
+        )
+        ax_fresh.plot(steps, curve, label=f"{name}: {curve[-1]:.3f} at T", **style)
     ax_fresh.set(
         xlabel="inner step",
         ylabel="validation loss",
         yscale="log",
-        title="training a fresh MLP for T steps",
+        title="training fresh MLPs for T steps (mean over seeds)",
     )
-    ax_fresh.legend(fontsize=8)
+    ax_fresh.legend(fontsize=7)
     return fig
 
 

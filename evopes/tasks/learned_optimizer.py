@@ -139,6 +139,42 @@ class LearnedOptimizerTask:
         sizes = [int(np.prod(leaf.shape)) for leaf in jax.tree.leaves(template)]
         return np.asarray(sizes), np.repeat(np.arange(len(sizes)), sizes)
 
+    def features(self, flat_params, g, momenta, second) -> jax.Array:
+        """The per-parameter inputs of the MLP for every flat parameter: (n, 9).
+
+        ``[p, g, m_b..., g / sqrt(v + eps), m_b / sqrt(v + eps)...]`` each
+        normalised over its tensor. One fused pass over the flat vector: no
+        loop over the classifier's tensors.
+        """
+        rsqrt = jax.lax.rsqrt(second + 1e-8)
+        raw = jnp.concatenate([g[None], momenta])
+        per_parameter = jnp.concatenate([flat_params[None], raw, raw * rsqrt])  # (9, n)
+        sizes, tensor_index = self._layout()
+        # (n, num_tensors) one-hot membership: per-tensor means and their broadcast back are
+        # two small matmuls (a scatter would be much slower on CPU).
+        membership = (tensor_index[:, None] == np.arange(len(sizes))).astype(np.float32)
+        mean_square = (jnp.square(per_parameter) @ membership) / sizes
+        normalised = per_parameter * (jax.lax.rsqrt(mean_square + _NORM_EPS) @ membership.T)
+        return normalised.T
+
+    def mlp_outputs(self, mlp: list, per_parameter: jax.Array, step: jax.Array) -> jax.Array:
+        """The shared MLP on ``[per_parameter, tanh(t / tau)]``: (n, 2).
+
+        The time features are the same for every parameter, so their part of
+        the first layer is a bias computed once per step instead of a
+        broadcast (n, 3) block in the largest matmul input.
+        """
+        time_features = jnp.tanh(
+            step.astype(jnp.float32) / jnp.asarray(self.time_scales, jnp.float32)
+        )
+        num_per_parameter = per_parameter.shape[1]
+        first = mlp[0]
+        bias = time_features @ first["w"][num_per_parameter:] + first["b"]
+        hidden = jax.nn.relu(per_parameter @ first["w"][:num_per_parameter] + bias)
+        for layer in mlp[1:-1]:
+            hidden = jax.nn.relu(hidden @ layer["w"] + layer["b"])
+        return hidden @ mlp[-1]["w"] + mlp[-1]["b"]
+
     def apply_lopt(self, theta: dict, inner: InnerState, grads: list) -> InnerState:
         """One learned-optimizer step on the classifier, given its gradient.
 
@@ -150,27 +186,9 @@ class LearnedOptimizerTask:
         momenta = decays * inner.momenta + (1 - decays) * g
         b2 = self.second_moment_decay
         second = b2 * inner.second_moment + (1 - b2) * g * g
-
-        rsqrt = jax.lax.rsqrt(second + 1e-8)
         raw = jnp.concatenate([g[None], momenta])
-        per_parameter = jnp.concatenate([flat_params[None], raw, raw * rsqrt])  # (9, n)
-        sizes, tensor_index = self._layout()
-        # (n, num_tensors) one-hot membership: per-tensor means and their broadcast back are
-        # two small matmuls (a scatter would be much slower on CPU).
-        membership = (tensor_index[:, None] == np.arange(len(sizes))).astype(np.float32)
-        mean_square = (jnp.square(per_parameter) @ membership) / sizes
-        normalised = per_parameter * (jax.lax.rsqrt(mean_square + _NORM_EPS) @ membership.T)
-        t = inner.step.astype(jnp.float32)
-        time_features = jnp.tanh(t / jnp.asarray(self.time_scales, jnp.float32))
-        features = jnp.concatenate(
-            [normalised.T, jnp.broadcast_to(time_features, (flat_params.size, time_features.size))],
-            axis=1,
-        )
-
-        hidden = features
-        for layer in theta["mlp"][:-1]:
-            hidden = jax.nn.relu(hidden @ layer["w"] + layer["b"])
-        out = hidden @ theta["mlp"][-1]["w"] + theta["mlp"][-1]["b"]
+        per_parameter = self.features(flat_params, g, momenta, second)
+        out = self.mlp_outputs(theta["mlp"], per_parameter, inner.step)
         direction = out[:, 0] + self.linear_mult * (theta["linear"] @ raw)
         update = self.step_mult * direction * jnp.exp(self.exp_mult * out[:, 1])
         return InnerState(unravel(flat_params + update), momenta, second, inner.step + 1)

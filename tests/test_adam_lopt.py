@@ -1,0 +1,129 @@
+"""The Adam-plus-MLP learned optimizer: at its starting theta it is optax.adam, step for step."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+from evopes.tasks import digits
+from evopes.tasks.adam_lopt import AdamLearnedOptimizerTask
+from evopes.tasks.mlp import cross_entropy, init_mlp
+
+TASK = AdamLearnedOptimizerTask(horizon=50, batch_size=32, lr0=3e-3)
+NUM_STEPS = 20
+
+
+@jax.jit
+def _lopt_run(theta, key, step_keys):
+    def one_step(inner, step_key):
+        inner, loss, _ = TASK.step(inner, theta, step_key)
+        return inner, loss
+
+    inner, losses = jax.lax.scan(one_step, TASK.init_inner(key), step_keys)
+    return inner.params, losses
+
+
+@jax.jit
+def _adam_run(learning_rate, key, step_keys):
+    """optax.adam on the same batches (the step's train / validation keys)."""
+    data, adam = digits.load_digits(), optax.adam(learning_rate)
+
+    def one_step(carry, step_key):
+        params, opt_state = carry
+        train_key, valid_key = jax.random.split(step_key)
+        images, labels = digits.sample_batch(train_key, data.train_images, data.train_labels, 32)
+        grads = jax.grad(cross_entropy)(params, images, labels)
+        updates, opt_state = adam.update(grads, opt_state, params)
+        params = optax.apply_updates(params, updates)
+        images, labels = digits.sample_batch(valid_key, data.valid_images, data.valid_labels, 32)
+        return (params, opt_state), cross_entropy(params, images, labels)
+
+    params = init_mlp(key, TASK.layer_sizes)
+    (params, _), losses = jax.lax.scan(one_step, (params, adam.init(params)), step_keys)
+    return params, losses
+
+
+def _assert_params_close(a, b, rtol):
+    # atol of a float32 ulp at the parameters' scale (~0.3) for entries that pass through 0.
+    jax.tree.map(lambda x, y: np.testing.assert_allclose(x, y, rtol=rtol, atol=1e-7), a, b)
+
+
+def test_theta_has_about_1_5k_parameters_and_starts_at_adam_lr0():
+    theta = TASK.init_theta(jax.random.key(0))
+    expected = (12 * 32 + 32) + (32 * 32 + 32) + (32 * 2 + 2) + 1
+    assert sum(leaf.size for leaf in jax.tree.leaves(theta)) == expected == 1539
+    assert float(theta["log_lr"]) == 0.0
+    assert not np.any(np.asarray(theta["mlp"][-1]["w"]))
+
+
+def test_initial_theta_is_optax_adam_step_for_step():
+    """theta at init (any hidden layers) is optax.adam(lr0): parameters and losses to 1e-6."""
+    key, step_keys = jax.random.key(3), jax.random.split(jax.random.key(4), NUM_STEPS)
+    theta = TASK.init_theta(jax.random.key(7))
+    lopt_params, lopt_losses = _lopt_run(theta, key, step_keys)
+    adam_params, adam_losses = _adam_run(TASK.lr0, key, step_keys)
+    _assert_params_close(lopt_params, adam_params, rtol=1e-6)
+    np.testing.assert_allclose(lopt_losses, adam_losses, rtol=1e-6)
+    # The classifier really trained (the comparison is not between two frozen nets).
+    start = init_mlp(key, TASK.layer_sizes)
+    moved = jax.tree.map(lambda a, b: float(jnp.max(jnp.abs(a - b))), adam_params, start)
+    assert max(jax.tree.leaves(moved)) > 1e-2
+    assert float(adam_losses[-1]) < 0.9 * float(adam_losses[0])  # 2.30 -> 1.93
+
+
+def test_adam_theta_is_adam_at_that_learning_rate():
+    key, step_keys = jax.random.key(5), jax.random.split(jax.random.key(6), NUM_STEPS)
+    lopt_params, _ = _lopt_run(TASK.adam_theta(1e-2), key, step_keys)
+    adam_params, _ = _adam_run(1e-2, key, step_keys)
+    # exp(log(lr / lr0)) * lr0 is lr to a float32 rounding, which 20 steps amplify a little.
+    _assert_params_close(lopt_params, adam_params, rtol=1e-5)
+
+
+@pytest.mark.parametrize("part", ["output", "log_lr"])
+def test_changing_theta_changes_the_trajectory(part):
+    key, step_keys = jax.random.key(3), jax.random.split(jax.random.key(4), NUM_STEPS)
+    theta = TASK.init_theta(jax.random.key(7))
+    if part == "output":  # the MLP's correction: direction and step-size outputs
+        last = theta["mlp"][-1]
+        theta["mlp"][-1] = {"w": last["w"] + 0.01, "b": last["b"] + 0.01}
+    else:
+        theta = {**theta, "log_lr": jnp.float32(0.05)}
+    lopt_params, _ = _lopt_run(theta, key, step_keys)
+    adam_params, _ = _adam_run(TASK.lr0, key, step_keys)
+    gap = max(
+        jax.tree.leaves(
+            jax.tree.map(lambda a, b: float(jnp.max(jnp.abs(a - b))), lopt_params, adam_params)
+        )
+    )
+    assert gap > 1e-3  # 10^4 times the tolerance of the equality above
+
+
+def test_bad_configuration_names_the_argument():
+    with pytest.raises(ValueError, match="lr0"):
+        AdamLearnedOptimizerTask(lr0=0.0)
+    with pytest.raises(ValueError, match="learning_rate"):
+        TASK.adam_theta(-1.0)
+
+
+def _lowered_apply(layer_sizes, num_particles=3):
+    """StableHLO of the learned optimizer applied to a batch of particles (as the engine does)."""
+    task = AdamLearnedOptimizerTask(horizon=50, layer_sizes=layer_sizes)
+    keys = jax.random.split(jax.random.key(0), num_particles)
+    inner = jax.vmap(task.init_inner)(keys)
+    theta = jax.vmap(task.init_theta)(keys)
+    grads = inner.params
+    return jax.jit(jax.vmap(task.apply_lopt)).lower(theta, inner, grads).as_text()
+
+
+def test_the_step_is_one_batched_pass_whatever_the_number_of_tensors():
+    """No per-tensor work: the classifier's depth does not change the program's matmuls.
+
+    Per-tensor normalisation is two matmuls with a membership matrix and the MLP three,
+    plus the time-feature bias: every one batched over particles, none per tensor.
+    """
+    shallow = _lowered_apply((64, 10))  # 2 tensors
+    deep = _lowered_apply((64, 32, 32, 32, 32, 10))  # 10 tensors
+    count = lambda text: text.count("stablehlo.dot_general")
+    assert count(shallow) == count(deep) == 6
+    assert "stablehlo.while" not in deep
