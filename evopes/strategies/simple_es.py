@@ -46,7 +46,7 @@ from flax import struct
 
 from evopes import shaping, threefry
 from evopes.spec import PyTree, SolutionSpec
-from evopes.strategies.xnes import check_std_bounds, has_ranking, raw_key
+from evopes.strategies.xnes import check_std_bounds, has_ranking, raw_key, valid_std_bounds
 from evopes.strategy import Params, State, Strategy
 
 
@@ -66,7 +66,8 @@ class SimpleESParams(Params):
         [0, 1e20], std_max in [1e-30, 1e30], std_min <= std_init <= std_max.
       c_mean: c_m, step of the mean towards the elite mean, in [0, 1].
       c_std: c_sigma, smoothing rate of sigma, in [0, 1].
-      weights: w by rank, best first, shape (lambda,), >= 0 with a positive sum.
+      weights: w by rank, best first, shape (lambda,), each in [0, 1] with a
+        positive sum (they are renormalised to sum to 1).
     """
 
     std_init: jax.Array
@@ -107,6 +108,7 @@ class SimpleES(Strategy):
         "std_max": (1e-30, 1e30),
         "c_mean": (0.0, 1.0),
         "c_std": (0.0, 1.0),
+        "weights": (0.0, 1.0),
     }
 
     def __init__(
@@ -150,10 +152,14 @@ class SimpleES(Strategy):
             )
         if not isinstance(weights, jax.core.Tracer):
             array = np.asarray(weights)
-            if not (np.all(np.isfinite(array)) and np.all(array >= 0) and array.sum() > 0):
+            if not array.sum() > 0:
                 raise ValueError(
-                    f"params.weights: expected finite values >= 0 with a positive sum, got {array}"
+                    f"params.weights: expected values in [0, 1] with a positive sum, got {array}"
                 )
+
+    def _valid_params(self, params: SimpleESParams) -> dict:
+        valid = valid_std_bounds(params, super()._valid_params(params))
+        return {**valid, "weights": valid["weights"] & (jnp.sum(params.weights) > 0)}
 
     # -- the algorithm on flat arrays ----------------------------------------------
     def _init(self, key, mean, params: SimpleESParams) -> SimpleESState:
