@@ -142,8 +142,6 @@ class SimpleES(Strategy):
         )
 
     def validate_params(self, params: SimpleESParams) -> None:
-        super().validate_params(params)
-        check_std_bounds(params)
         weights = params.weights
         if tuple(np.shape(weights)) != (self.population_size,):
             raise ValueError(
@@ -152,10 +150,14 @@ class SimpleES(Strategy):
             )
         if not isinstance(weights, jax.core.Tracer):
             array = np.asarray(weights)
-            if not array.sum() > 0:
+            ok = np.all(np.isfinite(array)) and np.all(array >= 0) and np.all(array <= 1)
+            if not (ok and array.sum() > 0):
                 raise ValueError(
-                    f"params.weights: expected values in [0, 1] with a positive sum, got {array}"
+                    "params.weights: expected finite values >= 0 (each in [0, 1]) with a "
+                    f"positive sum, got {array}"
                 )
+        super().validate_params(params)
+        check_std_bounds(params)
 
     def _valid_params(self, params: SimpleESParams) -> dict:
         valid = valid_std_bounds(params, super()._valid_params(params))
