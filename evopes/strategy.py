@@ -218,13 +218,14 @@ class Strategy:
                     population, self.population_size, self.dtype
                 )
 
+        # Sanitised first: _member may rebuild the member from params (LM-MA-ES).
+        params, invalid = self._sanitized(params)
         finite = jnp.isfinite(raw_fitness)
         ranked = jnp.where(finite, raw_fitness, jnp.inf)
         best_index = jnp.argmin(ranked)
         generation_best = ranked[best_index]
         best_member = self._member(flat_population, best_index, state, params)
 
-        params, invalid = self._sanitized(params)
         new_state, extra = self._tell(key, flat_population, raw_fitness, state, params)
         if invalid:
             # A traced hyperparameter outside its range: no update, and the run stops.

@@ -60,14 +60,13 @@ from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 import optax
 from flax import struct
 
 from evopes import shaping, threefry
 from evopes.spec import PyTree
-from evopes.strategies.pgpe import _all_finite, _check_range
-from evopes.strategy import Params, State, Strategy, check_positive
+from evopes.strategies.pgpe import _all_finite
+from evopes.strategy import Params, State, Strategy
 
 #: The paper's plain step with alpha = 0.02 (its MuJoCo runs use 0.01 to 0.03).
 DEFAULT_OPTIMIZER = optax.sgd(learning_rate=0.02)
@@ -78,11 +77,16 @@ class ARSParams(Params):
     """Hyperparameters of :class:`ARS` (vmappable).
 
     Attributes:
-      std_init: nu, the exploration noise (> 0); the paper's MuJoCo runs use 0.01 to 0.03.
-      std_decay: nu is multiplied by this after every generation (> 0); the
-        paper keeps nu fixed (1.0, the default). With a decaying step size
-        (an optax schedule) it lets ARS converge to a point.
-      std_min: floor of nu (>= 0).
+      std_init: nu, the exploration noise, in [1e-30, 1e20]; the paper's MuJoCo
+        runs use 0.01 to 0.03.
+      std_decay: nu is multiplied by this after every generation, in [1e-30, 1];
+        the paper keeps nu fixed (1.0, the default). With a decaying step size
+        (an optax schedule) it lets ARS converge to a point. nu has no ceiling,
+        so a growing nu (> 1) would overflow and is refused.
+      std_min: floor of nu, in [0, 1e20].
+
+    The ranges are :attr:`ARS.param_ranges`, checked at ``init`` (and under
+    ``jit``, see :attr:`evopes.Strategy.param_ranges`).
     """
 
     std_init: float = 0.03
@@ -167,9 +171,12 @@ class ARS(Strategy):
     def default_params(self) -> ARSParams:
         return ARSParams()
 
-    def validate_params(self, params: ARSParams) -> None:
-        check_positive(params, "std_init", "std_decay")
-        _check_range(params, "std_min", 0.0, np.inf)
+    #: Valid ranges (inclusive); see :attr:`evopes.Strategy.param_ranges`.
+    param_ranges = {
+        "std_init": (1e-30, 1e20),
+        "std_decay": (1e-30, 1.0),
+        "std_min": (0.0, 1e20),
+    }
 
     # -- the algorithm on flat arrays ----------------------------------------------
     def _init(self, key, mean, params: ARSParams) -> ARSState:

@@ -68,8 +68,7 @@ from flax import struct
 
 from evopes import shaping, threefry
 from evopes.spec import PyTree, SolutionSpec
-from evopes.strategies.pgpe import _check_range
-from evopes.strategy import Params, State, Strategy, check_positive
+from evopes.strategy import Params, State, Strategy
 
 
 def default_population_size(num_dims: int) -> int:
@@ -105,13 +104,17 @@ class LMMAESParams(Params):
     """Hyperparameters of :class:`LMMAES` (vmappable).
 
     Attributes:
-      std_init: sigma of the first generation (> 0).
-      std_min, std_max: sigma is clipped to this range (0 <= std_min <= std_max).
-      weights: recombination weights by rank, shape (lambda,), >= 0 (line 1).
-      mu_w: 1 / sum w_i^2, the variance effective selection mass (> 0).
-      c_sigma: cumulation rate of the step-size path, in (0, 2) (line 13).
+      std_init: sigma of the first generation, in [1e-30, 1e20].
+      std_min, std_max: sigma is clipped to this range; std_min in [0, 1e20],
+        std_max in [1e-30, 1e30], std_min <= std_max.
+      weights: recombination weights by rank, shape (lambda,), in [0, 1] (line 1).
+      mu_w: 1 / sum w_i^2, the variance effective selection mass, in [1, 1e9].
+      c_sigma: cumulation rate of the step-size path, in [1e-12, 1.99999] (line 13).
       c_d: rates of the m contractions of line 8, shape (m,), in [0, 1].
-      c_c: learning rates of the m paths of line 15, shape (m,), in (0, 2).
+      c_c: learning rates of the m paths of line 15, shape (m,), in [1e-12, 1.99999].
+
+    The ranges are :attr:`LMMAES.param_ranges`, checked at ``init`` (and under
+    ``jit``, see :attr:`evopes.Strategy.param_ranges`).
     """
 
     std_init: jax.Array
@@ -182,19 +185,26 @@ class LMMAES(Strategy):
             **{name: f32(value) for name, value in constants.items()},
         )
 
+    #: Valid ranges (inclusive); see :attr:`evopes.Strategy.param_ranges`. The
+    #: rates of lines 13 and 15 must stay below 2 (sqrt(c (2 - c))).
+    param_ranges = {
+        "std_init": (1e-30, 1e20),
+        "std_min": (0.0, 1e20),
+        "std_max": (1e-30, 1e30),
+        "weights": (0.0, 1.0),
+        "mu_w": (1.0, 1e9),
+        "c_sigma": (1e-12, 1.99999),
+        "c_d": (0.0, 1.0),
+        "c_c": (1e-12, 1.99999),
+    }
+
     def validate_params(self, params: LMMAESParams) -> None:
-        check_positive(params, "std_init", "std_max", "mu_w")
-        _check_range(params, "std_min", 0.0, np.inf)
-        _check_range(params, "weights", 0.0, np.inf)
-        _check_range(params, "c_d", 0.0, 1.0)
-        for name in ("c_sigma", "c_c"):
-            _check_range(params, name, 0.0, 2.0, upper_open=True)
-            check_positive(params, name)
         for name, shape in (("weights", (self.population_size,)), ("c_d", (self.num_paths,)),
                             ("c_c", (self.num_paths,))):
             if tuple(np.shape(getattr(params, name))) != shape:
                 raise ValueError(f"params.{name}: expected shape {shape}, "
                                  f"got {tuple(np.shape(getattr(params, name)))}")
+        super().validate_params(params)
 
     # -- the algorithm on flat arrays ----------------------------------------------
     def _init(self, key, mean, params: LMMAESParams) -> LMMAESState:

@@ -69,7 +69,7 @@ from flax import struct
 from evopes import shaping, threefry
 from evopes.clipup import clipup
 from evopes.spec import PyTree
-from evopes.strategy import Params, State, Strategy, check_positive
+from evopes.strategy import Params, State, Strategy
 
 #: ClipUp with Toklu et al.'s rule alpha = v_max / 2 and evosax's numbers
 #: (steps of at most 0.02); set the speed to your problem's scale.
@@ -81,12 +81,19 @@ class PGPEParams(Params):
     """Hyperparameters of :class:`PGPE` (vmappable).
 
     Attributes:
-      std_init: initial sigma of every coordinate (> 0).
-      std_lr: alpha_sigma, the learning rate of sigma (>= 0; 0 freezes sigma).
-      std_max_change: largest relative change of each sigma_i per generation (> 0).
-      std_min: floor of sigma (>= 0).
-      std_max: ceiling of sigma (>= std_min).
-      baseline_decay: beta of the moving-average baseline, in [0, 1).
+      std_init: initial sigma of every coordinate, in [1e-30, 1e20].
+      std_lr: alpha_sigma, the learning rate of sigma, in [0, 1e30] (0 freezes sigma).
+      std_max_change: largest relative change of each sigma_i per generation,
+        in [1e-30, 1e30].
+      std_min: floor of sigma, in [0, 1e20].
+      std_max: ceiling of sigma, in [1e-30, 1e30], and std_min <= std_max.
+      baseline_decay: beta of the moving-average baseline, in [0, 0.999999]
+        (1 would freeze the baseline at 0).
+
+    The ranges are :attr:`PGPE.param_ranges`, checked at ``init`` (and under
+    ``jit``, see :attr:`evopes.Strategy.param_ranges`). The optimizer's numbers
+    (ClipUp's ``learning_rate``, ``max_speed``, ``momentum``) are checked when
+    it is built, by :func:`evopes.clipup`.
     """
 
     std_init: float = 1.0
@@ -167,17 +174,30 @@ class PGPE(Strategy):
     def default_params(self) -> PGPEParams:
         return PGPEParams()
 
+    #: Valid ranges (inclusive); see :attr:`evopes.Strategy.param_ranges`.
+    param_ranges = {
+        "std_init": (1e-30, 1e20),
+        "std_lr": (0.0, 1e30),
+        "std_max_change": (1e-30, 1e30),
+        "std_min": (0.0, 1e20),
+        "std_max": (1e-30, 1e30),
+        "baseline_decay": (0.0, 0.999999),
+    }
+
     def validate_params(self, params: PGPEParams) -> None:
-        check_positive(params, "std_init", "std_max_change", "std_max")
-        _check_range(params, "std_lr", 0.0, np.inf)
-        _check_range(params, "std_min", 0.0, np.inf)
-        _check_range(params, "baseline_decay", 0.0, 1.0, upper_open=True)
+        super().validate_params(params)
         if not any(isinstance(v, jax.core.Tracer) for v in (params.std_min, params.std_max)):
             if np.any(np.asarray(params.std_min) > np.asarray(params.std_max)):
                 raise ValueError(
                     f"params.std_min: expected <= params.std_max ({params.std_max}), "
                     f"got {params.std_min}"
                 )
+
+    def _valid_params(self, params: PGPEParams) -> dict:
+        valid = super()._valid_params(params)
+        # Traced std_min <= std_max, blamed on std_min (as the eager check is).
+        ordered = jnp.all(jnp.asarray(params.std_min) <= jnp.asarray(params.std_max))
+        return {**valid, "std_min": valid["std_min"] & (~valid["std_max"] | ordered)}
 
     # -- the algorithm on flat arrays ----------------------------------------------
     def _init(self, key, mean, params: PGPEParams) -> PGPEState:
@@ -286,15 +306,3 @@ def _safe_divide(numerator, denominator):
 def _all_finite(tree) -> jax.Array:
     leaves = [leaf for leaf in jax.tree.leaves(tree) if jnp.issubdtype(leaf.dtype, jnp.inexact)]
     return jnp.all(jnp.stack([jnp.all(jnp.isfinite(leaf)) for leaf in leaves]))
-
-
-def _check_range(params, name, low, high, upper_open=False):
-    """ValueError unless a concrete ``params.name`` lies in [low, high] (or [low, high))."""
-    value = getattr(params, name)
-    if isinstance(value, jax.core.Tracer):
-        return
-    array = np.asarray(value)
-    above = array >= high if upper_open else array > high
-    if np.any(np.isnan(array)) or np.any(array < low) or np.any(above):
-        bracket = ")" if upper_open else "]"
-        raise ValueError(f"params.{name}: expected a value in [{low}, {high}{bracket}, got {array}")

@@ -53,7 +53,7 @@ from flax import struct
 
 from evopes import shaping, threefry
 from evopes.spec import PyTree, SolutionSpec
-from evopes.strategies.xnes import check_std_bounds, has_ranking, raw_key
+from evopes.strategies.xnes import check_std_bounds, has_ranking, raw_key, valid_std_bounds
 from evopes.strategy import Params, State, Strategy
 
 
@@ -73,7 +73,8 @@ class SimpleESParams(Params):
         [0, 1e20], std_max in [1e-30, 1e30], std_min <= std_init <= std_max.
       c_mean: c_m, step of the mean towards the elite mean, in [0, 1].
       c_std: c_sigma, smoothing rate of sigma, in [0, 1].
-      weights: w by rank, best first, shape (lambda,), >= 0 with a positive sum.
+      weights: w by rank, best first, shape (lambda,), each in [0, 1] with a
+        positive sum (they are renormalised to sum to 1).
     """
 
     std_init: jax.Array
@@ -119,6 +120,7 @@ class SimpleES(Strategy):
         "std_max": (1e-30, 1e30),
         "c_mean": (0.0, 1.0),
         "c_std": (0.0, 1.0),
+        "weights": (0.0, 1.0),
     }
 
     def __init__(
@@ -152,8 +154,6 @@ class SimpleES(Strategy):
         )
 
     def validate_params(self, params: SimpleESParams) -> None:
-        super().validate_params(params)
-        check_std_bounds(params)
         weights = params.weights
         if tuple(np.shape(weights)) != (self.population_size,):
             raise ValueError(
@@ -162,10 +162,18 @@ class SimpleES(Strategy):
             )
         if not isinstance(weights, jax.core.Tracer):
             array = np.asarray(weights)
-            if not (np.all(np.isfinite(array)) and np.all(array >= 0) and array.sum() > 0):
+            ok = np.all(np.isfinite(array)) and np.all(array >= 0) and np.all(array <= 1)
+            if not (ok and array.sum() > 0):
                 raise ValueError(
-                    f"params.weights: expected finite values >= 0 with a positive sum, got {array}"
+                    "params.weights: expected finite values >= 0 (each in [0, 1]) with a "
+                    f"positive sum, got {array}"
                 )
+        super().validate_params(params)
+        check_std_bounds(params)
+
+    def _valid_params(self, params: SimpleESParams) -> dict:
+        valid = valid_std_bounds(params, super()._valid_params(params))
+        return {**valid, "weights": valid["weights"] & (jnp.sum(params.weights) > 0)}
 
     # -- the algorithm on flat arrays ----------------------------------------------
     def _init(self, key, mean, params: SimpleESParams) -> SimpleESState:

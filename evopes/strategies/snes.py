@@ -59,6 +59,7 @@ from evopes.strategies.xnes import (
     nes_utilities,
     raw_key,
     utilities_by_member,
+    valid_std_bounds,
 )
 from evopes.strategy import Params, State, Strategy
 
@@ -73,7 +74,7 @@ class SNESParams(Params):
         [0, 1e20], std_max in [1e-30, 1e30], std_min <= std_init <= std_max.
       eta_mean: eta_mu, learning rate of the mean, in [0, 1e6] (Table 1: 1).
       eta_std: eta_sigma, learning rate of sigma, in [0, 1e6] (Table 1).
-      utilities: u by rank, best first, shape (lambda,), finite (Section 3.1).
+      utilities: u by rank, best first, shape (lambda,), each in [-1, 1] (Section 3.1).
     """
 
     std_init: jax.Array
@@ -139,6 +140,9 @@ class SNES(Strategy):
         super().validate_params(params)
         check_utilities(params, self.population_size)
         check_std_bounds(params)
+
+    def _valid_params(self, params: SNESParams) -> dict:
+        return valid_std_bounds(params, super()._valid_params(params))
 
     # -- the algorithm on flat arrays ----------------------------------------------
     def _init(self, key, mean, params: SNESParams) -> SNESState:

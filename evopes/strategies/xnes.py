@@ -134,13 +134,22 @@ def check_std_bounds(params) -> None:
         )
 
 
-#: Valid ranges (inclusive) of the scalar hyperparameters of xNES and SNES.
+def valid_std_bounds(params, valid: dict) -> dict:
+    """Traced :func:`check_std_bounds`: std_init invalid where outside [std_min, std_max]."""
+    std_init = jnp.asarray(params.std_init)
+    within = (std_init >= params.std_min) & (std_init <= params.std_max)
+    return {**valid, "std_init": valid["std_init"] & jnp.all(within)}
+
+
+#: Valid ranges (inclusive) of the hyperparameters of xNES and SNES. Utilities
+#: are shaped fitness values: the paper's lie in (-1, 1).
 NES_PARAM_RANGES = {
     "std_init": (1e-30, 1e20),
     "std_min": (0.0, 1e20),
     "std_max": (1e-30, 1e30),
     "eta_mean": (0.0, 1e6),
     "eta_std": (0.0, 1e6),
+    "utilities": (-1.0, 1.0),
 }
 
 
@@ -155,7 +164,7 @@ class XNESParams(Params):
       eta_mean: eta_mu, learning rate of the mean, in [0, 1e6] (Table 1: 1).
       eta_std: eta_sigma, learning rate of sigma, in [0, 1e6] (Table 1).
       eta_shape: eta_B, learning rate of B, in [0, 1e6] (Table 1).
-      utilities: u by rank, best first, shape (lambda,), finite (Section 3.1).
+      utilities: u by rank, best first, shape (lambda,), each in [-1, 1] (Section 3.1).
     """
 
     std_init: jax.Array
@@ -222,6 +231,9 @@ class XNES(Strategy):
         super().validate_params(params)
         check_utilities(params, self.population_size)
         check_std_bounds(params)
+
+    def _valid_params(self, params: XNESParams) -> dict:
+        return valid_std_bounds(params, super()._valid_params(params))
 
     # -- the algorithm on flat arrays ----------------------------------------------
     def _init(self, key, mean, params: XNESParams) -> XNESState:
