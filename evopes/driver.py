@@ -633,6 +633,10 @@ class _RunFolder:
         In a run of several processes (``jax.distributed``) every process found the
         same damage (each checks every part), and process 0 alone renames.
         """
+        # Every process has read its checkpoints before any file is renamed; a
+        # process still scanning the folder would otherwise miss the damaged ones
+        # (and warn about other files than the rest) or lose a file mid-read.
+        checkpoint._sync("evopes-run-damaged-found")
         renames = jax.process_index() == 0
         for entry in damaged:
             aside = entry.path.with_name(entry.path.name + ".damaged")

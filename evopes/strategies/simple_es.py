@@ -56,6 +56,10 @@ from evopes.spec import PyTree, SolutionSpec
 from evopes.strategies.xnes import check_std_bounds, has_ranking, raw_key, valid_std_bounds
 from evopes.strategy import Params, State, Strategy
 
+#: Weights summing to less are refused: XLA on CPU flushes subnormal numbers
+#: (below this) to zero, so a compiled generation would see a zero sum.
+_SMALLEST_NORMAL = float(np.finfo(np.float32).tiny)
+
 
 def elite_weights(population_size: int, elite_ratio: float) -> np.ndarray:
     """w_i = 1 / mu for the mu = max(1, floor(elite_ratio lambda)) best ranks, else 0."""
@@ -163,17 +167,21 @@ class SimpleES(Strategy):
         if not isinstance(weights, jax.core.Tracer):
             array = np.asarray(weights)
             ok = np.all(np.isfinite(array)) and np.all(array >= 0) and np.all(array <= 1)
-            if not (ok and array.sum() > 0):
+            # Subnormal entries count as 0, as they do in a compiled generation.
+            normal_sum = np.sum(np.where(array >= _SMALLEST_NORMAL, array, 0), dtype=np.float32)
+            if not (ok and normal_sum >= _SMALLEST_NORMAL):
                 raise ValueError(
-                    "params.weights: expected finite values >= 0 (each in [0, 1]) with a "
-                    f"positive sum, got {array}"
+                    "params.weights: expected finite values >= 0 (each in [0, 1]) whose "
+                    f"entries of at least {_SMALLEST_NORMAL:.3g} (float32's smallest normal "
+                    f"number) sum to at least that, got {array}"
                 )
         super().validate_params(params)
         check_std_bounds(params)
 
     def _valid_params(self, params: SimpleESParams) -> dict:
         valid = valid_std_bounds(params, super()._valid_params(params))
-        return {**valid, "weights": valid["weights"] & (jnp.sum(params.weights) > 0)}
+        summed = jnp.sum(params.weights) >= _SMALLEST_NORMAL
+        return {**valid, "weights": valid["weights"] & summed}
 
     # -- the algorithm on flat arrays ----------------------------------------------
     def _init(self, key, mean, params: SimpleESParams) -> SimpleESState:
