@@ -57,8 +57,9 @@ def clipup(
     if max_speed is None:
         max_speed = 2.0 * learning_rate
     for name, value in (("learning_rate", learning_rate), ("max_speed", max_speed)):
-        if not isinstance(value, jax.core.Tracer) and not float(value) > 0:
-            raise ValueError(f"{name}: expected a value > 0, got {value!r}")
+        # Finite too: an infinite speed limit or rate turns every step into inf or NaN.
+        if not isinstance(value, jax.core.Tracer) and not 0 < float(value) < float("inf"):
+            raise ValueError(f"{name}: expected a finite value > 0, got {value!r}")
     if not isinstance(momentum, jax.core.Tracer) and not 0.0 <= float(momentum) < 1.0:
         raise ValueError(f"momentum: expected a value in [0, 1), got {momentum!r}")
 

@@ -38,6 +38,7 @@ from flax import struct
 from evopes.arguments import check_key, check_like
 from evopes.compiled import compiled_method
 from evopes.config_key import static_key
+from evopes.population_check import population_checksum
 from evopes.spec import PyTree, SolutionSpec
 
 Metrics = dict[str, Any]
@@ -79,7 +80,9 @@ class Strategy:
     #: For strategies with ``uses_population = False``: whether ``_tell`` still
     #: reads the flat population when one is handed back (because that is
     #: cheaper than rebuilding it); ``tell`` then flattens a given population
-    #: and passes None otherwise.
+    #: and passes None otherwise. Such a strategy's state has a
+    #: ``population_checksum`` field: ``ask`` fills it and ``tell`` passes the
+    #: population on only if it matches (:mod:`evopes.population_check`).
     reads_population_if_given: bool = False
 
     #: Documented valid range of each ``Params`` field: ``name -> (low, high)``,
@@ -183,6 +186,9 @@ class Strategy:
         self._check_call(key, state, params)
         params, _ = self._sanitized(params)
         flat_population, state = self._ask(key, state, params)
+        if self.reads_population_if_given:
+            # Recognised in tell before it is read (evopes.population_check).
+            state = state.replace(population_checksum=population_checksum(flat_population))
         return self.spec.unravel_population(flat_population), state
 
     @compiled_method()
@@ -226,7 +232,7 @@ class Strategy:
         generation_best = ranked[best_index]
         best_member = self._member(flat_population, best_index, state, params)
 
-        new_state, extra = self._tell(key, flat_population, raw_fitness, state, params)
+        new_state, extra = self._checked_tell(key, flat_population, raw_fitness, state, params)
         if invalid:
             # A traced hyperparameter outside its range: no update, and the run stops.
             any_invalid = jnp.any(jnp.stack(list(invalid.values())))
@@ -264,6 +270,27 @@ class Strategy:
             **extra,
         }
         return new_state, metrics
+
+    def _checked_tell(self, key, flat_population, fitness, state, params):
+        """``_tell``, reading a handed-back population only if ``ask`` produced it.
+
+        A population that is not bit for bit the last ``ask``'s (clipped,
+        edited, from another ``ask``) is not read: the perturbations are rebuilt
+        from the state, as with ``population=None``, and
+        ``metrics["population_mismatch"]`` is True.
+        """
+        if not self.reads_population_if_given:
+            return self._tell(key, flat_population, fitness, state, params)
+        if flat_population is None:
+            new_state, extra = self._tell(key, None, fitness, state, params)
+            return new_state, {**extra, "population_mismatch": jnp.array(False)}
+        mismatch = population_checksum(flat_population) != state.population_checksum
+        new_state, extra = jax.lax.cond(
+            mismatch,
+            lambda: self._tell(key, None, fitness, state, params),
+            lambda: self._tell(key, flat_population, fitness, state, params),
+        )
+        return new_state, {**extra, "population_mismatch": mismatch}
 
     @compiled_method()
     def get_mean(self, state: State) -> PyTree:

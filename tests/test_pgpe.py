@@ -9,6 +9,7 @@ import pytest
 from evopes import shaping
 from evopes.checkpoint import restore_checkpoint, save_checkpoint
 from evopes.clipup import clipup
+from evopes.population_check import population_checksum
 from evopes.strategies.pgpe import PGPE
 
 DIMS = 5
@@ -220,6 +221,8 @@ def test_nonfinite_fitness_never_poisons_the_state():
             sub = PGPE(4, jnp.zeros(DIMS), optimizer=optax.sgd(0.1),
                        fitness_shaping=shaping.identity)
             sub_state = sub.init(jax.random.key(0), jnp.ones(DIMS), params)
+            # As if sub's own ask had drawn these members (tell reads only those).
+            sub_state = sub_state.replace(population_checksum=population_checksum(population[keep]))
             reference, _ = sub.tell(jax.random.key(2), population[keep], fitness[keep],
                                     sub_state, params)
             np.testing.assert_allclose(new_state.mean, reference.mean, rtol=1e-6)
@@ -284,3 +287,19 @@ def test_checkpoint_round_trip_resumes_bit_identically(tmp_path):
         restored = generation(restored, jax.random.key(key_index))
     for got, want in zip(jax.tree.leaves(restored), jax.tree.leaves(state), strict=True):
         np.testing.assert_array_equal(got, want)
+
+
+@pytest.mark.parametrize(
+    "arguments, name",
+    [
+        ({"learning_rate": float("inf")}, "learning_rate"),
+        ({"learning_rate": float("nan")}, "learning_rate"),
+        ({"learning_rate": 0.1, "max_speed": float("inf")}, "max_speed"),
+        ({"learning_rate": 0.1, "max_speed": 0.0}, "max_speed"),
+        ({"learning_rate": 0.1, "momentum": 1.0}, "momentum"),
+    ],
+)
+def test_clipup_refuses_infinite_nan_or_zero_rates_naming_them(arguments, name):
+    # An infinite rate or speed limit made every update inf or NaN (then skipped forever).
+    with pytest.raises(ValueError, match=f"^{name}: expected"):
+        clipup(**arguments)

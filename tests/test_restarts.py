@@ -123,3 +123,67 @@ def test_docs_examples_run():
     assert not jax.config.jax_enable_x64  # the example switches x64 off again
     exec(compile(blocks[2], "cma_es.md:restarts", "exec"), restart_example)
     assert restart_example["result"].best_fitness <= 1e-8
+
+
+@pytest.mark.parametrize(
+    "arguments, name",
+    [
+        ({"population_factor": float("nan")}, "population_factor"),
+        ({"population_factor": 0.5}, "population_factor"),
+        ({"population_factor": float("inf")}, "population_factor"),
+        ({"max_restarts": float("inf")}, "max_restarts"),
+        ({"max_restarts": -1}, "max_restarts"),
+        ({"population_size": 1}, "population_size"),
+        ({"population_size": 4.5}, "population_size"),
+    ],
+)
+def test_hostile_restart_settings_are_refused_naming_the_argument(arguments, name):
+    with pytest.raises(ValueError, match=f"^{name}: expected"):
+        IPOP(solution=jnp.zeros(3), **arguments)
+
+
+@pytest.mark.parametrize(
+    "arguments, name",
+    [
+        ({"std_init": float("nan")}, "std_init"),
+        ({"std_init": float("inf")}, "std_init"),
+        ({"std_init": 0.0}, "std_init"),
+        ({"max_evaluations": float("nan")}, "max_evaluations"),
+        ({"max_evaluations": 0}, "max_evaluations"),
+        ({"target_fitness": float("nan")}, "target_fitness"),
+    ],
+)
+def test_hostile_run_arguments_are_refused_before_any_evaluation(arguments, name):
+    calls = []
+
+    def fitness_fn(population, key):
+        calls.append(1)
+        return jnp.sum(population**2, axis=1)
+
+    run_arguments = {"std_init": 1.0, "max_evaluations": 100, **arguments}
+    bipop = BIPOP(solution=jnp.zeros(3))
+    with pytest.raises(ValueError, match=f"^{name}: expected"):
+        bipop.run(jax.random.key(0), fitness_fn, jnp.ones(3), **run_arguments)
+    assert not calls
+
+
+def test_padding_members_reach_the_fitness_function_as_nan_rows():
+    # Every run compiled for 16 members: lambda = 7 and 14 leave 9 and 2 padding rows.
+    seen = []
+
+    def record(population):
+        seen.append(np.asarray(population))
+        return np.sum(np.nan_to_num(population) ** 2, axis=1).astype(population.dtype)
+
+    def fitness_fn(population, key):
+        shape = jax.ShapeDtypeStruct(population.shape[:1], population.dtype)
+        return jax.pure_callback(record, shape, population)
+
+    ipop = IPOP(solution=jnp.zeros(3), compiled_population_size=16, max_restarts=1)
+    result = ipop.run(jax.random.key(3), fitness_fn, jnp.ones(3), max_evaluations=3000)
+    assert [run.population_size for run in result.runs] == [7, 14]
+    padding = [int(np.sum(np.isnan(batch).all(axis=1))) for batch in seen]
+    # Padding rows are NaN in every entry; real members have no NaN.
+    assert all(np.all(np.isnan(b).all(axis=1) == np.isnan(b).any(axis=1)) for b in seen)
+    assert sorted(set(padding)) == [2, 9]
+    assert sum(16 - count for count in padding) == sum(run.evaluations for run in result.runs)

@@ -59,6 +59,7 @@ from flax import struct
 
 from evopes.config_key import static_key  # noqa: F401 (kept importable from here)
 from evopes.noise import GaussianNoise, NoiseSource, NoiseTable, readable_from_population
+from evopes.population_check import no_checksum
 from evopes.spec import PyTree
 from evopes.strategy import Params, State, Strategy
 
@@ -78,12 +79,15 @@ class AntitheticState(State):
       opt_state: the optax optimizer state of the mean.
       noise_state: the noise source's arrays (the shared table, or nothing).
       noise_ids: ids of the last generation's P perturbations, shape (P, k).
+      population_checksum: checksum of the last ``ask``'s population
+        (:mod:`evopes.population_check`); ``tell`` reads only that population.
     """
 
     std: jax.Array
     opt_state: optax.OptState
     noise_state: jax.Array
     noise_ids: jax.Array
+    population_checksum: jax.Array
 
 
 @struct.dataclass
@@ -212,6 +216,7 @@ class AntitheticES(Strategy):
             # strategy initialised with the same key sees the same table.
             noise_state=self.noise.init(key, self.num_dims),
             noise_ids=jnp.zeros(ids.shape, ids.dtype),
+            population_checksum=no_checksum(),
         )
 
     def _ask(self, key: jax.Array, state: AntitheticState, params: AntitheticParams):
@@ -221,6 +226,8 @@ class AntitheticES(Strategy):
         return population, state.replace(noise_ids=ids)
 
     def _member(self, population, index, state: AntitheticState, params) -> jax.Array:
+        if population is not None:  # the point evaluated, as handed back
+            return super()._member(population, index, state, params)
         # Rebuild only the requested member from its pair's noise id.
         pair = index % self.num_pairs
         z = self.noise.sample(state.noise_state, state.noise_ids[pair], self.num_dims)

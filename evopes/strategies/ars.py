@@ -64,8 +64,10 @@ import optax
 from flax import struct
 
 from evopes import shaping, threefry
+from evopes.population_check import no_checksum
 from evopes.spec import PyTree
-from evopes.strategies.pgpe import _all_finite
+from evopes.strategies.pgpe import _all_finite, symmetric_member
+from evopes.strategies.xnes import raw_key
 from evopes.strategy import Params, State, Strategy
 
 #: The paper's plain step with alpha = 0.02 (its MuJoCo runs use 0.01 to 0.03).
@@ -101,10 +103,16 @@ class ARSState(State):
     Attributes:
       std: the current exploration noise nu.
       opt_state: the optimizer's state of the mean (theta).
+      ask_key: the key of the last ``ask`` as raw key data: delta is
+        regenerated from it when no (or not the same) population is handed back.
+      population_checksum: checksum of the last ``ask``'s population
+        (:mod:`evopes.population_check`); ``tell`` reads only that population.
     """
 
     std: jax.Array
     opt_state: optax.OptState
+    ask_key: jax.Array
+    population_checksum: jax.Array
 
 
 class ARS(Strategy):
@@ -122,6 +130,14 @@ class ARS(Strategy):
       scale_by_reward_std: divide by sigma_R (ARS); False is basic random search.
       maximize: maximise fitness (rewards) instead of minimising it.
     """
+
+    # The pairs' steps are read off the population handed back when it is the
+    # one ``ask`` produced in float32 (cheaper), and drawn again otherwise.
+    uses_population = False
+
+    @property
+    def reads_population_if_given(self) -> bool:
+        return self.spec.all_float32
 
     def __init__(
         self,
@@ -187,25 +203,33 @@ class ARS(Strategy):
             generation_counter=jnp.array(0, jnp.int32),
             std=jnp.maximum(jnp.asarray(params.std_init, jnp.float32), params.std_min),
             opt_state=self.optimizer.init(mean),
+            ask_key=raw_key(key),
+            population_checksum=no_checksum(),
         )
 
     def _ask(self, key, state: ARSState, params: ARSParams):
         # line 4-5: N directions, each evaluated on both sides
+        key = raw_key(key)
         step = state.std * threefry.normal(key, (self.num_directions, self.num_dims))
-        return jnp.concatenate([state.mean + step, state.mean - step]), state
+        return jnp.concatenate([state.mean + step, state.mean - step]), state.replace(ask_key=key)
+
+    def _member(self, population, index, state: ARSState, params) -> jax.Array:
+        if population is not None:
+            return super()._member(population, index, state, params)
+        return symmetric_member(state.mean, state.std, state.ask_key, self.num_directions, index)
 
     def _tell(self, key, population, fitness, state: ARSState, params: ARSParams):
         del key
         shaped = self.fitness_shaping(fitness)
         plus, minus = shaped[: self.num_directions], shaped[self.num_directions:]
         kept = top_directions(plus, minus, self.num_top_directions)
-        # delta_k = (x_k - x_{k+N}) / (2 nu), exact up to the rounding of x.
-        delta = jnp.where(
-            kept[:, None],
-            (population[: self.num_directions] - population[self.num_directions:])
-            / (2.0 * state.std),
-            0.0,
-        )
+        # delta_k = (x_k - x_{k+N}) / (2 nu), exact up to the rounding of x (or drawn again).
+        if population is not None:
+            half = population[: self.num_directions] - population[self.num_directions:]
+            delta = half / (2.0 * state.std)
+        else:
+            delta = threefry.normal(state.ask_key, (self.num_directions, self.num_dims))
+        delta = jnp.where(kept[:, None], delta, 0.0)
         direction, reward_std = search_direction(
             plus, minus, kept, delta, self.scale_by_reward_std
         )

@@ -67,6 +67,7 @@ import numpy as np
 from flax import struct
 
 from evopes import shaping, threefry
+from evopes.population_check import no_checksum
 from evopes.spec import PyTree, SolutionSpec
 from evopes.strategy import Params, State, Strategy
 
@@ -136,12 +137,15 @@ class LMMAESState(State):
       p_sigma: the step-size evolution path.
       paths: M, the m evolution paths m_j as rows, shape (m, n).
       ask_key: the key of the last ``ask``, as raw key data: z is regenerated from it.
+      population_checksum: checksum of the last ``ask``'s population
+        (:mod:`evopes.population_check`); ``tell`` reads only that population.
     """
 
     std: jax.Array
     p_sigma: jax.Array
     paths: jax.Array
     ask_key: jax.Array
+    population_checksum: jax.Array
 
 
 class LMMAES(Strategy):
@@ -217,6 +221,7 @@ class LMMAES(Strategy):
             p_sigma=jnp.zeros(self.num_dims, jnp.float32),
             paths=jnp.zeros((self.num_paths, self.num_dims), jnp.float32),
             ask_key=_raw_key(key),
+            population_checksum=no_checksum(),
         )
 
     def _ask(self, key, state: LMMAESState, params: LMMAESParams):

@@ -68,7 +68,9 @@ from flax import struct
 
 from evopes import shaping, threefry
 from evopes.clipup import clipup
+from evopes.population_check import no_checksum
 from evopes.spec import PyTree
+from evopes.strategies.xnes import raw_key
 from evopes.strategy import Params, State, Strategy
 
 #: ClipUp with Toklu et al.'s rule alpha = v_max / 2 and evosax's numbers
@@ -114,12 +116,18 @@ class PGPEState(State):
       baseline: b, the moving average of the pairs' mean shaped fitness.
       best_shaped: m, the lowest finite shaped fitness seen so far (for the
         reward normalisation; +inf before the first generation).
+      ask_key: the key of the last ``ask`` as raw key data: eps is regenerated
+        from it when no (or not the same) population is handed back.
+      population_checksum: checksum of the last ``ask``'s population
+        (:mod:`evopes.population_check`); ``tell`` reads only that population.
     """
 
     std: jax.Array
     opt_state: optax.OptState
     baseline: jax.Array
     best_shaped: jax.Array
+    ask_key: jax.Array
+    population_checksum: jax.Array
 
 
 class PGPE(Strategy):
@@ -136,6 +144,14 @@ class PGPE(Strategy):
       normalize_rewards: the paper's reward normalisation (module docstring).
       maximize: maximise fitness instead of minimising it.
     """
+
+    # The pairs' steps are read off the population handed back when it is the
+    # one ``ask`` produced in float32 (cheaper), and drawn again otherwise.
+    uses_population = False
+
+    @property
+    def reads_population_if_given(self) -> bool:
+        return self.spec.all_float32
 
     def __init__(
         self,
@@ -211,11 +227,20 @@ class PGPE(Strategy):
             opt_state=self.optimizer.init(mean),
             baseline=jnp.array(0.0, jnp.float32),
             best_shaped=jnp.array(jnp.inf, jnp.float32),
+            ask_key=raw_key(key),
+            population_checksum=no_checksum(),
         )
 
     def _ask(self, key, state: PGPEState, params: PGPEParams):
+        key = raw_key(key)
         perturbation = state.std * threefry.normal(key, (self.num_pairs, self.num_dims))
-        return jnp.concatenate([state.mean + perturbation, state.mean - perturbation]), state
+        population = jnp.concatenate([state.mean + perturbation, state.mean - perturbation])
+        return population, state.replace(ask_key=key)
+
+    def _member(self, population, index, state: PGPEState, params) -> jax.Array:
+        if population is not None:
+            return super()._member(population, index, state, params)
+        return symmetric_member(state.mean, state.std, state.ask_key, self.num_pairs, index)
 
     def _tell(self, key, population, fitness, state: PGPEState, params: PGPEParams):
         del key
@@ -224,10 +249,13 @@ class PGPE(Strategy):
         valid = jnp.isfinite(plus) & jnp.isfinite(minus)
         num_valid = valid.sum()
         plus, minus = jnp.where(valid, plus, 0.0), jnp.where(valid, minus, 0.0)
-        # eps_k = (x_k - x_{k+N}) / 2, exact up to the rounding of x; a masked
-        # pair must add 0 even if its members overflowed (0 * inf = NaN).
-        eps = jnp.where(valid[:, None], 0.5 * (population[: self.num_pairs]
-                                               - population[self.num_pairs:]), 0.0)
+        # eps_k = (x_k - x_{k+N}) / 2, exact up to the rounding of x (or drawn
+        # again); a masked pair must add 0 even if its members overflowed.
+        if population is not None:
+            eps = 0.5 * (population[: self.num_pairs] - population[self.num_pairs:])
+        else:
+            eps = state.std * threefry.normal(state.ask_key, (self.num_pairs, self.num_dims))
+        eps = jnp.where(valid[:, None], eps, 0.0)
 
         pair_means = 0.5 * (plus + minus)
         generation_mean = pair_means.sum() / jnp.maximum(num_valid, 1)
@@ -270,6 +298,13 @@ class PGPE(Strategy):
             "num_masked_pairs": self.num_pairs - num_valid,
         }
         return new_state, metrics
+
+
+def symmetric_member(mean, std, ask_key, num_pairs: int, index) -> jax.Array:
+    """Member ``index`` of a symmetric population ``m +- std * z_k`` drawn from ``ask_key``."""
+    shape = (num_pairs, mean.shape[0])
+    step = std * threefry.normal_row(ask_key, shape, index % num_pairs)
+    return jnp.where(index < num_pairs, mean + step, mean - step)
 
 
 def reward_terms(plus, minus, baseline, best, normalize: bool):

@@ -34,7 +34,9 @@ Compilations. A run is compiled for a *compiled population size*: by default
 the smallest lambda_def 2^k >= lambda. IPOP and BIPOP's large runs use exactly
 these sizes; a BIPOP small run (lambda_def <= lambda_s < lambda_l) samples the
 next size up and masks the extra members (their fitness is replaced by NaN,
-which CMA-ES weights 0; they are not counted as evaluations). Recombination
+which CMA-ES weights 0; they are not counted as evaluations). The fitness
+function sees a masked member as a row of NaN, so that it can skip it (a
+costly simulation, or a benchmark counting every call, should). Recombination
 weights and learning rates are those of lambda_s, passed in ``Params``. So
 both schedules compile once per doubling, and since strategies hash by
 configuration, each size compiles once per process, shared by later runs and
@@ -146,7 +148,8 @@ def run_until_stop(es, params, fitness_fn, key, mean, num_active, max_generation
         state, key, _, generations = carry
         key, ask_key, eval_key, tell_key = threefry.split(key, 4)
         population, state = es.ask(ask_key, state, params)
-        fitness = jnp.where(active, fitness_fn(population, eval_key), jnp.nan)
+        evaluated = fitness_fn(_hide_inactive(population, active), eval_key)
+        fitness = jnp.where(active, evaluated, jnp.nan)
         state, metrics = es.tell(tell_key, population, fitness, state, params)
         stops = jnp.stack([metrics[name] for name in STOP_INDICATORS])
         return state, key, stops, generations + 1
@@ -154,6 +157,29 @@ def run_until_stop(es, params, fitness_fn, key, mean, num_active, max_generation
     carry = (state, loop_key, no_stop, jnp.asarray(0, jnp.int32))
     state, _, stops, generations = jax.lax.while_loop(running, generation, carry)
     return state, generations, stops
+
+
+def _check_count(name: str, value, minimum: int) -> None:
+    """ValueError naming ``name`` unless ``value`` is a whole number >= ``minimum``."""
+    whole = isinstance(value, (int, np.integer)) or (
+        isinstance(value, (float, np.floating)) and float(value).is_integer()
+    )
+    if not (whole and value >= minimum):
+        raise ValueError(f"{name}: expected an integer >= {minimum}, got {value!r}")
+
+
+def _hide_inactive(population: PyTree, active: jax.Array) -> PyTree:
+    """The population with every leaf of a masked member set to NaN.
+
+    A fitness function (or a benchmark's evaluation counter) can then tell the
+    padding apart and skip it; its fitness is ignored whatever it returns.
+    """
+
+    def hide(leaf):
+        mask = active.reshape((-1,) + (1,) * (leaf.ndim - 1))
+        return jnp.where(mask, leaf, jnp.nan)
+
+    return jax.tree_util.tree_map(hide, population)
 
 
 def run_params(es, population_size: int, std_init: float):
@@ -205,10 +231,14 @@ class IPOP:
         flat_bounds(self.spec, lower, upper)
         self.lower, self.upper = lower, upper
         self.population_size = population_size or default_population_size(self.spec.num_dims)
-        if population_factor < 1:
-            raise ValueError(f"population_factor: expected a value >= 1, got {population_factor}")
-        if max_restarts < 0:
-            raise ValueError(f"max_restarts: expected an integer >= 0, got {max_restarts}")
+        # ``not (a <= x)`` form: NaN fails every comparison and must be refused too.
+        if not 1 <= population_factor <= 1e6:
+            raise ValueError(
+                f"population_factor: expected a value in [1, 1e6], got {population_factor}"
+            )
+        _check_count("max_restarts", max_restarts, 0)
+        if population_size is not None:
+            _check_count("population_size", population_size, 2)
         self.population_factor = population_factor
         self.max_restarts = int(max_restarts)
         self.strategy = strategy
@@ -251,15 +281,20 @@ class IPOP:
           key: PRNG key.
           fitness_fn: ``fitness_fn(population, key) -> (lambda,)`` fitness to
             minimise; jittable, and hashable (a plain function is), because it
-            is a static argument of the compiled run.
+            is a static argument of the compiled run. Members beyond a small
+            run's lambda (padding, see the module docstring) arrive as NaN
+            rows; their fitness is ignored, so skipping them is safe.
           mean: initial mean (pytree), or ``mean(key) -> pytree`` for a new
             random start at every run.
           std_init: sigma_0.
           max_evaluations: the evaluation budget.
           target_fitness: stop as soon as a fitness <= this is found.
         """
-        if std_init <= 0:
-            raise ValueError(f"std_init: expected a value > 0, got {std_init}")
+        if not 0 < std_init < float("inf"):  # NaN fails the comparison too
+            raise ValueError(f"std_init: expected a finite value > 0, got {std_init}")
+        _check_count("max_evaluations", max_evaluations, 1)
+        if np.isnan(target_fitness):
+            raise ValueError("target_fitness: expected a number (or -inf for none), got nan")
         runs: list[RestartRecord] = []
         best_fitness, best_solution, to_target = np.inf, None, None
         evaluations = 0

@@ -52,6 +52,7 @@ import numpy as np
 from flax import struct
 
 from evopes import shaping, threefry
+from evopes.population_check import no_checksum
 from evopes.spec import PyTree, SolutionSpec
 from evopes.strategies.xnes import check_std_bounds, has_ranking, raw_key, valid_std_bounds
 from evopes.strategy import Params, State, Strategy
@@ -96,10 +97,13 @@ class SimpleESState(State):
     Attributes:
       std: sigma, one per coordinate.
       ask_key: the key of the last ``ask`` as raw key data: z is regenerated from it.
+      population_checksum: checksum of the last ``ask``'s population
+        (:mod:`evopes.population_check`); ``tell`` reads only that population.
     """
 
     std: jax.Array
     ask_key: jax.Array
+    population_checksum: jax.Array
 
 
 class SimpleES(Strategy):
@@ -193,6 +197,7 @@ class SimpleES(Strategy):
             generation_counter=jnp.array(0, jnp.int32),
             std=jnp.full(self.num_dims, std),
             ask_key=raw_key(key),
+            population_checksum=no_checksum(),
         )
 
     def _noise(self, key) -> jax.Array:

@@ -49,6 +49,7 @@ import jax.numpy as jnp
 from flax import struct
 
 from evopes import threefry
+from evopes.population_check import no_checksum
 from evopes.spec import PyTree, SolutionSpec
 from evopes.strategies.xnes import (
     NES_PARAM_RANGES,
@@ -92,10 +93,13 @@ class SNESState(State):
     Attributes:
       std: sigma, one per coordinate.
       ask_key: the key of the last ``ask`` as raw key data: s is regenerated from it.
+      population_checksum: checksum of the last ``ask``'s population
+        (:mod:`evopes.population_check`); ``tell`` reads only that population.
     """
 
     std: jax.Array
     ask_key: jax.Array
+    population_checksum: jax.Array
 
 
 class SNES(Strategy):
@@ -154,6 +158,7 @@ class SNES(Strategy):
             generation_counter=jnp.array(0, jnp.int32),
             std=jnp.full(self.num_dims, std),
             ask_key=raw_key(key),
+            population_checksum=no_checksum(),
         )
 
     def _noise(self, key) -> jax.Array:
