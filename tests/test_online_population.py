@@ -107,8 +107,16 @@ def shift_one_member(population):
     return population.at[3, -1].add(0.5)
 
 
+def clip_last_coordinate_about_theta(population):
+    """Bounds symmetric about theta on one far coordinate: every pair stays centred."""
+    theta = THETA[population.shape[1] - 1]
+    return population.at[:, -1].set(jnp.clip(population[:, -1], theta - STD / 4, theta + STD / 4))
+
+
 @pytest.mark.parametrize("dims", DIMS)
-@pytest.mark.parametrize("transform", [clip, other_draw, shift_one_member])
+@pytest.mark.parametrize(
+    "transform", [clip, other_draw, shift_one_member, clip_last_coordinate_about_theta]
+)
 @pytest.mark.parametrize("cls", [evopes.PES, evopes.NRES])
 def test_a_foreign_population_never_changes_the_estimate(cls, transform, dims):
     handed, regenerated, population = estimates_from(
