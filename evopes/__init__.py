@@ -29,11 +29,15 @@ from evopes.strategies import (
     LM_MA_ES,
     LMMAES,
     PGPE,
+    SNES,
+    XNES,
     FullES,
     Open_ES,
     OpenES,
     Sep_CMA_ES,
     SepCMAES,
+    SimpleES,
+    xNES,
 )
 from evopes.strategy import Params, State, Strategy
 
@@ -44,6 +48,10 @@ __all__ = [
     "LMMAES",
     "LM_MA_ES",
     "PGPE",
+    "SimpleES",
+    "SNES",
+    "XNES",
+    "xNES",
     "clipup",
     "BIPOP",
     "CMAES",

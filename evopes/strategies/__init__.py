@@ -9,6 +9,9 @@ from evopes.strategies.open_es import Open_ES, OpenES
 from evopes.strategies.pgpe import PGPE, PGPEParams, PGPEState
 from evopes.strategies.restarts import BIPOP, IPOP, RestartRecord, RestartResult
 from evopes.strategies.sep_cma_es import Sep_CMA_ES, SepCMAES, SepCMAESState
+from evopes.strategies.simple_es import SimpleES, SimpleESParams, SimpleESState
+from evopes.strategies.snes import SNES, SNESParams, SNESState
+from evopes.strategies.xnes import XNES, XNESParams, XNESState, xNES
 
 __all__ = [
     "ARS",
@@ -38,4 +41,14 @@ __all__ = [
     "SepCMAES",
     "SepCMAESState",
     "Sep_CMA_ES",
+    "SimpleES",
+    "SimpleESParams",
+    "SimpleESState",
+    "SNES",
+    "SNESParams",
+    "SNESState",
+    "XNES",
+    "XNESParams",
+    "XNESState",
+    "xNES",
 ]
