@@ -14,6 +14,9 @@ shape ``(population_size,)`` and is safe under ``jit``/``vmap``.
 
 from __future__ import annotations
 
+import functools
+from collections.abc import Callable
+
 import jax
 import jax.numpy as jnp
 
@@ -107,3 +110,39 @@ SHAPINGS = {
     "z_score": z_score,
     "weighted_rank": weighted_rank,
 }
+
+
+# -- evosax 0.3's names and signature ------------------------------------------------------
+# evosax's shaping functions take ``(population, fitness, state, params)``; these
+# are the functions above under evosax's names, for code ported by changing its
+# imports (``evopes.Open_ES(..., fitness_shaping_fn=...)``). They read only the fitness.
+
+
+def centered_rank_fitness_shaping_fn(population, fitness, state, params) -> jax.Array:
+    """evosax's name for :func:`centered_rank`."""
+    del population, state, params
+    return centered_rank(fitness)
+
+
+def identity_fitness_shaping_fn(population, fitness, state, params) -> jax.Array:
+    """evosax's name for :func:`identity`."""
+    del population, state, params
+    return identity(fitness)
+
+
+def standardize_fitness_shaping_fn(population, fitness, state, params) -> jax.Array:
+    """evosax's name for :func:`z_score`."""
+    del population, state, params
+    return z_score(fitness)
+
+
+def from_evosax(fitness_shaping_fn) -> Callable[[jax.Array], jax.Array]:
+    """An evosax shaping function ``fn(population, fitness, state, params)`` as an
+    evopes one, ``shape(fitness)``: called with the fitness only (the other three
+    arguments None), which is all evosax's rank, identity, standardize and
+    normalize shapings read."""
+    return functools.partial(_call_evosax_shaping, fitness_shaping_fn)
+
+
+def _call_evosax_shaping(fitness_shaping_fn, fitness):
+    return fitness_shaping_fn(None, fitness, None, None)

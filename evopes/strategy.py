@@ -257,6 +257,9 @@ class Strategy:
             "best_fitness": sign * new_state.best_fitness,
             "best_solution": self.spec.unravel(new_state.best_solution),
             "best_fitness_in_generation": sign * generation_best,
+            # evosax's keys too: the generation's best member as handed back, and a norm.
+            "best_solution_in_generation": self.spec.unravel(best_member),
+            "best_solution_norm": jnp.linalg.norm(new_state.best_solution),
             # NaN when nothing finite was seen (not a perfect 0); divided before
             # summing, so finite values up to float32's maximum cannot overflow it.
             "mean_fitness": sign

@@ -247,10 +247,47 @@ def test_validation_errors_name_expected_and_received():
 
 
 def test_aliases_and_exports():
-    assert evopes.Open_ES is OpenES and evopes.OpenES is OpenES
+    assert issubclass(evopes.Open_ES, OpenES) and evopes.OpenES is OpenES
     assert evopes.strategies.OpenES is OpenES
     assert isinstance(OpenES(4, jnp.zeros(2)).noise, NoiseTable)
     assert OpenES(4, jnp.zeros(2)).default_params.std_init == 0.1
+
+
+def test_open_es_takes_evosax_constructor_in_evosax_order_with_evosax_defaults():
+    import optax
+
+    from evopes.noise import GaussianNoise
+
+    default = evopes.Open_ES(8, jnp.zeros(3))
+    assert isinstance(default.noise, GaussianNoise)  # evosax draws fresh normals
+    params = default.default_params
+    state = default.init(jax.random.key(0), jnp.ones(3), params)
+    assert float(state.std) == 1.0  # constant_schedule(1.0)
+    # Positional, in evosax's order: antithetic flag, optimizer, std_schedule, shaping.
+    es = evopes.Open_ES(
+        8,
+        jnp.zeros(3),
+        True,
+        optax.sgd(0.1),
+        optax.exponential_decay(0.5, 1, 0.5),
+        evopes.shaping.identity_fitness_shaping_fn,
+    )
+    assert es.fitness_shaping(jnp.array([3.0, 1.0])).tolist() == [3.0, 1.0]
+    state = es.init(jax.random.key(0), jnp.ones(3), params)
+    stds = []
+    for generation in range(3):
+        population, state = es.ask(jax.random.key(generation), state, params)
+        stds.append(float(state.std))
+        state, _ = es.tell(jax.random.key(generation), population, population[:, 0], state, params)
+    # sigma of generation g is std_schedule(g) = 0.5 * 0.5**g; sgd(0.1) moved the mean.
+    np.testing.assert_allclose(stds, [0.5, 0.25, 0.125])
+    assert float(state.mean[0]) < 1.0
+    with pytest.raises(ValueError, match="use_antithetic_sampling: evopes' OpenES always"):
+        evopes.Open_ES(8, jnp.zeros(3), use_antithetic_sampling=False)
+    with pytest.raises(ValueError, match="metrics_fn: not supported"):
+        evopes.Open_ES(8, jnp.zeros(3), metrics_fn=lambda *args: {})
+    with pytest.raises(ValueError, match="std_schedule: expected a function"):
+        evopes.Open_ES(8, jnp.zeros(3), std_schedule=0.1)
 
 
 # -- the documentation's examples run and do what they say -----------------------------------

@@ -122,9 +122,9 @@ PAIRS: tuple[Pair, ...] = (
         "evopes.strategies.open_es:Open_ES",
         "Open_ES",
         lambda_gradient,
-        evopes_kwargs=lambda std: {"optimizer": shared_optimizer(), "noise": _gaussian_noise()},
+        # Open_ES takes evosax's constructor: the same arguments in both libraries.
+        evopes_kwargs=_gradient_evosax,
         evosax_kwargs=_gradient_evosax,
-        evopes_params=_decaying_std,
         evosax_params=lambda params, std: params,
     ),
     Pair(
@@ -166,12 +166,6 @@ PAIRS: tuple[Pair, ...] = (
         evosax_params=_online_params,
     ),
 )
-
-
-def _gaussian_noise():
-    from evopes.noise import GaussianNoise
-
-    return GaussianNoise()
 
 
 def evopes_class(pair: Pair):

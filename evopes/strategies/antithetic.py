@@ -146,6 +146,7 @@ class AntitheticES(Strategy):
         fitness_shaping: Callable[[jax.Array], jax.Array],
         noise: NoiseSource,
         mask_nonfinite_pairs: bool,
+        std_schedule: Callable[[jax.Array], jax.Array] | None = None,
         maximize: bool = False,
     ):
         if int(population_size) != population_size or population_size < 2 or population_size % 2:
@@ -173,6 +174,20 @@ class AntitheticES(Strategy):
         self.fitness_shaping = fitness_shaping
         self.noise = noise
         self.mask_nonfinite_pairs = bool(mask_nonfinite_pairs)
+        if std_schedule is not None and not callable(std_schedule):
+            raise ValueError(
+                "std_schedule: expected a function of the generation counter (an optax "
+                f"schedule) or None, got {std_schedule!r}"
+            )
+        self.std_schedule = std_schedule
+
+    def _scheduled_std(self, std, generation, params) -> jax.Array:
+        """sigma of generation ``generation``: ``std_schedule(generation)`` when the
+        strategy has one (evosax's rule; ``std_init``/``std_decay`` are then unused),
+        else ``std`` (from ``std_init`` or the decay); clipped to [std_min, std_max]."""
+        if self.std_schedule is not None:
+            std = jnp.asarray(self.std_schedule(generation), jnp.float32)
+        return jnp.clip(std, params.std_min, params.std_max)
 
     @property
     def num_pairs(self) -> int:
@@ -210,7 +225,7 @@ class AntitheticES(Strategy):
             best_solution=mean,
             best_fitness=jnp.array(jnp.inf, jnp.float32),
             generation_counter=jnp.array(0, jnp.int32),
-            std=jnp.clip(jnp.asarray(params.std_init, jnp.float32), params.std_min, params.std_max),
+            std=self._scheduled_std(jnp.asarray(params.std_init, jnp.float32), 0, params),
             opt_state=self.optimizer.init(mean),
             # The init key itself seeds the noise source, so that another
             # strategy initialised with the same key sees the same table.
@@ -262,7 +277,9 @@ class AntitheticES(Strategy):
         new_state = state.replace(
             mean=mean,
             opt_state=opt_state,
-            std=jnp.clip(state.std * params.std_decay, params.std_min, params.std_max),
+            std=self._scheduled_std(
+                state.std * params.std_decay, state.generation_counter + 1, params
+            ),
         )
         metrics = {
             "update_skipped": ~usable,

@@ -24,13 +24,14 @@ import jax
 import optax
 
 from evopes import shaping
-from evopes.noise import NoiseSource, NoiseTable
+from evopes.noise import GaussianNoise, NoiseSource, NoiseTable
 from evopes.spec import PyTree
 from evopes.strategies.antithetic import AntitheticES
 
 #: Defaults (static configuration; equal whichever instance is passed).
 DEFAULT_OPTIMIZER = optax.adam(learning_rate=1e-2)
 DEFAULT_NOISE = NoiseTable()
+EVOSAX_NOISE = GaussianNoise()
 
 
 class OpenES(AntitheticES):
@@ -72,5 +73,74 @@ class OpenES(AntitheticES):
         )
 
 
-#: evosax's name, so that code ports by changing an import.
-Open_ES = OpenES
+#: evosax 0.3's defaults of ``Open_ES``.
+EVOSAX_OPTIMIZER = optax.sgd(learning_rate=1e-3)
+EVOSAX_STD_SCHEDULE = optax.constant_schedule(1.0)
+
+
+class Open_ES(OpenES):  # noqa: N801 (evosax's name)
+    """:class:`OpenES` with evosax 0.3's constructor: code ports by changing an import.
+
+    The arguments, their order and their defaults are evosax's ``Open_ES``:
+    SGD with learning rate 1e-3 on the mean, sigma from ``std_schedule``
+    (default a constant 1), centered ranks, fresh Gaussian noise. The algorithm
+    and everything else (params, state, metrics, checks) are :class:`OpenES`'s.
+
+    Args:
+      population_size: number of members (even).
+      solution: template pytree of one solution.
+      use_antithetic_sampling: must be True (evosax's default): evopes always
+        samples mirrored pairs.
+      optimizer: optax optimizer of the mean.
+      std_schedule: sigma of generation g is ``std_schedule(g)``
+        (``params.std_init`` and ``std_decay`` are then unused; ``std_min`` and
+        ``std_max`` still clip it). evosax applies ``std_schedule(g - 1)`` from
+        generation 2 on, one generation later.
+      fitness_shaping_fn: an evosax shaping function ``fn(population, fitness,
+        state, params)``; it is called with the fitness only (see
+        :func:`evopes.shaping.from_evosax`). evosax's own and
+        ``evopes.shaping.centered_rank_fitness_shaping_fn`` (the default) work.
+      metrics_fn: must be None: evopes' metrics already include evosax's keys.
+      noise: evopes' noise source (default fresh normals, as evosax draws).
+      maximize: maximise fitness instead of minimising it.
+    """
+
+    def __init__(
+        self,
+        population_size: int,
+        solution: PyTree,
+        use_antithetic_sampling: bool = True,
+        optimizer: optax.GradientTransformation = EVOSAX_OPTIMIZER,
+        std_schedule: Callable = EVOSAX_STD_SCHEDULE,
+        fitness_shaping_fn: Callable = shaping.centered_rank_fitness_shaping_fn,
+        metrics_fn: Callable | None = None,
+        *,
+        noise: NoiseSource = EVOSAX_NOISE,
+        maximize: bool = False,
+    ):
+        if use_antithetic_sampling is not True:
+            raise ValueError(
+                "use_antithetic_sampling: evopes' OpenES always samples mirrored pairs "
+                f"(evosax's default, True), got {use_antithetic_sampling!r}"
+            )
+        if metrics_fn is not None:
+            raise ValueError(
+                "metrics_fn: not supported; tell's metrics already include evosax's keys "
+                f"(see the porting page), got {metrics_fn!r}"
+            )
+        if not callable(fitness_shaping_fn):
+            raise ValueError(
+                "fitness_shaping_fn: expected a function (population, fitness, state, "
+                f"params) -> shaped fitness, got {fitness_shaping_fn!r}"
+            )
+        AntitheticES.__init__(
+            self,
+            population_size,
+            solution,
+            optimizer=optimizer,
+            fitness_shaping=shaping.from_evosax(fitness_shaping_fn),
+            noise=noise,
+            mask_nonfinite_pairs=False,
+            std_schedule=std_schedule,
+            maximize=maximize,
+        )
