@@ -236,9 +236,14 @@ class AntitheticES(Strategy):
 
     def _ask(self, key: jax.Array, state: AntitheticState, params: AntitheticParams):
         ids = self.noise.draw_ids(key, self.num_pairs, self.num_dims)
-        perturbation = state.std * self.noise.sample(state.noise_state, ids, self.num_dims)
-        population = jnp.concatenate([state.mean + perturbation, state.mean - perturbation])
-        return population, state.replace(noise_ids=ids)
+        state = state.replace(noise_ids=ids)
+        return self._asked_population(state, params), state
+
+    def _asked_population(self, state: AntitheticState, params) -> jax.Array:
+        perturbation = state.std * self.noise.sample(
+            state.noise_state, state.noise_ids, self.num_dims
+        )
+        return jnp.concatenate([state.mean + perturbation, state.mean - perturbation])
 
     def _member(self, population, index, state: AntitheticState, params) -> jax.Array:
         if population is not None:  # the point evaluated, as handed back

@@ -66,7 +66,7 @@ from flax import struct
 from evopes import shaping, threefry
 from evopes.population_check import no_checksum
 from evopes.spec import PyTree
-from evopes.strategies.pgpe import _all_finite, symmetric_member
+from evopes.strategies.pgpe import _all_finite, symmetric_member, symmetric_population
 from evopes.strategies.xnes import raw_key
 from evopes.strategy import Params, State, Strategy
 
@@ -209,9 +209,11 @@ class ARS(Strategy):
 
     def _ask(self, key, state: ARSState, params: ARSParams):
         # line 4-5: N directions, each evaluated on both sides
-        key = raw_key(key)
-        step = state.std * threefry.normal(key, (self.num_directions, self.num_dims))
-        return jnp.concatenate([state.mean + step, state.mean - step]), state.replace(ask_key=key)
+        state = state.replace(ask_key=raw_key(key))
+        return self._asked_population(state, params), state
+
+    def _asked_population(self, state: ARSState, params) -> jax.Array:
+        return symmetric_population(state.mean, state.std, state.ask_key, self.num_directions)
 
     def _member(self, population, index, state: ARSState, params) -> jax.Array:
         if population is not None:

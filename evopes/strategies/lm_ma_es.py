@@ -225,9 +225,12 @@ class LMMAES(Strategy):
         )
 
     def _ask(self, key, state: LMMAESState, params: LMMAESParams):
-        key = _raw_key(key)
-        _, directions = self._directions(key, state, params)
-        return state.mean + state.std * directions, state.replace(ask_key=key)
+        state = state.replace(ask_key=_raw_key(key))
+        return self._asked_population(state, params), state
+
+    def _asked_population(self, state: LMMAESState, params) -> jax.Array:
+        _, directions = self._directions(state.ask_key, state, params)
+        return state.mean + state.std * directions
 
     def _directions(self, key, state: LMMAESState, params: LMMAESParams):
         """z ~ N(0, I) of shape (lambda, n) and d = the contractions of z (lines 5-8)."""

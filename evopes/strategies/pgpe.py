@@ -232,10 +232,11 @@ class PGPE(Strategy):
         )
 
     def _ask(self, key, state: PGPEState, params: PGPEParams):
-        key = raw_key(key)
-        perturbation = state.std * threefry.normal(key, (self.num_pairs, self.num_dims))
-        population = jnp.concatenate([state.mean + perturbation, state.mean - perturbation])
-        return population, state.replace(ask_key=key)
+        state = state.replace(ask_key=raw_key(key))
+        return self._asked_population(state, params), state
+
+    def _asked_population(self, state: PGPEState, params) -> jax.Array:
+        return symmetric_population(state.mean, state.std, state.ask_key, self.num_pairs)
 
     def _member(self, population, index, state: PGPEState, params) -> jax.Array:
         if population is not None:
@@ -298,6 +299,12 @@ class PGPE(Strategy):
             "num_masked_pairs": self.num_pairs - num_valid,
         }
         return new_state, metrics
+
+
+def symmetric_population(mean, std, ask_key, num_pairs: int) -> jax.Array:
+    """``m + std * z_k``, then ``m - std * z_k``; z (num_pairs, n) drawn from ``ask_key``."""
+    step = std * threefry.normal(ask_key, (num_pairs, mean.shape[0]))
+    return jnp.concatenate([mean + step, mean - step])
 
 
 def symmetric_member(mean, std, ask_key, num_pairs: int, index) -> jax.Array:

@@ -166,8 +166,11 @@ class SNES(Strategy):
         return threefry.normal(key, (self.population_size, self.num_dims))
 
     def _ask(self, key, state: SNESState, params):
-        key = raw_key(key)
-        return state.mean + state.std * self._noise(key), state.replace(ask_key=key)
+        state = state.replace(ask_key=raw_key(key))
+        return self._asked_population(state, params), state
+
+    def _asked_population(self, state: SNESState, params) -> jax.Array:
+        return state.mean + state.std * self._noise(state.ask_key)
 
     def _member(self, population, index, state: SNESState, params) -> jax.Array:
         if population is not None:
