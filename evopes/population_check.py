@@ -11,9 +11,9 @@ bounds, edited, or from another ``ask`` would silently change the update.
     c = sum_k  bits(x_k) * (2 k + 1)   (mod 2^32),
 
 over the flat index k of every entry, and ``tell`` reads the population only
-if its checksum is the same; otherwise it rebuilds the perturbations from the
-state (as with ``population=None``) and says so in
-``metrics["population_mismatch"]``. Integer addition is exact and associative,
+if its checksum is the same; otherwise it reads the population ``ask``
+returned, rebuilt from the state (the online engine regenerates the noise),
+and says so in ``metrics["population_mismatch"]``. Integer addition is exact and associative,
 so the checksum does not depend on how XLA orders the sum (or shards it), and
 because every multiplier is odd, changing any single entry in any bit always
 changes it; two changes cancel with probability 2^-32. The cost is one pass of
