@@ -197,8 +197,10 @@ def test_invalid_arguments_name_themselves():
         ARS(9, jnp.zeros(DIMS))
     with pytest.raises(ValueError, match="num_top_directions"):
         ARS(8, jnp.zeros(DIMS), num_top_directions=5)
+    # None is the default (the identity, or evosax's fitness_shaping_fn when given).
+    assert ARS(8, jnp.zeros(DIMS), fitness_shaping=None).fitness_shaping is shaping.identity
     with pytest.raises(ValueError, match="fitness_shaping"):
-        ARS(8, jnp.zeros(DIMS), fitness_shaping=None)
+        ARS(8, jnp.zeros(DIMS), fitness_shaping=3)
     es = ARS(8, jnp.zeros(DIMS))
     for field, value in (("std_init", -0.1), ("std_decay", 0.0), ("std_min", -1.0)):
         with pytest.raises(ValueError, match=f"params.{field}"):
@@ -251,3 +253,37 @@ def test_checkpoint_round_trip_resumes_bit_identically(tmp_path):
         restored = generation(restored, jax.random.key(key_index))
     for got, want in zip(jax.tree.leaves(restored), jax.tree.leaves(state), strict=True):
         np.testing.assert_array_equal(got, want)
+
+
+def test_ars_takes_evosax_arguments_in_evosax_order():
+    import optax
+
+    import evopes
+
+    es = evopes.ARS(
+        8,
+        jnp.zeros(3),
+        optax.adam(0.1),
+        optax.exponential_decay(0.5, 1, 0.5),
+        evopes.shaping.identity_fitness_shaping_fn,
+    )
+    params = es.default_params
+    state = es.init(jax.random.key(0), jnp.ones(3), params)
+    stds = []
+    for generation in range(3):
+        population, state = es.ask(jax.random.key(generation), state, params)
+        stds.append(float(state.std))
+        state, _ = es.tell(jax.random.key(generation), population, population[:, 0], state, params)
+    np.testing.assert_allclose(stds, [0.5, 0.25, 0.125])  # std_schedule(g) in generation g
+    assert es.fitness_shaping(jnp.array([3.0, 1.0])).tolist() == [3.0, 1.0]
+    with pytest.raises(ValueError, match="metrics_fn: not supported"):
+        evopes.ARS(8, jnp.zeros(3), metrics_fn=lambda *args: {})
+    with pytest.raises(ValueError, match="fitness_shaping_fn: give either"):
+        evopes.ARS(
+            8,
+            jnp.zeros(3),
+            fitness_shaping=evopes.shaping.identity,
+            fitness_shaping_fn=evopes.shaping.identity_fitness_shaping_fn,
+        )
+    with pytest.raises(ValueError, match="std_schedule: expected a function"):
+        evopes.ARS(8, jnp.zeros(3), std_schedule=0.3)

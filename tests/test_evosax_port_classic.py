@@ -3,11 +3,13 @@
 The same code text runs twice: with evosax's imports, and with the import lines
 changed to evopes. The loop is evosax's README style (``init``, then ``ask`` /
 ``tell`` inside ``jax.lax.scan``) on the sphere in d = 10 from x0 = 1 (f = 10),
-with evosax's constructor keywords, ``Open_ES`` with all of its own
-(``use_antithetic_sampling``, ``optimizer``, ``std_schedule``,
+with evosax's constructor keywords, ``Open_ES`` and ``ARS`` with all of
+theirs (``use_antithetic_sampling``, ``optimizer``, ``std_schedule``,
 ``fitness_shaping_fn``). Best fitness at the end, evosax / evopes (seed 0):
 CMA_ES 1.3e-23 / 1.2e-23, Sep_CMA_ES 1.8e-32 / 0, SNES 4.9e-22 / 5.7e-22,
-PGPE 1.58e-6 / 1.57e-6, Open_ES 3.9e-5 / 5.2e-5. Each must be inside its band
+PGPE 1.58e-6 / 1.57e-6 (also built with evosax's positional order), Open_ES
+3.9e-5 / 5.2e-5, ARS with evosax's std_schedule and fitness_shaping_fn
+3.0e-5 / 5.3e-5. Each must be inside its band
 (about 100x above both, for other platforms' rounding), and evopes within 100x
 of evosax (they draw different random numbers).
 """
@@ -45,6 +47,15 @@ OPEN_ES = (
     "std_schedule=optax.exponential_decay(0.3, 1, 0.995), "
     "fitness_shaping_fn=centered_rank_fitness_shaping_fn)"
 )
+ARS = (
+    "ARS(population_size=32, solution=jnp.zeros(10), "
+    "optimizer=optax.adam(optax.exponential_decay(0.1, 1, 0.995)), "
+    "std_schedule=optax.exponential_decay(0.3, 1, 0.995), "
+    "fitness_shaping_fn=centered_rank_fitness_shaping_fn)"
+)
+PGPE_KEYWORDS = (
+    "PGPE(32, jnp.zeros(10), optax.adam(0.05), centered_rank_fitness_shaping_fn)"
+)
 CASES = {
     # name: (constructor, generations, band for the best fitness)
     "CMA_ES": ("CMA_ES(population_size=16, solution=jnp.zeros(10))", 300, 1e-18),
@@ -53,11 +64,14 @@ CASES = {
     "PGPE": ("PGPE(population_size=32, solution=jnp.zeros(10), optimizer=optax.adam(0.05))",
              600, 1e-4),
     "Open_ES": (OPEN_ES, 800, 5e-3),
+    "ARS": (ARS, 800, 5e-3),
+    "PGPE_keywords": (PGPE_KEYWORDS, 600, 1e-4),
 }
 
 
-def run(library: str, name: str) -> float:
-    constructor, generations, _ = CASES[name]
+def run(library: str, case: str) -> float:
+    constructor, generations, _ = CASES[case]
+    name = case.split("_keywords")[0]
     if library == "evosax":
         imports = (
             f"from evosax.algorithms import {name}\n"
@@ -74,7 +88,7 @@ def run(library: str, name: str) -> float:
         .replace("GENERATIONS", str(generations))
     )
     namespace = {}
-    exec(compile(source, f"<{library} {name}>", "exec"), namespace)
+    exec(compile(source, f"<{library} {case}>", "exec"), namespace)
     return namespace["result"]
 
 

@@ -58,6 +58,7 @@ import optax
 from flax import struct
 
 from evopes.config_key import static_key  # noqa: F401 (kept importable from here)
+from evopes.evosax_args import check_std_schedule
 from evopes.noise import GaussianNoise, NoiseSource, NoiseTable, readable_from_population
 from evopes.population_check import no_checksum
 from evopes.spec import PyTree
@@ -174,11 +175,7 @@ class AntitheticES(Strategy):
         self.fitness_shaping = fitness_shaping
         self.noise = noise
         self.mask_nonfinite_pairs = bool(mask_nonfinite_pairs)
-        if std_schedule is not None and not callable(std_schedule):
-            raise ValueError(
-                "std_schedule: expected a function of the generation counter (an optax "
-                f"schedule) or None, got {std_schedule!r}"
-            )
+        check_std_schedule(std_schedule)
         self.std_schedule = std_schedule
 
     def _scheduled_std(self, std, generation, params) -> jax.Array:

@@ -64,6 +64,7 @@ import optax
 from flax import struct
 
 from evopes import shaping, threefry
+from evopes.evosax_args import check_metrics_fn, check_std_schedule, fitness_shaping_from
 from evopes.population_check import no_checksum
 from evopes.spec import PyTree
 from evopes.strategies.pgpe import _all_finite, symmetric_member, symmetric_population
@@ -125,6 +126,11 @@ class ARS(Strategy):
         default N // 2 (at least 1). b = N is V1 / V2.
       optimizer: optax transformation of the search direction g; default
         ``optax.sgd(0.02)``, the paper's step with alpha = 0.02.
+      std_schedule, fitness_shaping_fn, metrics_fn: evosax's arguments, in
+        evosax's order: nu of generation g is ``std_schedule(g)`` (then
+        ``params.std_init`` and ``std_decay`` are unused); an evosax shaping
+        function (called with the fitness only) in place of ``fitness_shaping``;
+        ``metrics_fn`` must be None.
       fitness_shaping: applied to the raw (minimised) fitness; default the
         identity (the paper's raw rewards, scaled by sigma_R).
       scale_by_reward_std: divide by sigma_R (ARS); False is basic random search.
@@ -143,10 +149,13 @@ class ARS(Strategy):
         self,
         population_size: int,
         solution: PyTree,
+        optimizer: optax.GradientTransformation = DEFAULT_OPTIMIZER,
+        std_schedule: Callable | None = None,
+        fitness_shaping_fn: Callable | None = None,
+        metrics_fn: Callable | None = None,
         *,
         num_top_directions: int | None = None,
-        optimizer: optax.GradientTransformation = DEFAULT_OPTIMIZER,
-        fitness_shaping: Callable[[jax.Array], jax.Array] = shaping.identity,
+        fitness_shaping: Callable[[jax.Array], jax.Array] | None = None,
         scale_by_reward_std: bool = True,
         maximize: bool = False,
     ):
@@ -170,14 +179,27 @@ class ARS(Strategy):
             raise ValueError(
                 f"optimizer: expected an optax GradientTransformation, got {optimizer!r}"
             )
+        check_std_schedule(std_schedule)
+        check_metrics_fn(metrics_fn)
+        fitness_shaping = fitness_shaping_from(
+            fitness_shaping, fitness_shaping_fn, shaping.identity
+        )
         if not callable(fitness_shaping):
             raise ValueError(
                 f"fitness_shaping: expected a function of the fitness, got {fitness_shaping!r}"
             )
+        self.std_schedule = std_schedule
         self.num_top_directions = int(num_top_directions)
         self.optimizer = optimizer
         self.fitness_shaping = fitness_shaping
         self.scale_by_reward_std = bool(scale_by_reward_std)
+
+    def _scheduled_std(self, std, generation, params) -> jax.Array:
+        """nu of generation ``generation``: ``std_schedule(generation)`` when given
+        (evosax's rule; ``std_init``/``std_decay`` unused), else ``std``; >= std_min."""
+        if self.std_schedule is not None:
+            std = jnp.asarray(self.std_schedule(generation), jnp.float32)
+        return jnp.maximum(std, params.std_min)
 
     @property
     def num_directions(self) -> int:
@@ -201,7 +223,7 @@ class ARS(Strategy):
             best_solution=mean,
             best_fitness=jnp.array(jnp.inf, jnp.float32),
             generation_counter=jnp.array(0, jnp.int32),
-            std=jnp.maximum(jnp.asarray(params.std_init, jnp.float32), params.std_min),
+            std=self._scheduled_std(jnp.asarray(params.std_init, jnp.float32), 0, params),
             opt_state=self.optimizer.init(mean),
             ask_key=raw_key(key),
             population_checksum=no_checksum(),
@@ -251,7 +273,9 @@ class ARS(Strategy):
             "num_kept_directions": kept.sum(),
             "std": state.std,
         }
-        std = jnp.maximum(state.std * params.std_decay, params.std_min)
+        std = self._scheduled_std(
+            state.std * params.std_decay, state.generation_counter + 1, params
+        )
         return state.replace(mean=mean, opt_state=opt_state, std=std), metrics
 
 

@@ -24,6 +24,7 @@ import jax
 import optax
 
 from evopes import shaping
+from evopes.evosax_args import check_metrics_fn, fitness_shaping_from
 from evopes.noise import GaussianNoise, NoiseSource, NoiseTable
 from evopes.spec import PyTree
 from evopes.strategies.antithetic import AntitheticES
@@ -123,22 +124,14 @@ class Open_ES(OpenES):  # noqa: N801 (evosax's name)
                 "use_antithetic_sampling: evopes' OpenES always samples mirrored pairs "
                 f"(evosax's default, True), got {use_antithetic_sampling!r}"
             )
-        if metrics_fn is not None:
-            raise ValueError(
-                "metrics_fn: not supported; tell's metrics already include evosax's keys "
-                f"(see the porting page), got {metrics_fn!r}"
-            )
-        if not callable(fitness_shaping_fn):
-            raise ValueError(
-                "fitness_shaping_fn: expected a function (population, fitness, state, "
-                f"params) -> shaped fitness, got {fitness_shaping_fn!r}"
-            )
+        check_metrics_fn(metrics_fn)
+        fitness_shaping = fitness_shaping_from(None, fitness_shaping_fn, shaping.centered_rank)
         AntitheticES.__init__(
             self,
             population_size,
             solution,
             optimizer=optimizer,
-            fitness_shaping=shaping.from_evosax(fitness_shaping_fn),
+            fitness_shaping=fitness_shaping,
             noise=noise,
             mask_nonfinite_pairs=False,
             std_schedule=std_schedule,

@@ -68,6 +68,7 @@ from flax import struct
 
 from evopes import shaping, threefry
 from evopes.clipup import clipup
+from evopes.evosax_args import check_metrics_fn, fitness_shaping_from
 from evopes.population_check import no_checksum
 from evopes.spec import PyTree
 from evopes.strategies.xnes import raw_key
@@ -139,6 +140,9 @@ class PGPE(Strategy):
       optimizer: optax transformation of the mean's gradient estimate g_mu;
         default ClipUp (learning rate 0.01, max speed 0.02);
         ``optax.sgd(alpha)`` is the paper's plain step.
+      fitness_shaping_fn, metrics_fn: evosax's arguments, in evosax's order: an
+        evosax shaping function (called with the fitness only) in place of
+        ``fitness_shaping``; ``metrics_fn`` must be None.
       fitness_shaping: ``shaped = fitness_shaping(fitness)`` on the raw
         (minimised) fitness; default centered ranks.
       normalize_rewards: the paper's reward normalisation (module docstring).
@@ -157,9 +161,11 @@ class PGPE(Strategy):
         self,
         population_size: int,
         solution: PyTree,
-        *,
         optimizer: optax.GradientTransformation = DEFAULT_OPTIMIZER,
-        fitness_shaping: Callable[[jax.Array], jax.Array] = shaping.centered_rank,
+        fitness_shaping_fn: Callable | None = None,
+        metrics_fn: Callable | None = None,
+        *,
+        fitness_shaping: Callable[[jax.Array], jax.Array] | None = None,
         normalize_rewards: bool = False,
         maximize: bool = False,
     ):
@@ -174,6 +180,10 @@ class PGPE(Strategy):
             raise ValueError(
                 f"optimizer: expected an optax GradientTransformation, got {optimizer!r}"
             )
+        check_metrics_fn(metrics_fn)
+        fitness_shaping = fitness_shaping_from(
+            fitness_shaping, fitness_shaping_fn, shaping.centered_rank
+        )
         if not callable(fitness_shaping):
             raise ValueError(
                 f"fitness_shaping: expected a function of the fitness, got {fitness_shaping!r}"
