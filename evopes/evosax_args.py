@@ -11,6 +11,9 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+import jax
+import jax.numpy as jnp
+
 from evopes import shaping
 
 
@@ -39,6 +42,14 @@ def check_metrics_fn(metrics_fn: Callable | None) -> None:
             "metrics_fn: not supported; tell's metrics already include evosax's keys "
             f"(see the porting page), got {metrics_fn!r}"
         )
+
+
+def scheduled_std(std_schedule: Callable | None, std: jax.Array, generation) -> jax.Array:
+    """The std of generation ``generation``: ``std_schedule(generation)`` when there is
+    a schedule (evosax's rule), else ``std`` (the strategy's own rule), as float32."""
+    if std_schedule is not None:
+        std = std_schedule(generation)
+    return jnp.asarray(std, jnp.float32)
 
 
 def check_std_schedule(std_schedule: Callable | None) -> None:

@@ -58,7 +58,7 @@ import optax
 from flax import struct
 
 from evopes.config_key import static_key  # noqa: F401 (kept importable from here)
-from evopes.evosax_args import check_std_schedule
+from evopes.evosax_args import check_std_schedule, scheduled_std
 from evopes.noise import GaussianNoise, NoiseSource, NoiseTable, readable_from_population
 from evopes.population_check import no_checksum
 from evopes.spec import PyTree
@@ -179,11 +179,9 @@ class AntitheticES(Strategy):
         self.std_schedule = std_schedule
 
     def _scheduled_std(self, std, generation, params) -> jax.Array:
-        """sigma of generation ``generation``: ``std_schedule(generation)`` when the
-        strategy has one (evosax's rule; ``std_init``/``std_decay`` are then unused),
-        else ``std`` (from ``std_init`` or the decay); clipped to [std_min, std_max]."""
-        if self.std_schedule is not None:
-            std = jnp.asarray(self.std_schedule(generation), jnp.float32)
+        """sigma of generation ``generation`` (``std_schedule`` if any, else ``std``),
+        clipped to [std_min, std_max]."""
+        std = scheduled_std(self.std_schedule, std, generation)
         return jnp.clip(std, params.std_min, params.std_max)
 
     @property

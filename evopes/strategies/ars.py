@@ -64,7 +64,12 @@ import optax
 from flax import struct
 
 from evopes import shaping, threefry
-from evopes.evosax_args import check_metrics_fn, check_std_schedule, fitness_shaping_from
+from evopes.evosax_args import (
+    check_metrics_fn,
+    check_std_schedule,
+    fitness_shaping_from,
+    scheduled_std,
+)
 from evopes.population_check import no_checksum
 from evopes.spec import PyTree
 from evopes.strategies.pgpe import _all_finite, symmetric_member, symmetric_population
@@ -195,11 +200,8 @@ class ARS(Strategy):
         self.scale_by_reward_std = bool(scale_by_reward_std)
 
     def _scheduled_std(self, std, generation, params) -> jax.Array:
-        """nu of generation ``generation``: ``std_schedule(generation)`` when given
-        (evosax's rule; ``std_init``/``std_decay`` unused), else ``std``; >= std_min."""
-        if self.std_schedule is not None:
-            std = jnp.asarray(self.std_schedule(generation), jnp.float32)
-        return jnp.maximum(std, params.std_min)
+        """nu of generation ``generation`` (``std_schedule`` if any, else ``std``), >= std_min."""
+        return jnp.maximum(scheduled_std(self.std_schedule, std, generation), params.std_min)
 
     @property
     def num_directions(self) -> int:

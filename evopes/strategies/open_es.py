@@ -47,6 +47,8 @@ class OpenES(AntitheticES):
         fitness ranks worst.
       noise: default ``NoiseTable()`` (2**24 floats, 64 MiB, drawn once in
         ``init``); ``GaussianNoise()`` draws fresh normals instead.
+      std_schedule: optional ``std_schedule(g)``, the sigma of generation g (an
+        optax schedule); ``params.std_init`` and ``std_decay`` are then unused.
       maximize: maximise fitness instead of minimising it.
 
     Hyperparameters (``es.default_params``): ``std_init=0.1``,
@@ -61,6 +63,7 @@ class OpenES(AntitheticES):
         optimizer: optax.GradientTransformation = DEFAULT_OPTIMIZER,
         fitness_shaping: Callable[[jax.Array], jax.Array] = shaping.centered_rank,
         noise: NoiseSource = DEFAULT_NOISE,
+        std_schedule: Callable | None = None,
         maximize: bool = False,
     ):
         super().__init__(
@@ -70,6 +73,7 @@ class OpenES(AntitheticES):
             fitness_shaping=fitness_shaping,
             noise=noise,
             mask_nonfinite_pairs=False,
+            std_schedule=std_schedule,
             maximize=maximize,
         )
 
@@ -125,15 +129,12 @@ class Open_ES(OpenES):  # noqa: N801 (evosax's name)
                 f"(evosax's default, True), got {use_antithetic_sampling!r}"
             )
         check_metrics_fn(metrics_fn)
-        fitness_shaping = fitness_shaping_from(None, fitness_shaping_fn, shaping.centered_rank)
-        AntitheticES.__init__(
-            self,
+        super().__init__(
             population_size,
             solution,
             optimizer=optimizer,
-            fitness_shaping=fitness_shaping,
+            fitness_shaping=fitness_shaping_from(None, fitness_shaping_fn, shaping.centered_rank),
             noise=noise,
-            mask_nonfinite_pairs=False,
             std_schedule=std_schedule,
             maximize=maximize,
         )
