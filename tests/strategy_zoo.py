@@ -238,3 +238,29 @@ def tree_bytes(tree) -> list[tuple[str, str, tuple, bytes]]:
         array = np.asarray(leaf)
         rows.append((jax.tree_util.keystr(path), dtype, array.shape, array.tobytes()))
     return rows
+
+
+def stds_per_generation(es, generations: int) -> tuple[list[float], object]:
+    """The std each of ``generations`` generations used (fitness: the first coordinate)
+    from mean 1 in every coordinate, and the final state."""
+    params = es.default_params
+    state = es.init(jax.random.key(0), jnp.ones(es.num_dims), params)
+    stds = []
+    for generation in range(generations):
+        population, state = es.ask(jax.random.key(generation), state, params)
+        stds.append(float(state.std))
+        state, _ = es.tell(jax.random.key(generation), population, population[:, 0], state, params)
+    return stds, state
+
+
+def zero_inner(key):
+    """A scalar inner state that starts at 0 (for online strategies' smallest systems)."""
+    del key
+    return jnp.zeros(())
+
+
+def halving_step(s, theta, key):
+    """s <- s / 2 + sum(theta), loss s^2, no done: a tiny stable inner system."""
+    del key
+    s = 0.5 * s + jnp.sum(theta)
+    return s, s**2, None

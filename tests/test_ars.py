@@ -5,6 +5,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
+from strategy_zoo import stds_per_generation
 
 from evopes import shaping
 from evopes.checkpoint import restore_checkpoint, save_checkpoint
@@ -267,13 +268,7 @@ def test_ars_takes_evosax_arguments_in_evosax_order():
         optax.exponential_decay(0.5, 1, 0.5),
         evopes.shaping.identity_fitness_shaping_fn,
     )
-    params = es.default_params
-    state = es.init(jax.random.key(0), jnp.ones(3), params)
-    stds = []
-    for generation in range(3):
-        population, state = es.ask(jax.random.key(generation), state, params)
-        stds.append(float(state.std))
-        state, _ = es.tell(jax.random.key(generation), population, population[:, 0], state, params)
+    stds, _ = stds_per_generation(es, 3)
     np.testing.assert_allclose(stds, [0.5, 0.25, 0.125])  # std_schedule(g) in generation g
     assert es.fitness_shaping(jnp.array([3.0, 1.0])).tolist() == [3.0, 1.0]
     with pytest.raises(ValueError, match="metrics_fn: not supported"):

@@ -17,21 +17,11 @@ import optax
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from strategy_zoo import halving_step, zero_inner
 
 import evopes
 
 LOW, HIGH = evopes.online.engine.STD_RANGE
-
-
-def zero_inner(key):
-    del key
-    return jnp.zeros(())
-
-
-def step_fn(s, theta, key):
-    del key
-    s = 0.5 * s + jnp.sum(theta)
-    return s, s**2, None
 
 
 STRATEGIES = {
@@ -63,7 +53,7 @@ def ten_windows(es, std):
 
     def window(state, key):
         population, state = es.ask(key, state, params)
-        inner, losses, dones = evopes.unroll(step_fn, population, state.inner_state, key, 2)
+        inner, losses, dones = evopes.unroll(halving_step, population, state.inner_state, key, 2)
         state, metrics = es.tell(
             key, population, losses, state, params, inner_state=inner, dones=dones
         )

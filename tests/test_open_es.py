@@ -6,6 +6,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
+from strategy_zoo import stds_per_generation
 
 import evopes
 from evopes import FullES, GaussianNoise, NoiseTable, OpenES, shaping
@@ -254,10 +255,6 @@ def test_aliases_and_exports():
 
 
 def test_open_es_takes_evosax_constructor_in_evosax_order_with_evosax_defaults():
-    import optax
-
-    from evopes.noise import GaussianNoise
-
     default = evopes.Open_ES(8, jnp.zeros(3))
     assert isinstance(default.noise, GaussianNoise)  # evosax draws fresh normals
     params = default.default_params
@@ -273,12 +270,7 @@ def test_open_es_takes_evosax_constructor_in_evosax_order_with_evosax_defaults()
         evopes.shaping.identity_fitness_shaping_fn,
     )
     assert es.fitness_shaping(jnp.array([3.0, 1.0])).tolist() == [3.0, 1.0]
-    state = es.init(jax.random.key(0), jnp.ones(3), params)
-    stds = []
-    for generation in range(3):
-        population, state = es.ask(jax.random.key(generation), state, params)
-        stds.append(float(state.std))
-        state, _ = es.tell(jax.random.key(generation), population, population[:, 0], state, params)
+    stds, state = stds_per_generation(es, 3)
     # sigma of generation g is std_schedule(g) = 0.5 * 0.5**g; sgd(0.1) moved the mean.
     np.testing.assert_allclose(stds, [0.5, 0.25, 0.125])
     assert float(state.mean[0]) < 1.0

@@ -32,7 +32,7 @@ import optax
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from strategy_zoo import MAY_BE_INFINITE, USER_OWNED
+from strategy_zoo import MAY_BE_INFINITE, USER_OWNED, halving_step, zero_inner
 
 import evopes
 from evopes.strategies.simple_es import SimpleES
@@ -43,17 +43,6 @@ NUM_DIMS = 3
 POPULATION = 6
 WINDOW = 2
 EXAMPLES = int(os.environ.get("EVOPES_FUZZ_EXAMPLES", "6"))
-
-
-def zero_inner(key):
-    del key
-    return jnp.zeros(())
-
-
-def step_fn(s, theta, key):
-    del key
-    s = 0.5 * s + jnp.sum(theta)
-    return s, s**2, None
 
 
 def _online(cls, **kwargs):
@@ -130,7 +119,7 @@ def _classic_generation(es, state, key, params):
 
 def _online_window(es, state, key, params):
     population, state = es.ask(key, state, params)
-    inner, losses, dones = evopes.unroll(step_fn, population, state.inner_state, key, WINDOW)
+    inner, losses, dones = evopes.unroll(halving_step, population, state.inner_state, key, WINDOW)
     return es.tell(key, population, losses, state, params, inner_state=inner, dones=dones)
 
 
