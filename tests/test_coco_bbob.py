@@ -39,3 +39,15 @@ def test_summary_counts_targets_and_ert():
     assert ert == (3 + 5) / 1
     targets_stuck = int(np.sum(1e-3 <= coco_bbob.TARGETS))
     assert solved == pytest.approx((51 + targets_stuck) / 102)
+
+
+def test_padding_rows_are_not_evaluated_or_counted():
+    # BIPOP's padding members arrive as NaN rows (evopes.strategies.restarts): COCO must
+    # count only the real evaluations, so the callback skips them.
+    calls = []
+    coco_bbob._Current.problem = lambda x: calls.append(x) or float(np.sum(x**2))
+    coco_bbob._Current.offset, coco_bbob._Current.trace = 1.0, []
+    population = np.array([[1.0, 2.0], [np.nan, np.nan], [0.0, 1.0]], np.float32)
+    values = coco_bbob._evaluate(population)
+    assert len(calls) == 2 and coco_bbob._Current.trace == [4.0, 0.0]
+    np.testing.assert_array_equal(values, np.array([4.0, np.nan, 0.0], np.float32))
