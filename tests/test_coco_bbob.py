@@ -51,3 +51,30 @@ def test_padding_rows_are_not_evaluated_or_counted():
     values = coco_bbob._evaluate(population)
     assert len(calls) == 2 and coco_bbob._Current.trace == [4.0, 0.0]
     np.testing.assert_array_equal(values, np.array([4.0, np.nan, 0.0], np.float32))
+
+
+def test_repeated_runs_are_separate_observed_runs_with_their_own_seeds(tmp_path, monkeypatch):
+    # TRIALS > 1 (the full run at d <= 5): each trial is a fresh problem, so COCO logs it
+    # as another run on the instance, and each run gets its own seed.
+    monkeypatch.chdir(tmp_path)
+    suite = cocoex.Suite("bbob", "", "dimensions: 2 instance_indices: 1-2 function_indices: 1")
+    observer = cocoex.Observer("bbob", "result_folder: repeats algorithm_name: t")
+    seeds, evaluations = [], []
+
+    def runner(problem, offset, seed, budget):
+        seeds.append(seed)
+        trace = [problem(np.full(2, 0.1 * len(seeds))) - offset for _ in range(3 + len(seeds))]
+        evaluations.append(problem.evaluations)
+        return trace
+
+    traces, seconds = coco_bbob.run_suite(runner, suite, observer, {2: 3}, 10, 100)
+    del observer
+    assert seeds == [10, 11, 12, 13, 14, 15]
+    assert list(traces) == ["f1-d2"] and [len(t) for t in traces["f1-d2"]] == [4, 5, 6, 7, 8, 9]
+    # A fresh problem per run: its counter starts again (+1: the f(x_opt) evaluation).
+    assert evaluations == [5, 6, 7, 8, 9, 10]
+    assert set(seconds) == {2}
+    info = "".join(p.read_text() for p in (tmp_path / "exdata" / "repeats").rglob("*.info"))
+    # f1's run list: "data_f1/...dat, 1:<evals>|<f>, 1:..., 2:...": each instance three times.
+    runs = [entry.strip().split(":")[0] for entry in info.strip().splitlines()[-1].split(",")[1:]]
+    assert runs == ["1", "1", "1", "2", "2", "2"], info
