@@ -127,3 +127,20 @@ def test_the_step_is_one_batched_pass_whatever_the_number_of_tensors():
     count = lambda text: text.count("stablehlo.dot_general")
     assert count(shallow) == count(deep) == 6
     assert "stablehlo.while" not in deep
+
+
+def test_late_weighted_objective_weighs_step_t_by_closed_form():
+    # w_t = (1 + q) (t / T)^q: T = 4, q = 3 gives 4 (t/4)^3; q = 0 is the paper's mean.
+    late = AdamLearnedOptimizerTask(horizon=4, batch_size=32, late_weight_power=3.0)
+    np.testing.assert_allclose(late.weights(jnp.arange(1, 5)), [0.0625, 0.5, 1.6875, 4.0])
+    np.testing.assert_array_equal(TASK.weights(jnp.arange(1, 5)), np.ones(4))
+    # step() returns the weighted loss: same inner state and key, only q differs.
+    late = AdamLearnedOptimizerTask(horizon=50, batch_size=32, lr0=3e-3, late_weight_power=2.0)
+    theta, key = TASK.init_theta(jax.random.key(1)), jax.random.key(2)
+    inner = TASK.init_inner(jax.random.key(3))._replace(step=jnp.int32(24))  # t = 25 after
+    plain, weighted = TASK.step(inner, theta, key)[1], late.step(inner, theta, key)[1]
+    np.testing.assert_allclose(weighted / plain, 3 * 0.5**2, rtol=1e-6)
+    # The meta-loss is the same weighted mean of the validation curve.
+    curve = late.lopt_curve(theta, key, 50)
+    expected = np.mean(3 * (np.arange(1, 51) / 50) ** 2 * np.asarray(curve))
+    np.testing.assert_allclose(late.meta_loss(theta, key, 50), expected, rtol=1e-5)

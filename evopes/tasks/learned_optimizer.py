@@ -89,6 +89,9 @@ class LearnedOptimizerTask:
       exp_mult: scale of the log-magnitude output.
       linear_mult: scale of the linear head on the raw gradient and momenta.
       max_loss: per-step losses are clipped to this value (NaN counts as it).
+      late_weight_power: q of the per-step weights w_t = (1 + q) (t / T)^q that
+        multiply the losses (see :meth:`weights`); 0, the paper's meta-loss,
+        weighs every step alike.
     """
 
     horizon: int = 1000
@@ -102,6 +105,7 @@ class LearnedOptimizerTask:
     exp_mult: float = 1e-3
     linear_mult: float = 100.0
     max_loss: float = 5.0
+    late_weight_power: float = 0.0
 
     # -- the learned optimizer ------------------------------------------------
     @property
@@ -193,6 +197,20 @@ class LearnedOptimizerTask:
         update = self.step_mult * direction * jnp.exp(self.exp_mult * out[:, 1])
         return InnerState(unravel(flat_params + update), momenta, second, inner.step + 1)
 
+    def weights(self, step: jax.Array) -> jax.Array:
+        """w_t = (1 + q) (t / T)^q for the step count t = 1..T (q = ``late_weight_power``).
+
+        Their mean over an episode is about 1, so the meta-loss stays on the
+        scale of a validation loss. q = 0 is the paper's mean over the run,
+        which rewards training fast early; q > 0 weighs the end of training,
+        where a user stops and keeps the classifier (q = 3: the last quarter of
+        the steps carries 68% of the weight).
+        """
+        q = self.late_weight_power
+        if q == 0:
+            return jnp.ones_like(step, jnp.float32)
+        return (1 + q) * (step.astype(jnp.float32) / self.horizon) ** q
+
     def _clip(self, loss: jax.Array) -> jax.Array:
         return jnp.where(jnp.isnan(loss), self.max_loss, jnp.minimum(loss, self.max_loss))
 
@@ -223,7 +241,8 @@ class LearnedOptimizerTask:
         images, labels = sample_batch(
             valid_key, data.valid_images, data.valid_labels, self.batch_size
         )
-        return inner, self._clip(cross_entropy(inner.params, images, labels)), None
+        loss = self._clip(cross_entropy(inner.params, images, labels))
+        return inner, self.weights(inner.step) * loss, None
 
     # -- evaluation ---------------------------------------------------------------
     def _train_curve(self, init_state, update, key, num_steps):
@@ -272,10 +291,12 @@ class LearnedOptimizerTask:
         return self._train_curve(adam.init, update, key, num_steps or self.horizon)
 
     def meta_loss(self, theta: dict, key: jax.Array, num_steps: int | None = None) -> jax.Array:
-        """Mean validation loss over a fresh unroll with unperturbed theta.
+        """Weighted mean validation loss (:meth:`weights`) over a fresh unroll with
+        unperturbed theta.
 
         Uses the whole validation split at every step: the same expectation as
         the training objective (whose batches are uniform samples of it), with
         less variance.
         """
-        return jnp.mean(self.lopt_curve(theta, key, num_steps))
+        curve = self.lopt_curve(theta, key, num_steps)
+        return jnp.mean(self.weights(jnp.arange(1, curve.shape[0] + 1)) * curve)
