@@ -78,3 +78,14 @@ def test_repeated_runs_are_separate_observed_runs_with_their_own_seeds(tmp_path,
     # f1's run list: "data_f1/...dat, 1:<evals>|<f>, 1:..., 2:...": each instance three times.
     runs = [entry.strip().split(":")[0] for entry in info.strip().splitlines()[-1].split(",")[1:]]
     assert runs == ["1", "1", "1", "2", "2", "2"], info
+
+
+def test_trial_share_reads_one_trial_of_every_instance():
+    # Two instances x two trials, run order inst1 t0, inst1 t1, inst2 t0, inst2 t1:
+    # trial 0 solves both instances of f1, trial 1 neither (stuck at 10).
+    solved, stuck = [1e-9], [10.0]
+    traces = {"f1-d2": [solved, stuck, solved, stuck], "f1-d5": [stuck, stuck, stuck, stuck]}
+    assert coco_bbob._trial_share(traces, 2, 0, 2) == 1.0
+    assert coco_bbob._trial_share(traces, 2, 1, 2) == pytest.approx(
+        int(np.sum(10.0 <= coco_bbob.TARGETS)) / 51
+    )

@@ -159,6 +159,18 @@ def _summary(traces: list[list[float]]) -> tuple[float | None, float]:
     return ert, reached / (len(traces) * len(TARGETS))
 
 
+def _trial_share(traces: dict, dim: int, trial: int, trials: int) -> float:
+    """Solved share of dimension ``dim`` (mean over functions) from one trial's runs only.
+
+    ``run_suite`` runs the trials of an instance one after another, so trial k
+    of every instance is ``traces[key][k::trials]``: one complete COCO run of the
+    dimension with its own seeds. The spread over trials is the seed-to-seed
+    spread of a one-run-per-instance benchmark.
+    """
+    keys = [key for key in traces if key.endswith(f"-d{dim}")]
+    return float(np.mean([_summary(traces[key][trial::trials])[1] for key in keys]))
+
+
 def run_suite(runner, suite, observer, trials: dict, seed: int, budget_per_dim: int):
     """Runs ``runner`` on every problem of ``suite``, ``trials[d]`` times each.
 
@@ -225,6 +237,17 @@ def main(quick: bool, seed: int, out_dir: Path) -> list[dict]:
             }
         )
     rows.sort(key=lambda row: (row["dim"], row["function"]))
+    trial_rows = [
+        {
+            "dim": dim,
+            "trial": trial,
+            **{f"{name}_solved": round(_trial_share(raw[name], dim, trial, trials[dim]), 4)
+               for name in raw},
+        }
+        for dim in dims
+        if trials[dim] > 1
+        for trial in range(trials[dim])
+    ]
     write_results(
         "coco-bbob",
         rows,
@@ -236,6 +259,7 @@ def main(quick: bool, seed: int, out_dir: Path) -> list[dict]:
             "target": TARGET,
             "float64": FLOAT64,
             "trials": trials,
+            "trial_rows": trial_rows,
             "seconds": seconds,
         },
     )
