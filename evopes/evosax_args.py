@@ -3,8 +3,11 @@
 evosax's ``Open_ES``, ``PGPE`` and ``ARS`` take ``fitness_shaping_fn`` (a
 function of ``(population, fitness, state, params)``) and ``metrics_fn``;
 evopes takes ``fitness_shaping`` (a function of the fitness alone) and reports
-evosax's metric keys itself. These helpers accept evosax's arguments with a
-clear error where evopes cannot follow them.
+evosax's metric keys itself. evosax's rank-based strategies (``CMA_ES``,
+``Sep_CMA_ES``, ``LM_MA_ES``, ``SimpleES``, ``SNES``, ``xNES``) use the shaped
+fitness as the recombination weights themselves, and the last three move the
+mean with an optax ``optimizer``. These helpers accept evosax's arguments with
+a clear error where evopes cannot follow them.
 """
 
 from __future__ import annotations
@@ -13,6 +16,7 @@ from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp
+import optax
 
 from evopes import shaping
 
@@ -26,6 +30,12 @@ def fitness_shaping_from(fitness_shaping: Callable | None, fitness_shaping_fn: C
             "fitness) or evosax's fitness_shaping_fn, not both"
         )
     if fitness_shaping_fn is not None:
+        if shaping.is_weights_shaping(fitness_shaping_fn):
+            raise ValueError(
+                "fitness_shaping_fn: weights_fitness_shaping_fn reads params.weights, which "
+                "this strategy has not; expected a function of the fitness such as "
+                f"centered_rank_fitness_shaping_fn, got {fitness_shaping_fn!r}"
+            )
         if not callable(fitness_shaping_fn):
             raise ValueError(
                 "fitness_shaping_fn: expected a function (population, fitness, state, "
@@ -59,3 +69,63 @@ def check_std_schedule(std_schedule: Callable | None) -> None:
             "std_schedule: expected a function of the generation counter (an optax "
             f"schedule) or None, got {std_schedule!r}"
         )
+
+
+def check_rank_weights_shaping(fitness_shaping_fn: Callable | None, weights: str) -> None:
+    """ValueError unless ``fitness_shaping_fn`` is evosax's default for a rank-based strategy.
+
+    evosax's ``CMA_ES``, ``Sep_CMA_ES``, ``LM_MA_ES``, ``SimpleES``, ``SNES`` and
+    ``xNES`` use the shaped fitness as each member's recombination weight; their
+    default, ``weights_fitness_shaping_fn``, looks ``params.weights`` up by rank,
+    which is what evopes' classes do with ``params.<weights>``. They rank the raw
+    fitness, so they are invariant to any increasing transformation of it and need
+    no shaping before ranking; any other function would make its values the weights,
+    an algorithm evopes does not implement.
+    """
+    if fitness_shaping_fn is None or shaping.is_weights_shaping(fitness_shaping_fn):
+        return
+    raise ValueError(
+        "fitness_shaping_fn: expected weights_fitness_shaping_fn (evosax's default) or None; "
+        f"the recombination weights are params.{weights} by rank (evosax would use another "
+        f"function's values as the weights themselves), got {fitness_shaping_fn!r}"
+    )
+
+
+def check_optimizer(optimizer, allow_none: bool = False) -> None:
+    """ValueError unless ``optimizer`` is an optax GradientTransformation (or allowed None)."""
+    if optimizer is None and allow_none:
+        return
+    if not (callable(getattr(optimizer, "init", None))
+            and callable(getattr(optimizer, "update", None))):
+        raise ValueError(
+            f"optimizer: expected an optax GradientTransformation, got {optimizer!r}"
+        )
+
+
+def init_opt_state(optimizer: optax.GradientTransformation | None, mean: jax.Array):
+    """The optimizer's state of the mean; ``()`` (no leaves) without an optimizer."""
+    return () if optimizer is None else optimizer.init(mean)
+
+
+def optax_mean_update(optimizer: optax.GradientTransformation | None, step: jax.Array,
+                      opt_state, mean: jax.Array):
+    """The new mean and optimizer state, for the strategy's own mean ``step``.
+
+    Without an optimizer, ``mean + step``. With one, ``step`` (a descent step on
+    the minimised fitness) is handed to optax as the gradient ``-step``:
+    ``mean + optimizer.update(-step)``, so ``optax.sgd(lr)`` gives
+    ``mean + lr * step`` (exactly ``mean + step`` for lr = 1, evosax's default).
+    """
+    if optimizer is None:
+        return mean + step, opt_state
+    updates, opt_state = optimizer.update(-step, opt_state, mean)
+    return optax.apply_updates(mean, updates), opt_state
+
+
+def all_finite(tree) -> jax.Array:
+    """True when every inexact leaf of ``tree`` is finite (True if it has none)."""
+    finite = jnp.array(True)
+    for leaf in jax.tree.leaves(tree):
+        if jnp.issubdtype(leaf.dtype, jnp.inexact):
+            finite = finite & jnp.all(jnp.isfinite(leaf))
+    return finite

@@ -115,7 +115,8 @@ SHAPINGS = {
 # -- evosax 0.3's names and signature ------------------------------------------------------
 # evosax's shaping functions take ``(population, fitness, state, params)``; these
 # are the functions above under evosax's names, for code ported by changing its
-# imports (``evopes.Open_ES(..., fitness_shaping_fn=...)``). They read only the fitness.
+# imports (``evopes.Open_ES(..., fitness_shaping_fn=...)``). They read only the fitness,
+# except :func:`weights_fitness_shaping_fn`, the default of the rank-based strategies.
 
 
 def centered_rank_fitness_shaping_fn(population, fitness, state, params) -> jax.Array:
@@ -134,6 +135,36 @@ def standardize_fitness_shaping_fn(population, fitness, state, params) -> jax.Ar
     """evosax's name for :func:`z_score`."""
     del population, state, params
     return z_score(fitness)
+
+
+def weights_fitness_shaping_fn(population, fitness, state, params) -> jax.Array:
+    """evosax's name for the weights of a rank-based strategy: each member gets
+    ``params.weights`` (``params.utilities`` for SNES and xNES) of its rank, best
+    (lowest fitness) first, non-finite last.
+
+    It is evosax's default ``fitness_shaping_fn`` of ``CMA_ES``, ``Sep_CMA_ES``,
+    ``LM_MA_ES``, ``SimpleES``, ``SNES`` and ``xNES``, whose evopes classes look
+    their weights up by rank themselves: they accept it and do what it says. It
+    reads ``params``, so the strategies that call a shaping with the fitness only
+    (``Open_ES``, ``PGPE``, ``ARS``) refuse it.
+    """
+    del population, state
+    weights = getattr(params, "weights", None)
+    weights = getattr(params, "utilities", None) if weights is None else weights
+    if weights is None:
+        raise ValueError(
+            "fitness_shaping_fn: weights_fitness_shaping_fn expected params with weights "
+            f"(or utilities) by rank, got {params!r}"
+        )
+    return jnp.asarray(weights)[ranks(fitness)]
+
+
+def is_weights_shaping(fitness_shaping_fn) -> bool:
+    """True for :func:`weights_fitness_shaping_fn` and for evosax's own (evosax is not imported)."""
+    return fitness_shaping_fn is weights_fitness_shaping_fn or (
+        getattr(fitness_shaping_fn, "__module__", None) == "evosax.core.fitness_shaping"
+        and getattr(fitness_shaping_fn, "__qualname__", None) == "weights_fitness_shaping_fn"
+    )
 
 
 def from_evosax(fitness_shaping_fn) -> Callable[[jax.Array], jax.Array]:

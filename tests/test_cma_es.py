@@ -368,7 +368,7 @@ def test_equal_instances_share_compiled_code():
     step(first, state, jax.random.key(1))
     step(second, state, jax.random.key(1))
     assert len(traces) == 1
-    assert CMA_ES is CMAES
+    assert issubclass(CMA_ES, CMAES)  # evosax's constructor on CMAES
 
 
 def test_pytrees_round_trip_exactly_and_maximize_mirrors_minimize():

@@ -196,7 +196,8 @@ def test_invalid_arguments_name_themselves():
 def test_vmap_over_params_and_pytrees_in_and_out():
     template = {"w": jnp.zeros((2, 2)), "b": jnp.zeros(3)}
     es = LM_MA_ES(None, template)
-    assert es == LMMAES(None, template) and hash(es) == hash(LMMAES(None, template))
+    assert isinstance(es, LMMAES)
+    assert es == LM_MA_ES(None, template) and hash(es) == hash(LM_MA_ES(None, template))
     stds = jnp.array([0.1, 1.0])
     params = jax.vmap(lambda s: es.default_params.replace(std_init=s))(stds)
 

@@ -66,6 +66,7 @@ from flax import struct
 from evopes import shaping, threefry
 from evopes.evosax_args import (
     check_metrics_fn,
+    check_optimizer,
     check_std_schedule,
     fitness_shaping_from,
     scheduled_std,
@@ -179,11 +180,7 @@ class ARS(Strategy):
                 f"num_top_directions: expected an integer in [1, {num_directions}] "
                 f"(population_size / 2), got {num_top_directions!r}"
             )
-        if not (callable(getattr(optimizer, "init", None))
-                and callable(getattr(optimizer, "update", None))):
-            raise ValueError(
-                f"optimizer: expected an optax GradientTransformation, got {optimizer!r}"
-            )
+        check_optimizer(optimizer)
         check_std_schedule(std_schedule)
         check_metrics_fn(metrics_fn)
         fitness_shaping = fitness_shaping_from(

@@ -76,13 +76,15 @@ metrics as booleans ``stop_*`` with the numbers behind them, and
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import struct
 
-from evopes import threefry
+from evopes import shaping, threefry
+from evopes.evosax_args import check_metrics_fn, check_rank_weights_shaping
 from evopes.spec import PyTree, SolutionSpec
 from evopes.strategies.box import check_inside, flat_bounds, from_box, genotypes_of, to_box
 from evopes.strategy import Metrics, Params, State, Strategy
@@ -755,5 +757,34 @@ def tree_all_finite(tree) -> jax.Array:
     return jnp.all(jnp.stack([jnp.all(jnp.isfinite(leaf)) for leaf in leaves]))
 
 
-#: evosax's name, so that code ports by changing an import.
-CMA_ES = CMAES
+class CMA_ES(CMAES):  # noqa: N801 (evosax's name)
+    """:class:`CMAES` with evosax 0.3's constructor: code ports by changing an import.
+
+    Args:
+      population_size: lambda; default 4 + floor(3 ln n).
+      solution: template pytree of one solution.
+      fitness_shaping_fn: ``weights_fitness_shaping_fn`` (evosax's default: each
+        member's recombination weight is ``params.weights`` of its rank) or None.
+        CMA-ES ranks the fitness, so it is invariant to any increasing transformation
+        of it and needs no shaping; evosax uses another function's values as the
+        weights themselves, an algorithm evopes does not implement: ValueError.
+      metrics_fn: must be None: evopes' metrics already include evosax's keys.
+      maximize, lower, upper: as for :class:`CMAES` (keyword-only).
+
+    The algorithm and everything else are :class:`CMAES`'s.
+    """
+
+    def __init__(
+        self,
+        population_size: int | None = None,
+        solution: PyTree = None,
+        fitness_shaping_fn: Callable | None = shaping.weights_fitness_shaping_fn,
+        metrics_fn: Callable | None = None,
+        *,
+        maximize: bool = False,
+        lower: PyTree = None,
+        upper: PyTree = None,
+    ):
+        super().__init__(population_size, solution, maximize=maximize, lower=lower, upper=upper)
+        check_rank_weights_shaping(fitness_shaping_fn, "weights")
+        check_metrics_fn(metrics_fn)

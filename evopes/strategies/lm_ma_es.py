@@ -60,6 +60,7 @@ contracted row instead of lambda.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp
@@ -67,6 +68,7 @@ import numpy as np
 from flax import struct
 
 from evopes import shaping, threefry
+from evopes.evosax_args import check_metrics_fn, check_rank_weights_shaping
 from evopes.population_check import no_checksum
 from evopes.spec import PyTree, SolutionSpec
 from evopes.strategy import Params, State, Strategy
@@ -316,5 +318,33 @@ def _raw_key(key: jax.Array) -> jax.Array:
     return key
 
 
-#: evosax's name, so that code ports by changing an import.
-LM_MA_ES = LMMAES
+class LM_MA_ES(LMMAES):  # noqa: N801 (evosax's name)
+    """:class:`LMMAES` with evosax 0.3's constructor: code ports by changing an import.
+
+    Args:
+      population_size: lambda; default 4 + floor(3 ln n).
+      solution: template pytree of one solution.
+      fitness_shaping_fn: ``weights_fitness_shaping_fn`` (evosax's default: each
+        member's recombination weight is ``params.weights`` of its rank) or None.
+        LM-MA-ES ranks the fitness, so it is invariant to any increasing transformation
+        of it and needs no shaping; evosax uses another function's values as the
+        weights themselves, an algorithm evopes does not implement: ValueError.
+      metrics_fn: must be None: evopes' metrics already include evosax's keys.
+      num_paths, maximize: as for :class:`LMMAES` (keyword-only).
+
+    The algorithm and everything else are :class:`LMMAES`'s.
+    """
+
+    def __init__(
+        self,
+        population_size: int | None = None,
+        solution: PyTree = None,
+        fitness_shaping_fn: Callable | None = shaping.weights_fitness_shaping_fn,
+        metrics_fn: Callable | None = None,
+        *,
+        num_paths: int | None = None,
+        maximize: bool = False,
+    ):
+        super().__init__(population_size, solution, num_paths=num_paths, maximize=maximize)
+        check_rank_weights_shaping(fitness_shaping_fn, "weights")
+        check_metrics_fn(metrics_fn)

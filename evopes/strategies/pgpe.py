@@ -68,7 +68,7 @@ from flax import struct
 
 from evopes import shaping, threefry
 from evopes.clipup import clipup
-from evopes.evosax_args import check_metrics_fn, fitness_shaping_from
+from evopes.evosax_args import check_metrics_fn, check_optimizer, fitness_shaping_from
 from evopes.population_check import no_checksum
 from evopes.spec import PyTree
 from evopes.strategies.xnes import raw_key
@@ -175,11 +175,7 @@ class PGPE(Strategy):
                 f"got {population_size!r}"
             )
         super().__init__(population_size, solution, maximize=maximize)
-        if not (callable(getattr(optimizer, "init", None))
-                and callable(getattr(optimizer, "update", None))):
-            raise ValueError(
-                f"optimizer: expected an optax GradientTransformation, got {optimizer!r}"
-            )
+        check_optimizer(optimizer)
         check_metrics_fn(metrics_fn)
         fitness_shaping = fitness_shaping_from(
             fitness_shaping, fitness_shaping_fn, shaping.centered_rank

@@ -26,11 +26,15 @@ B = I.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import struct
 
+from evopes import shaping
+from evopes.evosax_args import check_metrics_fn, check_rank_weights_shaping
 from evopes.spec import PyTree, SolutionSpec
 from evopes.strategies.box import flat_bounds
 from evopes.strategies.cma_es import (
@@ -263,5 +267,34 @@ def weighted_steps(population, fitness, mean, std, variances, params):
     return y_w, rank_mu, weights
 
 
-#: evosax's name, so that code ports by changing an import.
-Sep_CMA_ES = SepCMAES
+class Sep_CMA_ES(SepCMAES):  # noqa: N801 (evosax's name)
+    """:class:`SepCMAES` with evosax 0.3's constructor: code ports by changing an import.
+
+    Args:
+      population_size: lambda; default 4 + floor(3 ln n).
+      solution: template pytree of one solution.
+      fitness_shaping_fn: ``weights_fitness_shaping_fn`` (evosax's default: each
+        member's recombination weight is ``params.weights`` of its rank) or None.
+        Sep-CMA-ES ranks the fitness, so it is invariant to any increasing transformation
+        of it and needs no shaping; evosax uses another function's values as the
+        weights themselves, an algorithm evopes does not implement: ValueError.
+      metrics_fn: must be None: evopes' metrics already include evosax's keys.
+      maximize, lower, upper: as for :class:`SepCMAES` (keyword-only).
+
+    The algorithm and everything else are :class:`SepCMAES`'s.
+    """
+
+    def __init__(
+        self,
+        population_size: int | None = None,
+        solution: PyTree = None,
+        fitness_shaping_fn: Callable | None = shaping.weights_fitness_shaping_fn,
+        metrics_fn: Callable | None = None,
+        *,
+        maximize: bool = False,
+        lower: PyTree = None,
+        upper: PyTree = None,
+    ):
+        super().__init__(population_size, solution, maximize=maximize, lower=lower, upper=upper)
+        check_rank_weights_shaping(fitness_shaping_fn, "weights")
+        check_metrics_fn(metrics_fn)

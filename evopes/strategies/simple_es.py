@@ -27,11 +27,18 @@ cumulation-free variance estimate: it has no step-size control, so on
 ill-conditioned or curved problems its sigma can shrink before the mean
 arrives (the tests measure how close it gets).
 
+evosax's constructor arguments (``SimpleES(population_size, solution, optimizer,
+fitness_shaping_fn, metrics_fn)``): with an optax ``optimizer`` the mean moves
+by ``optimizer.update(-c_m sum_i w_i y_i)`` (:func:`evopes.evosax_args.optax_mean_update`),
+its state in ``state.opt_state``; evosax's default ``optax.sgd(1.0)`` is the
+mean rule above exactly, and so is ``optimizer=None`` (the default here, without
+an optimizer state).
+
 Numerical guards. Non-finite fitness ranks worst and its member gets weight 0;
 the weights of the finite members are renormalised to sum to one, so a
 generation with many failures still averages only finite members. A generation
-with fewer than two distinct finite fitness values, or whose new mean or sigma
-is not finite, makes no update (``update_skipped``). sigma is clipped to
+with fewer than two distinct finite fitness values, or whose new mean, sigma
+or optimizer state is not finite, makes no update (``update_skipped``). sigma is clipped to
 [``std_min``, ``std_max``].
 
 Where y comes from. ``tell`` reads y_i = x_i - m off the population handed
@@ -45,13 +52,23 @@ every consumer of z: reading is the cheaper of the two.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 from flax import struct
 
 from evopes import shaping, threefry
+from evopes.evosax_args import (
+    all_finite,
+    check_metrics_fn,
+    check_optimizer,
+    check_rank_weights_shaping,
+    init_opt_state,
+    optax_mean_update,
+)
 from evopes.population_check import no_checksum
 from evopes.spec import PyTree, SolutionSpec
 from evopes.strategies.xnes import check_std_bounds, has_ranking, raw_key, valid_std_bounds
@@ -99,11 +116,13 @@ class SimpleESState(State):
       ask_key: the key of the last ``ask`` as raw key data: z is regenerated from it.
       population_checksum: checksum of the last ``ask``'s population
         (:mod:`evopes.population_check`); ``tell`` reads only that population.
+      opt_state: the optimizer's state of the mean; ``()`` without an optimizer.
     """
 
     std: jax.Array
     ask_key: jax.Array
     population_checksum: jax.Array
+    opt_state: optax.OptState = ()
 
 
 class SimpleES(Strategy):
@@ -112,6 +131,12 @@ class SimpleES(Strategy):
     Args:
       population_size: lambda; default 4 + floor(3 ln d).
       solution: template pytree of one solution.
+      optimizer: evosax's argument: an optax transformation of the mean's step
+        (module docstring); None (default) is the mean rule above, which is
+        evosax's default ``optax.sgd(1.0)`` exactly.
+      fitness_shaping_fn: evosax's argument: ``weights_fitness_shaping_fn`` (evosax's
+        default, ``params.weights`` by rank) or None; others raise.
+      metrics_fn: evosax's argument; must be None.
       elite_ratio: fraction of the population in the default elite, in (0, 1].
       maximize: maximise fitness instead of minimising it.
     """
@@ -135,6 +160,9 @@ class SimpleES(Strategy):
         self,
         population_size: int | None = None,
         solution: PyTree = None,
+        optimizer: optax.GradientTransformation | None = None,
+        fitness_shaping_fn: Callable | None = shaping.weights_fitness_shaping_fn,
+        metrics_fn: Callable | None = None,
         *,
         elite_ratio: float = 0.5,
         maximize: bool = False,
@@ -148,6 +176,10 @@ class SimpleES(Strategy):
         if not 0.0 < elite_ratio <= 1.0:
             raise ValueError(f"elite_ratio: expected a value in (0, 1], got {elite_ratio!r}")
         self.elite_ratio = float(elite_ratio)
+        check_optimizer(optimizer, allow_none=True)
+        check_rank_weights_shaping(fitness_shaping_fn, "weights")
+        check_metrics_fn(metrics_fn)
+        self.optimizer = optimizer
 
     @property
     def default_params(self) -> SimpleESParams:
@@ -198,6 +230,7 @@ class SimpleES(Strategy):
             std=jnp.full(self.num_dims, std),
             ask_key=raw_key(key),
             population_checksum=no_checksum(),
+            opt_state=init_opt_state(self.optimizer, mean),
         )
 
     def _noise(self, key) -> jax.Array:
@@ -226,14 +259,16 @@ class SimpleES(Strategy):
         else:
             steps = state.std * self._noise(state.ask_key)
         weights = member_weights(fitness, params.weights)
-        mean, std = simple_es_update(
-            steps, weights, state.mean, state.std, params.c_mean, params.c_std
-        )
+        step, std = simple_es_update(steps, weights, state.std, params.c_mean, params.c_std)
+        mean, opt_state = optax_mean_update(self.optimizer, step, state.opt_state, state.mean)
         std = jnp.clip(std, params.std_min, params.std_max)
 
-        usable = has_ranking(fitness) & jnp.all(jnp.isfinite(mean)) & jnp.all(jnp.isfinite(std))
+        usable = (has_ranking(fitness) & jnp.all(jnp.isfinite(mean)) & jnp.all(jnp.isfinite(std))
+                  & all_finite(opt_state))
+        keep = lambda new, old: jnp.where(usable, new, old)  # noqa: E731
         new_state = state.replace(
-            mean=jnp.where(usable, mean, state.mean), std=jnp.where(usable, std, state.std)
+            mean=keep(mean, state.mean), std=keep(std, state.std),
+            opt_state=jax.tree.map(keep, opt_state, state.opt_state),
         )
         return new_state, {"std": new_state.std, "update_skipped": ~usable}
 
@@ -245,8 +280,8 @@ def member_weights(fitness: jax.Array, weights: jax.Array) -> jax.Array:
     return by_member / jnp.where(total > 0, total, 1.0)
 
 
-def simple_es_update(steps, weights, mean, std, c_mean, c_std):
-    """The mean and std rules of the module docstring, from the steps y_k = x_k - m (rows)."""
-    new_mean = mean + c_mean * (weights @ steps)
+def simple_es_update(steps, weights, std, c_mean, c_std):
+    """The mean's step c_m sum_i w_i y_i and the new std of the module docstring, from the
+    steps y_k = x_k - m (rows)."""
     elite_std = jnp.sqrt(weights @ steps**2)
-    return new_mean, (1 - c_std) * std + c_std * elite_std
+    return c_mean * (weights @ steps), (1 - c_std) * std + c_std * elite_std

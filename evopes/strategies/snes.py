@@ -26,10 +26,17 @@ Utilities are the paper's (Section 3.1; :func:`evopes.strategies.xnes.nes_utilit
 stored by rank in ``params.utilities``. Defaults (the paper's Table 1):
 lambda = 4 + floor(3 ln d), eta_mu = 1, eta_sigma = (3 + ln d) / (5 sqrt(d)).
 
+evosax's constructor arguments (``SNES(population_size, solution, optimizer,
+fitness_shaping_fn, metrics_fn)``): with an optax ``optimizer`` the mean moves
+by ``optimizer.update(-eta_mu sigma * G_mu)`` (:func:`evopes.evosax_args.optax_mean_update`),
+its state in ``state.opt_state``; evosax's default ``optax.sgd(1.0)`` is the
+update above exactly, and so is ``optimizer=None`` (the default here, without
+an optimizer state).
+
 Numerical guards, as for xNES: non-finite fitness ranks worst; a generation
 with fewer than two distinct finite fitness values, or whose new mean or
-sigma is not finite, makes no update (``update_skipped``); sigma is clipped to
-[``std_min``, ``std_max``].
+sigma (or optimizer state) is not finite, makes no update (``update_skipped``);
+sigma is clipped to [``std_min``, ``std_max``].
 
 Where s comes from. ``tell`` reads s_k = (z_k - mu) / sigma off the population
 handed back (float32 solutions): one read, exact up to the rounding of z at
@@ -43,12 +50,22 @@ every consumer of s.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp
+import optax
 from flax import struct
 
-from evopes import threefry
+from evopes import shaping, threefry
+from evopes.evosax_args import (
+    all_finite,
+    check_metrics_fn,
+    check_optimizer,
+    check_rank_weights_shaping,
+    init_opt_state,
+    optax_mean_update,
+)
 from evopes.population_check import no_checksum
 from evopes.spec import PyTree, SolutionSpec
 from evopes.strategies.xnes import (
@@ -95,11 +112,13 @@ class SNESState(State):
       ask_key: the key of the last ``ask`` as raw key data: s is regenerated from it.
       population_checksum: checksum of the last ``ask``'s population
         (:mod:`evopes.population_check`); ``tell`` reads only that population.
+      opt_state: the optimizer's state of the mean; ``()`` without an optimizer.
     """
 
     std: jax.Array
     ask_key: jax.Array
     population_checksum: jax.Array
+    opt_state: optax.OptState = ()
 
 
 class SNES(Strategy):
@@ -108,6 +127,12 @@ class SNES(Strategy):
     Args:
       population_size: lambda; default 4 + floor(3 ln d).
       solution: template pytree of one solution.
+      optimizer: evosax's argument: an optax transformation of the mean's step
+        (module docstring); None (default) is the paper's update, which is evosax's
+        default ``optax.sgd(1.0)`` exactly.
+      fitness_shaping_fn: evosax's argument: ``weights_fitness_shaping_fn`` (evosax's
+        default, the utilities ``params.utilities`` by rank) or None; others raise.
+      metrics_fn: evosax's argument; must be None.
       maximize: maximise fitness instead of minimising it.
     """
 
@@ -119,13 +144,24 @@ class SNES(Strategy):
         return self.spec.all_float32
 
     def __init__(
-        self, population_size: int | None = None, solution: PyTree = None, *, maximize: bool = False
+        self,
+        population_size: int | None = None,
+        solution: PyTree = None,
+        optimizer: optax.GradientTransformation | None = None,
+        fitness_shaping_fn: Callable | None = shaping.weights_fitness_shaping_fn,
+        metrics_fn: Callable | None = None,
+        *,
+        maximize: bool = False,
     ):
         if solution is None:
             raise ValueError("solution: expected a template pytree, got None")
         if population_size is None:
             population_size = default_population_size(SolutionSpec.from_template(solution).num_dims)
         super().__init__(population_size, solution, maximize=maximize)
+        check_optimizer(optimizer, allow_none=True)
+        check_rank_weights_shaping(fitness_shaping_fn, "utilities")
+        check_metrics_fn(metrics_fn)
+        self.optimizer = optimizer
 
     @property
     def default_params(self) -> SNESParams:
@@ -159,6 +195,7 @@ class SNES(Strategy):
             std=jnp.full(self.num_dims, std),
             ask_key=raw_key(key),
             population_checksum=no_checksum(),
+            opt_state=init_opt_state(self.optimizer, mean),
         )
 
     def _noise(self, key) -> jax.Array:
@@ -187,20 +224,23 @@ class SNES(Strategy):
         else:
             noise = self._noise(state.ask_key)
         utilities = utilities_by_member(fitness, params.utilities)
-        mean, std = snes_update(
-            noise, utilities, state.mean, state.std, params.eta_mean, params.eta_std
-        )
+        step, std = snes_update(noise, utilities, state.std, params.eta_mean, params.eta_std)
+        mean, opt_state = optax_mean_update(self.optimizer, step, state.opt_state, state.mean)
         std = jnp.clip(std, params.std_min, params.std_max)
 
-        usable = has_ranking(fitness) & jnp.all(jnp.isfinite(mean)) & jnp.all(jnp.isfinite(std))
+        usable = (has_ranking(fitness) & jnp.all(jnp.isfinite(mean)) & jnp.all(jnp.isfinite(std))
+                  & all_finite(opt_state))
+        keep = lambda new, old: jnp.where(usable, new, old)  # noqa: E731
         new_state = state.replace(
-            mean=jnp.where(usable, mean, state.mean), std=jnp.where(usable, std, state.std)
+            mean=keep(mean, state.mean), std=keep(std, state.std),
+            opt_state=jax.tree.map(keep, opt_state, state.opt_state),
         )
         return new_state, {"std": new_state.std, "update_skipped": ~usable}
 
 
-def snes_update(noise, utilities, mean, std, eta_mean, eta_std):
-    """One step of Algorithm 6 from the samples s (rows of ``noise``) and their utilities u."""
+def snes_update(noise, utilities, std, eta_mean, eta_std):
+    """One step of Algorithm 6 from the samples s (rows of ``noise``) and their utilities u:
+    the mean's step eta_mu sigma * G_mu and the new sigma."""
     grad_mean = utilities @ noise  # G_mu = sum_k u_k s_k
     grad_std = utilities @ (noise**2 - 1)  # G_sigma = sum_k u_k (s_k^2 - 1)
-    return mean + eta_mean * std * grad_mean, std * jnp.exp(eta_std / 2 * grad_std)
+    return eta_mean * std * grad_mean, std * jnp.exp(eta_std / 2 * grad_std)

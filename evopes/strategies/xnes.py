@@ -47,14 +47,21 @@ length lambda can replace them.
 Defaults (the paper's Table 1): lambda = 4 + floor(3 ln d), eta_mu = 1,
 eta_sigma = eta_B = 3 (3 + ln d) / (5 d sqrt(d)).
 
+evosax's constructor is :class:`xNES`'s: ``xNES(population_size, solution,
+optimizer, fitness_shaping_fn, metrics_fn)``. With an optax ``optimizer`` the
+mean moves by ``optimizer.update(-eta_mu sigma B G_delta)``
+(:func:`evopes.evosax_args.optax_mean_update`), its state in
+``state.opt_state``; evosax's default ``optax.sgd(1.0)`` is the update above
+exactly, and so is no optimizer (:class:`XNES`, and ``xNES``'s default None).
+
 Not implemented: the paper's adaptation sampling (Section 3.2, an optional
 online adaptation of eta_sigma), restarts and importance mixing.
 
 Numerical guards. Non-finite fitness ranks worst (it gets the utilities of
 the last ranks, exactly as if it were the worst finite fitness); a generation
 with fewer than two distinct finite fitness values carries no ranking and
-makes no update, nor does one whose new mean, sigma or B is not finite
-(``update_skipped``). Rounding makes |det B| drift from 1 over many
+makes no update, nor does one whose new mean, sigma, B or optimizer state is
+not finite (``update_skipped``). Rounding makes |det B| drift from 1 over many
 generations; after each update B is rescaled to |det B| = 1 and sigma takes
 the factor, which leaves sigma B, the distribution, unchanged. sigma is
 clipped to [``std_min``, ``std_max``].
@@ -66,13 +73,23 @@ s from it, so ``tell(key, None, fitness, ...)`` works.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 from flax import struct
 
 from evopes import shaping, threefry
+from evopes.evosax_args import (
+    all_finite,
+    check_metrics_fn,
+    check_optimizer,
+    check_rank_weights_shaping,
+    init_opt_state,
+    optax_mean_update,
+)
 from evopes.spec import PyTree, SolutionSpec
 from evopes.strategy import Params, State, Strategy
 
@@ -184,11 +201,13 @@ class XNESState(State):
       std: sigma, the global step size.
       shape: B, the d x d shape matrix with |det B| = 1; the covariance is sigma^2 B B^T.
       ask_key: the key of the last ``ask`` as raw key data: s is regenerated from it.
+      opt_state: the optimizer's state of the mean (:class:`xNES`); ``()`` without one.
     """
 
     std: jax.Array
     shape: jax.Array
     ask_key: jax.Array
+    opt_state: optax.OptState = ()
 
 
 class XNES(Strategy):
@@ -211,6 +230,7 @@ class XNES(Strategy):
         if population_size is None:
             population_size = default_population_size(SolutionSpec.from_template(solution).num_dims)
         super().__init__(population_size, solution, maximize=maximize)
+        self.optimizer = None  # the paper's update; xNES takes evosax's optimizer
 
     @property
     def default_params(self) -> XNESParams:
@@ -245,6 +265,7 @@ class XNES(Strategy):
             std=jnp.clip(jnp.asarray(params.std_init, jnp.float32), params.std_min, params.std_max),
             shape=jnp.eye(self.num_dims, dtype=jnp.float32),
             ask_key=raw_key(key),
+            opt_state=init_opt_state(self.optimizer, mean),
         )
 
     def _noise(self, key) -> jax.Array:
@@ -267,16 +288,16 @@ class XNES(Strategy):
         del key, population
         noise = self._noise(state.ask_key)
         utilities = utilities_by_member(fitness, params.utilities)
-        mean, std, shape = xnes_update(
+        step, std, shape = xnes_update(
             noise,
             utilities,
-            state.mean,
             state.std,
             state.shape,
             params.eta_mean,
             params.eta_std,
             params.eta_shape,
         )
+        mean, opt_state = optax_mean_update(self.optimizer, step, state.opt_state, state.mean)
         std = jnp.clip(std, params.std_min, params.std_max)
 
         usable = (
@@ -284,20 +305,23 @@ class XNES(Strategy):
             & jnp.all(jnp.isfinite(mean))
             & jnp.isfinite(std)
             & jnp.all(jnp.isfinite(shape))
+            & all_finite(opt_state)
         )
         keep = lambda new, old: jnp.where(usable, new, old)  # noqa: E731
         new_state = state.replace(
-            mean=keep(mean, state.mean), std=keep(std, state.std), shape=keep(shape, state.shape)
+            mean=keep(mean, state.mean), std=keep(std, state.std), shape=keep(shape, state.shape),
+            opt_state=jax.tree.map(keep, opt_state, state.opt_state),
         )
         return new_state, {"std": new_state.std, "update_skipped": ~usable}
 
 
-def xnes_update(noise, utilities, mean, std, shape, eta_mean, eta_std, eta_shape):
+def xnes_update(noise, utilities, std, shape, eta_mean, eta_std, eta_shape):
     """One step of Algorithm 5 from the samples s (rows of ``noise``) and their utilities u.
 
-    Returns the new (mu, sigma, B), with B rescaled to |det B| = 1 (module docstring).
+    Returns the mean's step eta_mu sigma B G_delta and the new (sigma, B), with B
+    rescaled to |det B| = 1 (module docstring).
     """
-    d = mean.shape[0]
+    d = noise.shape[1]
     identity = jnp.eye(d, dtype=noise.dtype)
     grad_delta = utilities @ noise  # G_delta = sum_k u_k s_k
     # G_M = sum_k u_k (s_k s_k^T - I)
@@ -305,14 +329,14 @@ def xnes_update(noise, utilities, mean, std, shape, eta_mean, eta_std, eta_shape
     grad_std = jnp.trace(grad_m) / d  # G_sigma
     grad_shape = grad_m - grad_std * identity  # G_B
 
-    new_mean = mean + eta_mean * std * (shape @ grad_delta)
+    mean_step = eta_mean * std * (shape @ grad_delta)
     new_std = std * jnp.exp(eta_std / 2 * grad_std)
     new_shape = shape @ expm(eta_shape / 2 * grad_shape)
 
     # Rescale B to |det B| = 1 against rounding drift; sigma B is unchanged.
     _, log_abs_det = jnp.linalg.slogdet(new_shape)
     scale = jnp.exp(log_abs_det / d)
-    return new_mean, new_std * scale, new_shape / scale
+    return mean_step, new_std * scale, new_shape / scale
 
 
 #: Largest 1-norm the Taylor polynomial of :func:`expm` is evaluated at.
@@ -351,5 +375,37 @@ def expm(matrix: jax.Array) -> jax.Array:
     return jnp.where(ok, power, jnp.nan)
 
 
-#: evosax's name, so that code ports by changing an import.
-xNES = XNES
+class xNES(XNES):  # noqa: N801 (evosax's name)
+    """:class:`XNES` with evosax 0.3's constructor: code ports by changing an import.
+
+    Args:
+      population_size: lambda; default 4 + floor(3 ln d).
+      solution: template pytree of one solution.
+      optimizer: an optax transformation of the mean's step eta_mu sigma B G_delta,
+        which it receives as the gradient ``-eta_mu sigma B G_delta``; its state is
+        ``state.opt_state``. None (default) is the paper's update, which evosax's
+        default ``optax.sgd(1.0)`` reproduces exactly.
+      fitness_shaping_fn: ``weights_fitness_shaping_fn`` (evosax's default, the
+        utilities ``params.utilities`` by rank) or None; any other function raises a
+        ValueError (evosax would use its values as the utilities).
+      metrics_fn: must be None: evopes' metrics already include evosax's keys.
+      maximize: maximise fitness instead of minimising it.
+
+    The algorithm and everything else are :class:`XNES`'s.
+    """
+
+    def __init__(
+        self,
+        population_size: int | None = None,
+        solution: PyTree = None,
+        optimizer: optax.GradientTransformation | None = None,
+        fitness_shaping_fn: Callable | None = shaping.weights_fitness_shaping_fn,
+        metrics_fn: Callable | None = None,
+        *,
+        maximize: bool = False,
+    ):
+        super().__init__(population_size, solution, maximize=maximize)
+        check_optimizer(optimizer, allow_none=True)
+        check_rank_weights_shaping(fitness_shaping_fn, "utilities")
+        check_metrics_fn(metrics_fn)
+        self.optimizer = optimizer
