@@ -120,12 +120,3 @@ def optax_mean_update(optimizer: optax.GradientTransformation | None, step: jax.
         return mean + step, opt_state
     updates, opt_state = optimizer.update(-step, opt_state, mean)
     return optax.apply_updates(mean, updates), opt_state
-
-
-def all_finite(tree) -> jax.Array:
-    """True when every inexact leaf of ``tree`` is finite (True if it has none)."""
-    finite = jnp.array(True)
-    for leaf in jax.tree.leaves(tree):
-        if jnp.issubdtype(leaf.dtype, jnp.inexact):
-            finite = finite & jnp.all(jnp.isfinite(leaf))
-    return finite

@@ -434,6 +434,8 @@ class Strategy:
         self, population: jax.Array | None, index: jax.Array, state: State, params: Params
     ) -> jax.Array:
         """Flat member ``index`` of the last population; override to rebuild it from the state."""
+        if jax.device_count() == 1:  # one row read, not the whole population
+            return jax.lax.dynamic_index_in_dim(population, index, keepdims=False)
         # A masked sum, not population[index]: when the population is sharded
         # over devices, indexing gathers all of it onto every device, while
         # the sum is a local select plus an all-reduce of num_dims numbers.

@@ -86,3 +86,30 @@ def test_normals_are_finite_at_the_extremes():
     u = threefry.uniform_open(jax.random.key(0), (100_000,))
     assert float(jnp.min(u)) > -1.0 and float(jnp.max(u)) < 1.0
     assert bool(jnp.all(jnp.isfinite(threefry.normal(jax.random.key(0), (100_000,)))))
+
+
+def _hash_copies(hlo_text: str) -> int:
+    """Fused computations of a compiled program that evaluate the 20 Threefry rounds."""
+    computations = hlo_text.split("\n%")
+    return sum(1 for body in computations if body.count(" xor(") >= 20)
+
+
+def test_a_generation_in_a_users_jit_hashes_its_noise_once():
+    # Inside one jit, XLA may fuse an elementwise producer into each of its
+    # consumers; for the normals that meant the hash ran once per consumer (the
+    # fitness, the checksum, each term of tell: six copies for SNES, twice
+    # evosax's time per generation). The normals are drawn once; the second
+    # copy is tell's rebuild of a foreign population, in a branch not taken.
+    import evopes
+
+    es = evopes.SNES(population_size=15, solution=jnp.zeros(40))
+    params = es.default_params
+
+    def generation(state, key):
+        ask_key, tell_key = jax.random.split(key)
+        population, state = es.ask(ask_key, state, params)
+        return es.tell(tell_key, population, jnp.sum(population**2, axis=1), state, params)[0]
+
+    state = es.init(jax.random.key(0), jnp.ones(40), params)
+    hlo = jax.jit(generation).lower(state, jax.random.key(1)).compile().as_text()
+    assert _hash_copies(hlo) == 2

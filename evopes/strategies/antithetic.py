@@ -59,6 +59,7 @@ from flax import struct
 
 from evopes.config_key import static_key  # noqa: F401 (kept importable from here)
 from evopes.evosax_args import check_std_schedule, scheduled_std
+from evopes.finite import all_finite
 from evopes.noise import GaussianNoise, NoiseSource, NoiseTable, readable_from_population
 from evopes.population_check import no_checksum
 from evopes.spec import PyTree
@@ -268,7 +269,7 @@ class AntitheticES(Strategy):
         informative = jnp.max(jnp.where(finite_fitness, fitness, -jnp.inf)) > jnp.min(
             jnp.where(finite_fitness, fitness, jnp.inf)
         )
-        usable = informative & _all_finite((self.spec.unravel(mean), opt_state))
+        usable = informative & all_finite((self.spec.unravel(mean), opt_state))
         mean, opt_state = jax.tree_util.tree_map(
             lambda new, old: jnp.where(usable, new, old),
             (mean, opt_state),
@@ -371,12 +372,6 @@ def weighted_noise_sum(
         add_block, jnp.zeros((num_dims,), jnp.float32), (blocked_ids, blocked_weights)
     )
     return total
-
-
-def _all_finite(tree) -> jax.Array:
-    leaves = jax.tree_util.tree_leaves(tree)
-    leaves = [leaf for leaf in leaves if jnp.issubdtype(leaf.dtype, jnp.inexact)]
-    return jnp.all(jnp.stack([jnp.all(jnp.isfinite(leaf)) for leaf in leaves]))
 
 
 def _check_nonnegative(params: Params, *names: str) -> None:

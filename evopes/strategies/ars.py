@@ -71,9 +71,10 @@ from evopes.evosax_args import (
     fitness_shaping_from,
     scheduled_std,
 )
+from evopes.finite import all_finite
 from evopes.population_check import no_checksum
 from evopes.spec import PyTree
-from evopes.strategies.pgpe import _all_finite, symmetric_member, symmetric_population
+from evopes.strategies.pgpe import symmetric_member, symmetric_population
 from evopes.strategies.xnes import raw_key
 from evopes.strategy import Params, State, Strategy
 
@@ -259,7 +260,7 @@ class ARS(Strategy):
 
         updates, opt_state = self.optimizer.update(direction, state.opt_state, state.mean)
         mean = optax.apply_updates(state.mean, updates)
-        usable = _all_finite((self.spec.unravel(mean), opt_state))
+        usable = all_finite((self.spec.unravel(mean), opt_state))
         mean, opt_state = jax.tree.map(
             lambda new, old: jnp.where(usable, new, old),
             (mean, opt_state), (state.mean, state.opt_state),
@@ -285,9 +286,7 @@ def top_directions(plus, minus, num_top: int) -> jax.Array:
     """
     valid = jnp.isfinite(plus) & jnp.isfinite(minus)
     score = jnp.where(valid, jnp.minimum(plus, minus), jnp.inf)
-    order = jnp.argsort(score, stable=True)
-    rank = jnp.empty_like(order).at[order].set(jnp.arange(order.shape[0], dtype=order.dtype))
-    return valid & (rank < num_top)
+    return valid & (shaping.ranks(score) < num_top)
 
 
 def search_direction(plus, minus, kept, delta, scale_by_reward_std: bool):

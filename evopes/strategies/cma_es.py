@@ -85,6 +85,7 @@ from flax import struct
 
 from evopes import shaping, threefry
 from evopes.evosax_args import check_metrics_fn, check_rank_weights_shaping
+from evopes.finite import all_finite
 from evopes.spec import PyTree, SolutionSpec
 from evopes.strategies.box import check_inside, flat_bounds, from_box, genotypes_of, to_box
 from evopes.strategy import Metrics, Params, State, Strategy
@@ -504,7 +505,7 @@ class CMAES(Strategy):
         # overflowed. For a covariance |C_ij| <= sqrt(C_ii C_jj), so checking the
         # O(n) quantities and diag(C) suffices; the select fuses into (47).
         updated = (mean, std, p_sigma, p_c, C)
-        usable = jnp.any(weights != 0) & tree_all_finite(updated[:-1] + (jnp.diagonal(C),))
+        usable = jnp.any(weights != 0) & all_finite(updated[:-1] + (jnp.diagonal(C),))
         mean, std, p_sigma, p_c, C = jax.tree_util.tree_map(
             lambda new, old: jnp.where(usable, new, old),
             updated,
@@ -750,11 +751,6 @@ def termination_indicators(
         **stops,
         "terminate": terminate,
     }
-
-
-def tree_all_finite(tree) -> jax.Array:
-    leaves = jax.tree_util.tree_leaves(tree)
-    return jnp.all(jnp.stack([jnp.all(jnp.isfinite(leaf)) for leaf in leaves]))
 
 
 class CMA_ES(CMAES):  # noqa: N801 (evosax's name)

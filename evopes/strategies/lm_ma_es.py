@@ -69,6 +69,7 @@ from flax import struct
 
 from evopes import shaping, threefry
 from evopes.evosax_args import check_metrics_fn, check_rank_weights_shaping
+from evopes.finite import all_finite
 from evopes.population_check import no_checksum
 from evopes.spec import PyTree, SolutionSpec
 from evopes.strategy import Params, State, Strategy
@@ -274,9 +275,7 @@ class LMMAES(Strategy):
         )  # line 17
 
         updated = (mean, p_sigma, paths, std)
-        usable = jnp.any(weights > 0) & jnp.all(
-            jnp.stack([jnp.all(jnp.isfinite(leaf)) for leaf in updated])
-        )
+        usable = jnp.any(weights > 0) & all_finite(updated)
         mean, p_sigma, paths, std = jax.tree.map(
             lambda new, old: jnp.where(usable, new, old),
             updated, (state.mean, state.p_sigma, state.paths, state.std),

@@ -69,6 +69,7 @@ from flax import struct
 from evopes import shaping, threefry
 from evopes.clipup import clipup
 from evopes.evosax_args import check_metrics_fn, check_optimizer, fitness_shaping_from
+from evopes.finite import all_finite
 from evopes.population_check import no_checksum
 from evopes.spec import PyTree
 from evopes.strategies.xnes import raw_key
@@ -285,7 +286,7 @@ class PGPE(Strategy):
         mean = optax.apply_updates(state.mean, updates)
         std = update_std(state.std, std_gradient, params)
 
-        usable = _all_finite((self.spec.unravel(mean), std, opt_state, baseline))
+        usable = all_finite((self.spec.unravel(mean), std, opt_state, baseline))
         mean, std, opt_state, baseline = jax.tree.map(
             lambda new, old: jnp.where(usable, new, old),
             (mean, std, opt_state, baseline),
@@ -349,8 +350,3 @@ def _safe_divide(numerator, denominator):
     """numerator / denominator, 0 where the denominator is 0 (then so is the numerator)."""
     safe = jnp.where(denominator != 0, denominator, 1.0)
     return jnp.where(denominator != 0, numerator / safe, 0.0)
-
-
-def _all_finite(tree) -> jax.Array:
-    leaves = [leaf for leaf in jax.tree.leaves(tree) if jnp.issubdtype(leaf.dtype, jnp.inexact)]
-    return jnp.all(jnp.stack([jnp.all(jnp.isfinite(leaf)) for leaf in leaves]))

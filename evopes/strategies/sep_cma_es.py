@@ -35,6 +35,7 @@ from flax import struct
 
 from evopes import shaping
 from evopes.evosax_args import check_metrics_fn, check_rank_weights_shaping
+from evopes.finite import all_finite
 from evopes.spec import PyTree, SolutionSpec
 from evopes.strategies.box import flat_bounds
 from evopes.strategies.cma_es import (
@@ -53,7 +54,6 @@ from evopes.strategies.cma_es import (
     standard_normal,
     termination_indicators,
     tolfun_history_length,
-    tree_all_finite,
     update_std,
     valid_cma_relations,
 )
@@ -199,7 +199,7 @@ class SepCMAES(Strategy):
         variances = jnp.maximum(variances, floor)
 
         new_state = state.replace(mean=mean, std=std, p_sigma=p_sigma, p_c=p_c, variances=variances)
-        usable = jnp.any(weights != 0) & tree_all_finite((mean, std, p_sigma, p_c, variances))
+        usable = jnp.any(weights != 0) & all_finite((mean, std, p_sigma, p_c, variances))
         new_state = jax.tree_util.tree_map(
             lambda new, old: jnp.where(usable, new, old), new_state, state
         )

@@ -83,13 +83,13 @@ from flax import struct
 
 from evopes import shaping, threefry
 from evopes.evosax_args import (
-    all_finite,
     check_metrics_fn,
     check_optimizer,
     check_rank_weights_shaping,
     init_opt_state,
     optax_mean_update,
 )
+from evopes.finite import all_finite
 from evopes.spec import PyTree, SolutionSpec
 from evopes.strategy import Params, State, Strategy
 
@@ -300,13 +300,7 @@ class XNES(Strategy):
         mean, opt_state = optax_mean_update(self.optimizer, step, state.opt_state, state.mean)
         std = jnp.clip(std, params.std_min, params.std_max)
 
-        usable = (
-            has_ranking(fitness)
-            & jnp.all(jnp.isfinite(mean))
-            & jnp.isfinite(std)
-            & jnp.all(jnp.isfinite(shape))
-            & all_finite(opt_state)
-        )
+        usable = has_ranking(fitness) & all_finite((mean, std, shape, opt_state))
         keep = lambda new, old: jnp.where(usable, new, old)  # noqa: E731
         new_state = state.replace(
             mean=keep(mean, state.mean), std=keep(std, state.std), shape=keep(shape, state.shape),
