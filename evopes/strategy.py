@@ -38,6 +38,7 @@ from flax import struct
 from evopes.arguments import check_key, check_like
 from evopes.compiled import compiled_method
 from evopes.config_key import static_key
+from evopes.field_flags import FieldFlags
 from evopes.population_check import population_checksum
 from evopes.spec import PyTree, SolutionSpec
 
@@ -235,7 +236,8 @@ class Strategy:
         new_state, extra = self._checked_tell(key, flat_population, raw_fitness, state, params)
         if invalid:
             # A traced hyperparameter outside its range: no update, and the run stops.
-            any_invalid = jnp.any(jnp.stack(list(invalid.values())))
+            invalid = FieldFlags.from_dict(invalid)
+            any_invalid = jnp.any(invalid.flags)
             new_state = jax.tree_util.tree_map(
                 lambda old, new: jnp.where(any_invalid, old, new), state, new_state
             )

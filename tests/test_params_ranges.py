@@ -96,3 +96,24 @@ def test_evopes_run_stops_with_invalid_traced_params():
     )
     assert len(result.history["step"]) == 1  # stopped at the first generation
     np.testing.assert_array_equal(result.state.mean, 1.0)
+
+
+def test_invalid_params_is_one_array_that_reads_like_a_dict():
+    # One output of a compiled tell instead of one per field: an eager CMA-ES
+    # tell spent 40 of its 150 microseconds returning 20 separate flags.
+    es = make(evopes.CMAES)
+    params = es.default_params
+    state = es.init(jax.random.key(0), jnp.ones(3), params)
+    population, state = es.ask(jax.random.key(1), state, params)
+    bad = params.replace(c_1=jnp.float32(np.nan))
+    _, metrics = jax.jit(es.tell)(jax.random.key(2), population, jnp.ones(8), state, bad)
+    flags = metrics["invalid_params"]
+    assert len(jax.tree_util.tree_leaves(flags)) == 1
+    assert set(flags) == set(es.param_ranges) and len(flags) == len(es.param_ranges)
+    assert bool(flags["c_1"]) and not any(bool(v) for k, v in flags.items() if k != "c_1")
+    with pytest.raises(KeyError):
+        flags["no_such_field"]
+    # Stacked over generations (scan), a field keeps the leading axis.
+    _, (_, stacked) = ten_generations(es, bad)
+    np.testing.assert_array_equal(stacked["c_1"], np.ones(10, bool))
+    np.testing.assert_array_equal(stacked["c_mean"], np.zeros(10, bool))
