@@ -47,6 +47,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from evopes import checkpoint, threefry
+from evopes.field_flags import FieldFlags
 
 PyTree = Any
 Metrics = dict[str, Any]
@@ -238,8 +239,8 @@ def run_loop(
         folder = _RunFolder.open(checkpoint_dir, resume, fingerprint)
     stop = _StopCriterion(stop_when, stop_on_termination)
 
-    metric_shapes = jax.eval_shape(step_fn, state, key, params)[1]
-    metric_names = _scalar_metrics(metric_shapes)
+    scalar_metrics = lambda *args: _scalar_metrics(step_fn(*args)[1])  # noqa: E731
+    metric_names = jax.eval_shape(scalar_metrics, state, key, params)
     # Strong types throughout: the scan returns strongly typed leaves, so a weakly
     # typed initial state would compile the chunk twice (and restore differently).
     carry = _strong_types(_Carry(state, key, jnp.array(0, jnp.int32), jnp.array(False)))
@@ -382,7 +383,16 @@ def _run_chunk(step_fn, stop, chunk_size, carry: _Carry, params, num_steps):
 
 # -- history, checkpoints, logs ------------------------------------------------------------
 def _scalar_metrics(metrics: Metrics) -> dict[str, Any]:
-    """Scalar numeric leaves of a metrics pytree, named ``a/b`` for nested dicts."""
+    """Scalar numeric leaves of a metrics pytree, named ``a/b`` for nested dicts.
+
+    Named flags held as one array (``metrics["invalid_params"]``) count as the
+    dict they read as: one scalar per field.
+    """
+    metrics = jax.tree_util.tree_map(
+        lambda x: dict(x) if isinstance(x, FieldFlags) else x,
+        metrics,
+        is_leaf=lambda x: isinstance(x, FieldFlags),
+    )
     scalars = {}
     for path, leaf in jax.tree_util.tree_flatten_with_path(metrics)[0]:
         dtype = leaf.dtype

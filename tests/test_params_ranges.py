@@ -96,6 +96,9 @@ def test_evopes_run_stops_with_invalid_traced_params():
     )
     assert len(result.history["step"]) == 1  # stopped at the first generation
     np.testing.assert_array_equal(result.state.mean, 1.0)
+    # The history says which field stopped it, one column per field.
+    assert result.history["invalid_params/c_mean"].tolist() == [True]
+    assert result.history["invalid_params/c_1"].tolist() == [False]
 
 
 def test_invalid_params_is_one_array_that_reads_like_a_dict():
