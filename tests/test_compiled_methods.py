@@ -48,6 +48,10 @@ def test_inside_a_user_jit_the_plain_function_runs_with_the_same_result():
     assert Strategy.tell.compiled._cache_size() == size  # the user's jit traced the plain tell
     np.testing.assert_allclose(jitted_state.mean, eager_state.mean, rtol=1e-6)
     np.testing.assert_allclose(jitted_metrics["best_fitness"], eager_metrics["best_fitness"])
+    # No nested jit of ask or tell in the user's program: the plain functions ran.
+    jaxpr = jax.make_jaxpr(generation)(state, jax.random.key(5))
+    nested = {eqn.params.get("name") for eqn in jaxpr.jaxpr.eqns if "jit" in eqn.primitive.name}
+    assert not nested & {"ask", "tell"}, nested
 
 
 def test_eager_init_still_validates_hyperparameters():

@@ -127,3 +127,21 @@ def test_openes_with_identity_shaping_masks_nonfinite_pairs():
     gradient_masked, metrics = _first_gradient(IDENTITY_OPENES, masked)
     gradient_zero, _ = _first_gradient(IDENTITY_OPENES, zeroed)
     np.testing.assert_allclose(gradient_masked, gradient_zero * 4 / 3, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("name", ["SNES", "xNES", "SimpleES", "PGPE", "ARS", "Open_ES"])
+def test_an_update_that_overflows_leaves_the_state_as_it_was(name):
+    # Finite fitness, but an optimizer that scales the step by inf: every
+    # updated number is inf or NaN. The finiteness check over all updated
+    # leaves (evopes.finite.all_finite) must keep the previous search state.
+    import optax
+
+    es = getattr(evopes, name)(8, jnp.zeros(3), optimizer=optax.scale(float("inf")))
+    params = es.default_params
+    state = es.init(jax.random.key(0), jnp.ones(3), params)
+    population, asked = es.ask(jax.random.key(1), state, params)
+    told, metrics = es.tell(
+        jax.random.key(2), population, jnp.sum(population**2, axis=1), asked, params
+    )
+    assert bool(metrics["update_skipped"])
+    _assert_same((told.mean, told.std, told.opt_state), (asked.mean, asked.std, asked.opt_state))
