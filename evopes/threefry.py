@@ -8,7 +8,7 @@ generating normals is then the dominant cost of an ES generation at large
 ``d``, and a fixed cost at small ``d`` (one ``jax.random.split`` is about 90
 kernel launches). Here the 20 rounds are written out, so XLA fuses the hash,
 the float conversion and the inverse error function into one loop over the
-output: about 2.5x faster for millions of normals on this CPU, and one kernel
+output: 1.2x to 2x faster for a million normals on this CPU, and one kernel
 instead of a loop for a few numbers or a key split.
 
 Threefry-2x32 (Salmon, Moraes, Dror, Shaw 2011, "Parallel random numbers: as
