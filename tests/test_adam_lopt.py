@@ -51,9 +51,10 @@ def _assert_params_close(a, b, rtol):
 
 def test_theta_has_about_1_5k_parameters_and_starts_at_adam_lr0():
     theta = TASK.init_theta(jax.random.key(0))
-    expected = (12 * 32 + 32) + (32 * 32 + 32) + (32 * 2 + 2) + 1
-    assert sum(leaf.size for leaf in jax.tree.leaves(theta)) == expected == 1539
+    expected = (12 * 32 + 32) + (32 * 32 + 32) + (32 * 2 + 2) + 1 + 8
+    assert sum(leaf.size for leaf in jax.tree.leaves(theta)) == expected == 1547
     assert float(theta["log_lr"]) == 0.0
+    assert not np.any(np.asarray(theta["log_lr_schedule"]))
     assert not np.any(np.asarray(theta["mlp"][-1]["w"]))
 
 
@@ -80,15 +81,48 @@ def test_adam_theta_is_adam_at_that_learning_rate():
     _assert_params_close(lopt_params, adam_params, rtol=1e-5)
 
 
-@pytest.mark.parametrize("part", ["output", "log_lr"])
+def test_schedule_is_piecewise_linear_in_the_training_fraction():
+    # Knots at u = 0, 1/7, ..., 1 of T = 50 steps; constant after the last one.
+    values = jnp.asarray([0.0, 0.3, -0.2, 0.1, 0.5, -0.4, 0.2, -0.1], jnp.float32)
+    theta = {**TASK.init_theta(jax.random.key(0)), "log_lr_schedule": values}
+    steps = np.array([0, 3, 7, 25, 49, 50, 80])
+    expected = np.interp(steps / 50, np.linspace(0, 1, 8), np.asarray(values))
+    got = jax.vmap(lambda t: TASK.schedule(theta, t))(jnp.asarray(steps))
+    np.testing.assert_allclose(got, expected, rtol=1e-6, atol=1e-7)
+    assert got[-1] == values[-1]  # beyond the horizon: exactly the last knot
+
+
+def test_a_learned_schedule_is_adam_with_that_learning_rate_schedule():
+    """lr_t = lr0 exp(log_lr_mult (log_lr + schedule(t))): optax.adam with that schedule."""
+    values = jnp.asarray([0.05, 0.1, -0.05, -0.1, 0.0, 0.1, 0.0, -0.2], jnp.float32)
+    theta = {**TASK.init_theta(jax.random.key(7)), "log_lr_schedule": values}
+    key, step_keys = jax.random.key(3), jax.random.split(jax.random.key(4), NUM_STEPS)
+    knots = np.linspace(0, 1, 8)
+
+    def learning_rate(count):  # optax counts from 0, as the task's step does
+        offset = jnp.interp(count / TASK.horizon, knots, values)
+        return TASK.lr0 * jnp.exp(TASK.log_lr_mult * offset)
+
+    lopt_params, _ = _lopt_run(theta, key, step_keys)
+    adam_params, _ = jax.jit(lambda k, s: _adam_run.__wrapped__(learning_rate, k, s))(
+        key, step_keys
+    )
+    # The two compute lr_t in different orders (a float32 ulp apart), which 20 steps amplify
+    # to ~1.6e-5 in one of 2048 entries; ignoring the schedule moves them by > 1e-3.
+    _assert_params_close(lopt_params, adam_params, rtol=3e-5)
+
+
+@pytest.mark.parametrize("part", ["output", "log_lr", "log_lr_schedule"])
 def test_changing_theta_changes_the_trajectory(part):
     key, step_keys = jax.random.key(3), jax.random.split(jax.random.key(4), NUM_STEPS)
     theta = TASK.init_theta(jax.random.key(7))
     if part == "output":  # the MLP's correction: direction and step-size outputs
         last = theta["mlp"][-1]
         theta["mlp"][-1] = {"w": last["w"] + 0.01, "b": last["b"] + 0.01}
-    else:
+    elif part == "log_lr":
         theta = {**theta, "log_lr": jnp.float32(0.05)}
+    else:  # one knot, at u = 1/7 (step 7 of 50): steps 1..14 change
+        theta = {**theta, "log_lr_schedule": theta["log_lr_schedule"].at[1].set(0.05)}
     lopt_params, _ = _lopt_run(theta, key, step_keys)
     adam_params, _ = _adam_run(TASK.lr0, key, step_keys)
     gap = max(
@@ -102,6 +136,8 @@ def test_changing_theta_changes_the_trajectory(part):
 def test_bad_configuration_names_the_argument():
     with pytest.raises(ValueError, match="lr0"):
         AdamLearnedOptimizerTask(lr0=0.0)
+    with pytest.raises(ValueError, match="schedule_knots"):
+        AdamLearnedOptimizerTask(schedule_knots=1)
     with pytest.raises(ValueError, match="learning_rate"):
         TASK.adam_theta(-1.0)
 

@@ -26,7 +26,7 @@ def test_learned_optimizer_tutorial():
     # lr0 (measured 0.16 against 1.73), having raised its learning rate (to 0.013).
     assert results["lopt_final_valid_loss"] < 0.8 * results["meta_loss_before"]
     assert results["lopt_final_valid_loss"] < 0.5 * results["adam_final_valid_loss"][1e-3]
-    assert results["learned_learning_rate"] > 2e-3
+    assert min(results["learned_learning_rate"]) > 2e-3
 
 
 def test_lr_schedule_tutorial():

@@ -73,10 +73,16 @@ def main(quick: bool = True) -> dict:
         f"validation loss after T steps: learned optimizer {lopt_final:.3f}; "
         + ", ".join(f"Adam {lr:g} {loss:.3f}" for lr, loss in adam_final.items())
     )
-    learned_lr = task.lr0 * float(jnp.exp(task.log_lr_mult * theta["log_lr"]))
-    print(f"learned base learning rate: {learned_lr:.2g} (started at {task.lr0:g})")
+    # The learned learning rate over the run (the MLP's step-size correction comes on top).
+    steps = [0, task.horizon // 2, task.horizon - 1]
+    schedule = [float(task.learning_rate(theta, t)) for t in steps]
+    print(
+        "learned learning rate at t = "
+        + ", ".join(f"{t}: {lr:.2g}" for t, lr in zip(steps, schedule))
+        + f" (started at {task.lr0:g} throughout)"
+    )
     return {
-        "learned_learning_rate": learned_lr,
+        "learned_learning_rate": schedule,
         "meta_loss_before": before,
         "meta_loss_after": after,
         "lopt_final_valid_loss": lopt_final,
