@@ -9,7 +9,11 @@ steps, W = 1, sigma = 0.01), we measure the trace of the covariance of the gradi
   positions of an episode: lock-step particles sweep t = 0 .. T-1, and at each
   position the covariance over independent seeds is taken; the traces are
   averaged over the positions (the paper's "averaged over the T/W windows");
-* FullES: the estimate of one whole T-step episode per pair.
+* FullES: the estimate of one whole T-step episode per pair;
+* PES: the same one-pair window estimate as NRES's, averaged over positions
+  likewise (``pes_trace_one_pair``; ``pes_over_nres`` is its ratio to NRES's
+  at equal pairs and steps), the variance behind the ``lopt`` benchmark's
+  NRES-against-PES comparison.
 
 Pairs are independent and identically distributed in both estimators (their
 own noise, initial classifier and data keys), so the covariance of a
@@ -29,7 +33,8 @@ ratio lies between about 1 (window losses uncorrelated in time) and T / W
 
 Rows: ``{theta_index, meta_training_step, meta_loss, nres_trace, fulles_trace,
 ratio, nres_trace_100_pairs, ratio_100_pairs, nres_trace_one_pair,
-nres_trace_one_pair_unlocked, fulles_trace_one_pair}``: ``nres_trace`` at
+nres_trace_one_pair_unlocked, fulles_trace_one_pair, pes_trace_one_pair,
+pes_over_nres}``: ``nres_trace`` at
 equal steps, ``ratio = fulles_trace / nres_trace``; ``nres_trace_100_pairs``
 and ``ratio_100_pairs`` at the meta-training settings; the one-pair traces
 as measured, ``..._unlocked`` adding the spread of the per-position means
@@ -132,11 +137,28 @@ def main(quick: bool, seed: int, out_dir: Path) -> list[dict]:
         step_unlocked=False,
     )
     nres_params = nres.default_params.replace(std=STD)
+    # PES, the same one-pair lock-step window estimate: at equal pairs and steps its trace
+    # against NRES's is the variance side of "NRES needs fewer steps than PES".
+    pes = evopes.PES(
+        population_size=2,
+        solution=theta0,
+        truncation_length=WINDOW,
+        horizon=T,
+        init_inner=task.init_inner,
+        step_unlocked=False,
+    )
+    pes_params = pes.default_params.replace(std=STD)
     fulles = evopes.FullES(population_size=2, solution=theta0)
     fulles_params = fulles.default_params.replace(std_init=STD)
     nres_estimates = jax.jit(
         jax.vmap(
             lambda th, k: online_gradients(nres, nres_params, th, k, task.step, T),
+            in_axes=(None, 0),
+        )
+    )
+    pes_estimates = jax.jit(
+        jax.vmap(
+            lambda th, k: online_gradients(pes, pes_params, th, k, task.step, T),
             in_axes=(None, 0),
         )
     )
@@ -159,6 +181,8 @@ def main(quick: bool, seed: int, out_dir: Path) -> list[dict]:
             nres_estimates(theta, keys[: config["nres_seeds"]])
         )
         fulles_one = trace_cov(fulles_estimates(theta, keys[config["nres_seeds"] :]))
+        # Same keys as NRES: same initial classifiers, data and noise; only the estimator differs.
+        pes_one, _ = per_position_trace(pes_estimates(theta, keys[: config["nres_seeds"]]))
         # Equal unroll steps per estimate: 2 FULLES_PAIRS T = 2 P_nres W.
         nres_trace = nres_one / (FULLES_PAIRS * T // WINDOW)
         fulles_trace = fulles_one / FULLES_PAIRS
@@ -175,6 +199,8 @@ def main(quick: bool, seed: int, out_dir: Path) -> list[dict]:
                 "nres_trace_one_pair": nres_one,
                 "nres_trace_one_pair_unlocked": nres_unlocked,
                 "fulles_trace_one_pair": fulles_one,
+                "pes_trace_one_pair": pes_one,
+                "pes_over_nres": pes_one / nres_one,
             }
         )
 
@@ -216,6 +242,12 @@ def _figure(rows, horizon):
             f"NRES, {FULLES_PAIRS * horizon // WINDOW} pairs, one W = {WINDOW} window "
             "(same steps; mean over positions)"
         ),
+    )
+    ax.plot(
+        index,
+        [row["pes_trace_one_pair"] / (FULLES_PAIRS * horizon // WINDOW) for row in rows],
+        "^-",
+        label=f"PES, {FULLES_PAIRS * horizon // WINDOW} pairs, one window (same steps)",
     )
     ax.plot(
         index,
