@@ -27,7 +27,9 @@ meta-loss to NRES's final one (mean over seeds); the rows give how many seeds
 of each method reach it and the sequential steps and seconds they needed
 (means and standard deviations over the seeds that reach it).
 
-Meta-generalisation: every meta-trained theta (all methods and seeds) trains
+Meta-generalisation: every meta-trained theta (all methods and seeds; of each
+run's evaluated thetas the one with the lowest meta-loss on the ``EVAL_KEYS``
+meta-validation runs, which the test seeds below never touch) trains
 fresh classifiers (``FRESH_SEEDS`` new seeds) in three settings, (a) the
 meta-training MLP for T steps, (b) a different MLP (``OTHER_LAYERS``, wider
 and shallower) for T steps, (c) the meta-training MLP for 2T steps (the optimizer is told the run's
@@ -75,7 +77,7 @@ from evopes.tasks.training import episode_fitness
 NAME = "lopt"
 STD = 0.01
 EVAL_KEYS = 4
-FRESH_SEEDS = 4
+FRESH_SEEDS = 16
 TUNE_SEEDS = 2
 ADAM_LEARNING_RATES = (1e-3, 3e-3, 1e-2, 3e-2, 1e-1)
 OTHER_LAYERS = (64, 128, 128, 10)
@@ -362,6 +364,15 @@ def main(quick: bool, seed: int, out_dir: Path) -> list[dict]:
     return rows
 
 
+def _checkpoint(rows):
+    """The theta a user keeps from a run: the evaluated one with the lowest meta-loss.
+
+    The meta-loss is measured on ``EVAL_KEYS`` runs that neither meta-training nor the
+    fresh test seeds use (meta-validation, as one keeps the best checkpoint of a training).
+    """
+    return min(rows, key=lambda row: row[4])[0]
+
+
 def _generalisation(task, theta0, runs, seed):
     """Fresh classifiers trained by every meta-trained theta, by tuned Adam and by the start."""
     settings = {
@@ -402,7 +413,7 @@ def _generalisation(task, theta0, runs, seed):
         }
         for name, seed_runs in runs.items():
             candidates[f"{name}-trained"] = [
-                np.asarray(lopt(r[-1][0], fresh_keys)) for r in seed_runs
+                np.asarray(lopt(_checkpoint(r), fresh_keys)) for r in seed_runs
             ]
         for name, per_theta in candidates.items():
             curve = np.concatenate(per_theta)  # (thetas x fresh seeds, steps)
