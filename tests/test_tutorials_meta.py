@@ -20,10 +20,11 @@ def load(name: str):
 def test_learned_optimizer_tutorial():
     results = load("learned_optimizer").main(quick=True)
     # T = 50, 8 pairs, 250 updates: the meta-loss of the Adam-plus-MLP optimizer falls
-    # from 2.06 (Adam at its starting lr0 = 1e-3 barely trains in 50 steps) to 0.47.
+    # from 2.06 (Adam at its starting lr0 = 1e-3 barely trains in 50 steps) to 0.56.
     assert results["meta_loss_after"] < 0.8 * results["meta_loss_before"]
     # The learned optimizer trains fresh networks better than its initial self, Adam at
-    # lr0 (measured 0.16 against 1.73), having raised its learning rate (to 0.013).
+    # lr0 (measured 0.20 against 1.73), having raised its learning rate throughout the run
+    # (measured 0.024 at t = 0, 0.0086 half-way, 0.0048 at the end: a learned decay).
     assert results["lopt_final_valid_loss"] < 0.8 * results["meta_loss_before"]
     assert results["lopt_final_valid_loss"] < 0.5 * results["adam_final_valid_loss"][1e-3]
     assert min(results["learned_learning_rate"]) > 2e-3
