@@ -104,6 +104,25 @@ def trace_cov(estimates: np.ndarray) -> float:
     return float(np.sum(np.var(np.asarray(estimates, np.float64), axis=0, ddof=1)))
 
 
+def _window_estimates(strategy_class, task, theta0):
+    """(theta, keys) -> one-pair W-step window estimates over one lock-step episode per key."""
+    es = strategy_class(
+        population_size=2,
+        solution=theta0,
+        truncation_length=WINDOW,
+        horizon=task.horizon,
+        init_inner=task.init_inner,
+        step_unlocked=False,
+    )
+    params = es.default_params.replace(std=STD)
+    return jax.jit(
+        jax.vmap(
+            lambda th, k: online_gradients(es, params, th, k, task.step, task.horizon),
+            in_axes=(None, 0),
+        )
+    )
+
+
 def main(quick: bool, seed: int, out_dir: Path) -> list[dict]:
     config = QUICK if quick else FULL
     T = config["horizon"]
@@ -127,41 +146,12 @@ def main(quick: bool, seed: int, out_dir: Path) -> list[dict]:
     eval_keys = jax.random.split(jax.random.key(seed + 1000), 4)
     meta_loss = jax.jit(lambda th: jnp.mean(jax.vmap(lambda k: task.meta_loss(th, k))(eval_keys)))
 
-    # One-pair estimators: NRES lock-step over one episode (T windows), FullES one episode.
-    nres = evopes.NRES(
-        population_size=2,
-        solution=theta0,
-        truncation_length=WINDOW,
-        horizon=T,
-        init_inner=task.init_inner,
-        step_unlocked=False,
-    )
-    nres_params = nres.default_params.replace(std=STD)
-    # PES, the same one-pair lock-step window estimate: at equal pairs and steps its trace
-    # against NRES's is the variance side of "NRES needs fewer steps than PES".
-    pes = evopes.PES(
-        population_size=2,
-        solution=theta0,
-        truncation_length=WINDOW,
-        horizon=T,
-        init_inner=task.init_inner,
-        step_unlocked=False,
-    )
-    pes_params = pes.default_params.replace(std=STD)
+    # One-pair estimators: NRES and PES lock-step over one episode (T windows), FullES one
+    # episode. PES at equal pairs and steps is the variance side of NRES against PES.
+    nres_estimates = _window_estimates(evopes.NRES, task, theta0)
+    pes_estimates = _window_estimates(evopes.PES, task, theta0)
     fulles = evopes.FullES(population_size=2, solution=theta0)
     fulles_params = fulles.default_params.replace(std_init=STD)
-    nres_estimates = jax.jit(
-        jax.vmap(
-            lambda th, k: online_gradients(nres, nres_params, th, k, task.step, T),
-            in_axes=(None, 0),
-        )
-    )
-    pes_estimates = jax.jit(
-        jax.vmap(
-            lambda th, k: online_gradients(pes, pes_params, th, k, task.step, T),
-            in_axes=(None, 0),
-        )
-    )
     fulles_estimates = jax.jit(
         jax.vmap(
             lambda th, k: episodic_gradient(
