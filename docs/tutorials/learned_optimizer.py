@@ -78,7 +78,7 @@ def main(quick: bool = True) -> dict:
     schedule = [float(task.learning_rate(theta, t)) for t in steps]
     print(
         "learned learning rate at t = "
-        + ", ".join(f"{t}: {lr:.2g}" for t, lr in zip(steps, schedule))
+        + ", ".join(f"{t}: {lr:.2g}" for t, lr in zip(steps, schedule, strict=True))
         + f" (started at {task.lr0:g} throughout)"
     )
     return {
