@@ -50,8 +50,8 @@ after T"). This run starts from the tuned Adam itself
 (``task.adam_theta(tuned learning rate)``, tuned as below), so the question it
 answers is whether meta-training improves on the tuned Adam, and its
 meta-optimizer is Adam at ``late_lr`` (1e-4, a third of the paper's rate: at
-3e-4 the run wanders, its checkpoints' meta-validation loss jumping by up to
-40% from one evaluation to the next). Its final weighted meta-loss is in
+3e-4 the run wanders, its meta-validation loss jumping by as much as 65%
+from one evaluation to the next). Its final weighted meta-loss is in
 ``late_weighted_rows`` and its theta in the generalisation table. It is not
 part of the method comparison (another objective, another start, three times
 the updates: the end of training is a weaker signal per window).
