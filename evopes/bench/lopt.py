@@ -319,16 +319,16 @@ def main(quick: bool, seed: int, out_dir: Path) -> list[dict]:
     late_runs = _online_runs(
         evopes.NRES, {}, late_task, late_config, seeds, late_evaluate, late_start
     )
+    late_final, late_final_std = _mean_std([r[-1][4] for r in late_runs])
     late_rows = [
         {
-            "method": name,
+            "method": "NRES",
             "objective": f"late-weighted, q = {LATE_WEIGHT_POWER:g}",
             "start": f"Adam lr={tuned_lr:g} (tuned)",
             "initial_meta_loss": float(late_evaluate(late_start(jax.random.key(seed)))),
-            "final_meta_loss": _mean_std([r[-1][4] for r in seed_runs])[0],
-            "final_meta_loss_std": _mean_std([r[-1][4] for r in seed_runs])[1],
+            "final_meta_loss": late_final,
+            "final_meta_loss_std": late_final_std,
         }
-        for name, seed_runs in (("NRES", late_runs),)
     ]
 
     # The common level: half-way from the start to NRES's final meta-loss (mean over seeds).
@@ -400,12 +400,22 @@ def _adam_curves(task, num_steps):
     return jax.jit(jax.vmap(jax.vmap(curve, in_axes=(None, 0)), in_axes=(0, None)))
 
 
+@functools.cache  # main tunes the meta-training setting before meta-training, then again
 def _tuned_adam_lr(task, num_steps, seed):
     """The rate of ``ADAM_LEARNING_RATES`` with the lowest mean validation loss after
     ``num_steps`` on ``TUNE_SEEDS`` held-out seeds (seeds no other part uses)."""
     tune_keys = jax.random.split(jax.random.key(seed + 2000), TUNE_SEEDS)
     final = np.asarray(_adam_curves(task, num_steps)(jnp.asarray(ADAM_LEARNING_RATES), tune_keys))
     return ADAM_LEARNING_RATES[int(np.argmin(final[:, :, -1].mean(1)))]
+
+
+def paired_with(per_theta, reference):
+    """Final losses minus the reference's on the same fresh seed, shape (thetas, seeds).
+
+    ``per_theta``: one (seeds, steps) curve array per theta; ``reference``: (seeds, steps),
+    the same seeds in the same order (same classifier initialisation and batches).
+    """
+    return np.stack([curves[:, -1] for curves in per_theta]) - reference[:, -1]
 
 
 def _generalisation(task, theta0, runs, seed):
@@ -430,21 +440,18 @@ def _generalisation(task, theta0, runs, seed):
             )
         )
         best_lr = _tuned_adam_lr(setting_task, num_steps, seed)
+        tuned = np.asarray(adam(jnp.asarray([best_lr]), fresh_keys))[0]
         candidates = {
-            f"Adam lr={best_lr:g} (tuned)": [
-                np.asarray(adam(jnp.asarray([best_lr]), fresh_keys))[0]
-            ],
+            f"Adam lr={best_lr:g} (tuned)": [tuned],
             f"Adam lr0={task.lr0:g} (start)": [np.asarray(lopt(theta0, fresh_keys))],
         }
         for name, seed_runs in runs.items():
             candidates[f"{name}-trained"] = [
                 np.asarray(lopt(_checkpoint(r), fresh_keys)) for r in seed_runs
             ]
-        tuned_final = candidates[f"Adam lr={best_lr:g} (tuned)"][0][:, -1]
         for name, per_theta in candidates.items():
             curve = np.concatenate(per_theta)  # (thetas x fresh seeds, steps)
-            # Paired with the tuned Adam on the same fresh seed (same classifier and data).
-            paired = curve[:, -1] - np.tile(tuned_final, len(per_theta))
+            paired = paired_with(per_theta, tuned)
             rows.append(
                 {
                     "setting": setting,
@@ -454,7 +461,7 @@ def _generalisation(task, theta0, runs, seed):
                     "mean_valid_loss": float(curve.mean()),
                     "mean_valid_loss_std": float(curve.mean(axis=1).std()),
                     "final_minus_tuned_adam": float(paired.mean()),
-                    "runs_below_tuned_adam": f"{int((paired < 0).sum())}/{paired.size}",
+                    "runs_below_tuned_adam": f"{int(np.sum(paired < 0))}/{paired.size}",
                 }
             )
             if setting == "same MLP, T":
